@@ -1,0 +1,270 @@
+"""Every setting of the reproduction in one dataclass, named presets, and the command-line parsing
+that all scripts share (--preset NAME, --set key=value)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+REPO_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+@dataclass
+class Config:
+    # --- paths (relative paths are resolved against the repository folder, see resolve_path) ---
+    dataset_root: str = "dd_dp_dataset_canon"  # DPDD root; ./dd_dp_dataset_png is also found
+    patch_dir: str = "patches"                  # patch store written by data_prep.py
+    checkpoint_dir: str = "checkpoints"         # checkpoints/<run_name>/
+    results_dir: str = "results"                # results/<run_name>/
+    run_name: str = ""                          # empty: derived from the preset and input mode
+
+    # --- data: the DPDD working resolution and the paper's patch extraction ---
+    input_mode: str = "dual"                    # dual: left+right views (6 ch); single: combined (3 ch)
+    working_width: int = 1680
+    working_height: int = 1120
+    patch_size: int = 512
+    overlap: float = 0.6                        # train patches: stride int((1-overlap)*patch_size) = 204
+    val_overlap: float = 0.01                   # val patches: stride 506
+    discard_fraction: float = 0.3               # int(0.3*N) least sharp train patches dropped per image
+    sobel_ksizes: tuple = (3, 7, 11, 15)
+    data_workers: int = 2                       # processes for data_prep
+
+    # --- network ---
+    base_filters: int = 64
+    depth: int = 4                              # number of 2x2 poolings; sizes must be multiples of 2**depth
+    dropout: float = 0.4
+    head: str = "sigmoid"                       # sigmoid: the paper; residual: mean of inputs + zero-init correction
+
+    # --- training (the paper's recipe) ---
+    batch_size: int = 5
+    epochs: int = 200
+    learning_rate: float = 2e-5
+    lr_decay_every: int = 60                    # epochs between halvings
+    lr_decay_factor: float = 0.5
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-7
+    loss: str = "mse"                           # mse (paper) or l1
+    augment: bool = False                       # flips/rotations of patches (off in the paper)
+    select_on: str = "val"                      # keep `best` by lowest val loss, or "train" as the authors did
+    checkpoint_every_steps: int = 500           # `last` is also written every epoch
+    steps_per_epoch: int = 0                    # 0: one pass over the patches
+    precision: str = "float32"                  # float32, mixed_bfloat16, mixed_float16
+    xla: bool = False
+    strategy: str = "default"                   # default, mirrored (one host, many GPUs), multiworker (TF_CONFIG)
+    lr_scaling: str = "none"                    # none, or linear: lr *= number of replicas (global batch = batch_size * replicas)
+    seed: int = 0
+
+    # --- evaluation ---
+    tile: int = 0                               # 0: whole image in one pass (the paper); else tile size
+    tile_overlap: int = 64
+
+    def resolve_path(self, name: str) -> str:
+        """Absolute path of a path setting; relative ones live under the repository, so scripts work from any folder."""
+        value = getattr(self, name)
+        return value if os.path.isabs(value) else os.path.join(REPO_DIR, value)
+
+    @property
+    def in_channels(self) -> int:
+        return 6 if self.input_mode == "dual" else 3
+
+    @property
+    def train_stride(self) -> int:
+        return int(round((1 - self.overlap) * self.patch_size, 6))
+
+    @property
+    def val_stride(self) -> int:
+        return int(round((1 - self.val_overlap) * self.patch_size, 6))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["sobel_ksizes"] = list(self.sobel_ksizes)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def save_json(self, path: str) -> None:
+        """Write the effective config atomically next to what a script produced."""
+        from fileio import atomic_write_text
+        atomic_write_text(path, self.to_json() + "\n")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"unknown config key '{unknown[0]}'")
+        cfg = cls(**{k: (tuple(v) if k == "sobel_ksizes" else v) for k, v in d.items()})
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def load_json(cls, path: str) -> "Config":
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
+
+    def diff(self, other: "Config", ignore: tuple = ()) -> list[str]:
+        """Keys whose values differ between two configs."""
+        a, b = self.to_dict(), other.to_dict()
+        return [k for k in a if k not in ignore and a[k] != b[k]]
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first bad key."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            expected = _FIELD_TYPES[f.name]
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+                setattr(self, f.name, value)
+            if expected is tuple:
+                if not (isinstance(value, tuple) and value and all(isinstance(k, int) and not isinstance(k, bool) for k in value)):
+                    raise ConfigError(f"{f.name}: expected a comma-separated list of integers, got {value!r}")
+            elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                raise ConfigError(f"{f.name}: expected {expected.__name__}, got {value!r}")
+        for key, choices in _CHOICES.items():
+            if getattr(self, key) not in choices:
+                raise ConfigError(f"{key}: must be one of {', '.join(choices)}, got {getattr(self, key)!r}")
+        for key in ("working_width", "working_height", "patch_size", "base_filters", "depth", "batch_size",
+                    "epochs", "lr_decay_every", "data_workers", "checkpoint_every_steps"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be at least 1, got {getattr(self, key)}")
+        for key in ("steps_per_epoch", "tile", "tile_overlap", "seed"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key}: must be >= 0, got {getattr(self, key)}")
+        for key in ("overlap", "val_overlap", "discard_fraction", "dropout"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be in [0, 1), got {getattr(self, key)}")
+        for key in ("learning_rate", "adam_epsilon"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{key}: must be positive, got {getattr(self, key)}")
+        for key in ("adam_beta1", "adam_beta2", "lr_decay_factor"):
+            if not 0 < getattr(self, key) <= 1:
+                raise ConfigError(f"{key}: must be in (0, 1], got {getattr(self, key)}")
+        if any(k < 1 or k % 2 == 0 or k > 31 for k in self.sobel_ksizes):
+            raise ConfigError(f"sobel_ksizes: OpenCV Sobel kernel sizes are odd numbers from 1 to 31, got {self.sobel_ksizes}")
+        multiple = 2 ** self.depth
+        if self.patch_size % multiple:
+            raise ConfigError(f"patch_size: must be a multiple of 2**depth = {multiple}, got {self.patch_size}")
+        if self.patch_size > min(self.working_width, self.working_height):
+            raise ConfigError(f"patch_size: {self.patch_size} does not fit the working size "
+                              f"{self.working_width}x{self.working_height}")
+        if self.train_stride < 1 or self.val_stride < 1:
+            raise ConfigError("overlap: leaves a patch stride below one pixel")
+        if self.tile and (self.tile % multiple or self.tile <= 2 * self.tile_overlap):
+            raise ConfigError(f"tile: must be a multiple of {multiple} and larger than 2*tile_overlap, got {self.tile}")
+        if not self.run_name:
+            pass
+        elif os.sep in self.run_name or self.run_name in (".", ".."):
+            raise ConfigError(f"run_name: must be a plain name, got {self.run_name!r}")
+
+
+class ConfigError(ValueError):
+    """A bad key or value; its message names the key."""
+
+
+_FIELD_TYPES = {
+    f.name: {"str": str, "int": int, "float": float, "bool": bool, "tuple": tuple}[f.type]
+    for f in fields(Config)
+}
+_CHOICES = {
+    "input_mode": ("dual", "single"),
+    "head": ("sigmoid", "residual"),
+    "loss": ("mse", "l1"),
+    "select_on": ("val", "train"),
+    "precision": ("float32", "mixed_bfloat16", "mixed_float16"),
+    "strategy": ("default", "mirrored", "multiworker"),
+    "lr_scaling": ("none", "linear"),
+}
+_PATH_KEYS = ("dataset_root", "patch_dir", "checkpoint_dir", "results_dir")
+
+# Named presets: overrides on top of the defaults (the defaults are the paper).
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "single": {"input_mode": "single"},
+}
+
+
+def parse_value(key: str, text: str) -> Any:
+    """Parse the text of `--set key=value` into the key's type; ConfigError names the key."""
+    if key not in _FIELD_TYPES:
+        raise ConfigError(f"unknown config key '{key}' (known: {', '.join(sorted(_FIELD_TYPES))})")
+    kind = _FIELD_TYPES[key]
+    try:
+        if kind is bool:
+            low = text.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+        if kind is tuple:
+            return tuple(int(t) for t in text.replace("(", "").replace(")", "").split(",") if t.strip())
+        return text
+    except ValueError:
+        raise ConfigError(f"{key}: cannot read {text!r} as {kind.__name__}") from None
+
+
+def make_config(preset: str = "paper", overrides: dict[str, Any] | None = None) -> Config:
+    """The preset's config with overrides applied and validated."""
+    if preset not in PRESETS:
+        raise ConfigError(f"preset: unknown preset {preset!r} (known: {', '.join(PRESETS)})")
+    values = dict(PRESETS[preset])
+    values.update(overrides or {})
+    for key in values:
+        if key not in _FIELD_TYPES:
+            raise ConfigError(f"unknown config key '{key}'")
+    cfg = Config(**values)
+    if not cfg.run_name:
+        cfg.run_name = default_run_name(preset, cfg)
+    cfg.validate()
+    return cfg
+
+
+def default_run_name(preset: str, cfg: Config) -> str:
+    name = "dpdnet" if preset in ("paper", "single") else preset
+    if cfg.input_mode == "single" and not name.endswith("single"):
+        name += "_single"
+    return name
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """Add --preset and --set to a script's parser."""
+    parser.add_argument("--preset", default="paper", help=f"named settings: {', '.join(PRESETS)} (default: paper)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one setting, e.g. --set batch_size=2 (repeatable)")
+
+
+def config_from_args(args: argparse.Namespace, verbose: bool = True) -> Config:
+    """Build the effective config from --preset/--set; a bad key or value exits with one line naming it."""
+    try:
+        overrides = {}
+        for item in args.overrides:
+            if "=" not in item:
+                raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+            key, text = item.split("=", 1)
+            key = key.strip()
+            value = parse_value(key, text)
+            if key in _PATH_KEYS and not os.path.isabs(value):
+                value = os.path.abspath(value)  # a path typed by the user means the current folder
+            overrides[key] = value
+        cfg = make_config(args.preset, overrides)
+    except ConfigError as e:
+        sys.exit(f"error: config: {e}")
+    if verbose:
+        print_config(cfg, args.preset)
+    return cfg
+
+
+def print_config(cfg: Config, preset: str) -> None:
+    print(f"config (preset {preset}):")
+    for key, value in cfg.to_dict().items():
+        print(f"  {key} = {value}")

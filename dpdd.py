@@ -1,0 +1,125 @@
+"""The DPDD dataset layout: finding the root, pairing source/target/left/right per split, the official
+split and the test set's indoor/outdoor labels (copies shipped in data/)."""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+
+from config import REPO_DIR, Config
+from images import IMAGE_EXTENSIONS
+
+SPLITS = ("train", "val", "test")
+ROOT_NAMES = ("dd_dp_dataset_canon", "dd_dp_dataset_png")
+OFFICIAL_SPLIT_CSV = os.path.join(REPO_DIR, "data", "dpdd_splits.csv")
+TEST_CATEGORIES_CSV = os.path.join(REPO_DIR, "data", "dpdd_test_categories.csv")
+HOW_TO_GET = ("Download DPDD (Abuolaim & Brown, ECCV 2020; see README, 'Data') and unpack it next to the repo, "
+              "point --set dataset_root=PATH at it, or make a synthetic set with `python synthesize.py`.")
+
+
+class DatasetError(ValueError):
+    """A missing or inconsistent dataset; the message names the path and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Scene:
+    split: str
+    source: str        # the source file's name without extension, e.g. 1P0A0917
+    source_path: str   # blurry combined image
+    target_path: str   # all-in-focus image ('' where the split has none)
+    left_path: str
+    right_path: str
+
+
+def find_dataset_root(cfg: Config) -> str:
+    """The configured dataset root, or a known alternative name beside it; DatasetError says where it looked."""
+    configured = cfg.resolve_path("dataset_root")
+    candidates = [configured]
+    if os.path.basename(os.path.normpath(configured)) in ROOT_NAMES:
+        parent = os.path.dirname(os.path.normpath(configured))
+        candidates += [os.path.join(parent, n) for n in ROOT_NAMES]
+        candidates += [os.path.join(os.getcwd(), n) for n in ROOT_NAMES]
+    seen = []
+    for c in candidates:
+        if c not in seen:
+            seen.append(c)
+        if os.path.isdir(c):
+            return c
+    raise DatasetError(f"dataset not found; looked in: {', '.join(seen)}. {HOW_TO_GET}")
+
+
+def _images_in(folder: str) -> list[str]:
+    return sorted(f for f in os.listdir(folder)
+                  if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS and not f.startswith("."))
+
+
+def list_scenes(root: str, split: str, need_target: bool = True) -> list[Scene]:
+    """All scenes of a split, sorted by source name; targets paired by position, views by name."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}")
+    src_dir = os.path.join(root, f"{split}_c", "source")
+    tgt_dir = os.path.join(root, f"{split}_c", "target")
+    l_dir = os.path.join(root, f"{split}_l", "source")
+    r_dir = os.path.join(root, f"{split}_r", "source")
+    needed = [src_dir, l_dir, r_dir] + ([tgt_dir] if need_target else [])
+    for d in needed:
+        if not os.path.isdir(d):
+            raise DatasetError(f"{d}: folder missing (DPDD layout: {split}_c/source, {split}_c/target, "
+                               f"{split}_l/source, {split}_r/source)")
+    sources = _images_in(src_dir)
+    if not sources:
+        raise DatasetError(f"{src_dir}: no images")
+    targets = _images_in(tgt_dir) if os.path.isdir(tgt_dir) else []
+    if need_target and len(targets) != len(sources):
+        raise DatasetError(f"{tgt_dir}: {len(targets)} targets for {len(sources)} sources in {src_dir}")
+    lefts = {os.path.splitext(f)[0]: f for f in _images_in(l_dir)}
+    rights = {os.path.splitext(f)[0]: f for f in _images_in(r_dir)}
+    scenes = []
+    for i, name in enumerate(sources):
+        stem = os.path.splitext(name)[0]
+        if stem + "_L" not in lefts:
+            raise DatasetError(f"{os.path.join(src_dir, name)}: left view {stem}_L missing in {l_dir}")
+        if stem + "_R" not in rights:
+            raise DatasetError(f"{os.path.join(src_dir, name)}: right view {stem}_R missing in {r_dir}")
+        scenes.append(Scene(split, stem, os.path.join(src_dir, name),
+                            os.path.join(tgt_dir, targets[i]) if targets else "",
+                            os.path.join(l_dir, lefts[stem + "_L"]), os.path.join(r_dir, rights[stem + "_R"])))
+    extra = sorted(set(lefts) - {s.source + "_L" for s in scenes}) + sorted(set(rights) - {s.source + "_R" for s in scenes})
+    if extra:
+        raise DatasetError(f"{split}: view {extra[0]} has no source image in {src_dir}")
+    return scenes
+
+
+def official_split() -> dict[str, list[tuple[str, str]]]:
+    """The official DPDD split: split -> [(source, target), ...] (350 / 74 / 76 scenes)."""
+    out: dict[str, list[tuple[str, str]]] = {s: [] for s in SPLITS}
+    with open(OFFICIAL_SPLIT_CSV, newline="") as f:
+        for row in csv.DictReader(f):
+            out[row["split"]].append((row["source"], row["target"]))
+    return out
+
+
+def compare_with_official(split: str, scenes: list[Scene]) -> list[str]:
+    """Warnings for scenes missing from, or not in, the official split (empty for synthetic sets' own names)."""
+    official = {s for s, _ in official_split()[split]}
+    have = {s.source for s in scenes}
+    if not have & official:
+        return [f"{split}: none of the {len(have)} scenes is in the official DPDD split (a custom or synthetic set)"]
+    warnings = []
+    missing, extra = sorted(official - have), sorted(have - official)
+    if missing:
+        warnings.append(f"{split}: {len(missing)} official scenes missing (first: {missing[0]})")
+    if extra:
+        warnings.append(f"{split}: {len(extra)} scenes not in the official split (first: {extra[0]})")
+    return warnings
+
+
+def test_categories(root: str | None = None) -> dict[str, str]:
+    """Test scene source name -> 'indoor' / 'outdoor'; the dataset's own test_categories.csv wins over the
+    shipped DPDD labels."""
+    path = TEST_CATEGORIES_CSV
+    if root and os.path.isfile(os.path.join(root, "test_categories.csv")):
+        path = os.path.join(root, "test_categories.csv")
+    with open(path, newline="") as f:
+        return {row["source"]: row["category"] for row in csv.DictReader(f)}

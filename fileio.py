@@ -1,0 +1,62 @@
+"""Atomic file writing: anything a user keeps (patches, checkpoints, results) is written to a temporary
+name in the same folder and renamed into place, so an interrupted run never leaves a half-written file."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import tempfile
+
+
+@contextlib.contextmanager
+def atomic_path(path: str):
+    """Yield a temporary path next to `path`; on success rename it onto `path`, on failure remove it.
+
+    The temporary name keeps the file's extension so libraries that pick a format by suffix
+    (OpenCV, NumPy, Keras) still work.
+    """
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    os.makedirs(folder, exist_ok=True)
+    base = os.path.basename(path)
+    stem, ext = os.path.splitext(base)
+    if ext in (".gz",):
+        stem, ext2 = os.path.splitext(stem)
+        ext = ext2 + ext
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{ext}", dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def atomic_write_json(path: str, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def atomic_write_csv(path: str, header: list[str], rows: list[list]) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def is_temporary(name: str) -> bool:
+    """True for the leftovers of atomic_path (a killed process cannot clean up after itself)."""
+    return os.path.basename(name).startswith(".") and ".tmp" in os.path.basename(name)

@@ -1,0 +1,88 @@
+"""Image reading and writing for the whole project: bit depth detected from the file, RGB order in
+memory (OpenCV's BGR never leaves this file), and reflection padding to a multiple of 2**depth."""
+
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+
+from fileio import atomic_path
+
+IMAGE_EXTENSIONS = (".png", ".tif", ".tiff")
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; the message names the file and what is wrong."""
+
+
+def read_image(path: str) -> np.ndarray:
+    """Read an RGB image unchanged: uint8 or uint16 (H, W, 3). Grayscale, alpha or other depths are errors."""
+    if not os.path.isfile(path):
+        raise ImageError(f"{path}: file not found")
+    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ImageError(f"{path}: unreadable or truncated image (OpenCV could not decode it)")
+    if img.dtype not in (np.uint8, np.uint16):
+        raise ImageError(f"{path}: unsupported pixel type {img.dtype} (expected 8- or 16-bit)")
+    if img.ndim != 3 or img.shape[2] != 3:
+        channels = 1 if img.ndim == 2 else img.shape[2]
+        raise ImageError(f"{path}: has {channels} channel(s), expected 3 (RGB)")
+    return img[:, :, ::-1].copy()
+
+
+def max_value(img: np.ndarray) -> int:
+    """255 for 8-bit, 65535 for 16-bit: the divisor that maps the image to [0, 1]."""
+    if img.dtype == np.uint8:
+        return 255
+    if img.dtype == np.uint16:
+        return 65535
+    raise ImageError(f"unsupported pixel type {img.dtype}")
+
+
+def to_float(img: np.ndarray) -> np.ndarray:
+    """uint8/uint16 -> float32 in [0, 1], dividing by the bit depth's maximum."""
+    return img.astype(np.float32) / np.float32(max_value(img))
+
+
+def quantize(img: np.ndarray, bits: int = 16) -> np.ndarray:
+    """Float [0, 1] -> uint8/uint16, clamped and rounded (the authors truncated)."""
+    if bits not in (8, 16):
+        raise ValueError(f"bits must be 8 or 16, got {bits}")
+    peak = 255 if bits == 8 else 65535
+    out = np.rint(np.clip(img, 0.0, 1.0) * peak)
+    return out.astype(np.uint8 if bits == 8 else np.uint16)
+
+
+def write_image(path: str, img: np.ndarray, bits: int | None = None) -> None:
+    """Write an RGB image atomically; float input is quantised to `bits` (default 16)."""
+    if img.dtype.kind == "f":
+        img = quantize(img, bits or 16)
+    elif bits is not None and img.dtype != (np.uint8 if bits == 8 else np.uint16):
+        raise ValueError(f"{path}: {img.dtype} image cannot be written as {bits}-bit")
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(tmp, np.ascontiguousarray(img[:, :, ::-1])):
+            raise ImageError(f"{path}: OpenCV could not write the image")
+
+
+def pad_to_multiple(img: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Reflect-pad the bottom and right of an (H, W, C) array up to multiples of `multiple`.
+
+    Returns the padded array and the original (H, W) for crop(). Nothing changes when both sides
+    already are multiples (1120x1680 with multiple 16).
+    """
+    h, w = img.shape[:2]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return img, (h, w)
+    if ph >= h or pw >= w:  # reflection needs more pixels than the image has: fall back to edge padding
+        mode = "symmetric" if ph <= h and pw <= w else "edge"
+    else:
+        mode = "reflect"
+    return np.pad(img, ((0, ph), (0, pw), (0, 0)), mode=mode), (h, w)
+
+
+def crop(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Undo pad_to_multiple."""
+    return img[: size[0], : size[1]]

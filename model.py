@@ -1,0 +1,109 @@
+"""DPDNet: the paper's 4-level U-Net on the left/right dual-pixel views (6 channels), or on the combined
+image (DPDNet-Single, 3 channels). Built with keras.layers/keras.ops only, so it runs under the
+TensorFlow, JAX and PyTorch backends of Keras 3."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import layers
+
+from config import Config
+
+
+class InputShapeError(ValueError):
+    """An input the network cannot take; the message says what to change."""
+
+
+def check_input_shape(shape, cfg: Config) -> None:
+    """Raise InputShapeError for a wrong channel count or a height/width that is not a multiple of 2**depth."""
+    h, w, c = shape[-3], shape[-2], shape[-1]
+    multiple = 2 ** cfg.depth
+    if c is not None and c != cfg.in_channels:
+        what = "left+right views (6)" if cfg.input_mode == "dual" else "one combined RGB image (3)"
+        raise InputShapeError(f"input has {c} channels; the {cfg.input_mode} model takes {what}")
+    for name, size in (("height", h), ("width", w)):
+        if size is not None and size % multiple:
+            raise InputShapeError(f"input {name} {size} is not a multiple of {multiple} (2**depth); pad the image "
+                                  f"(images.pad_to_multiple) or crop it")
+
+
+@keras.saving.register_keras_serializable(package="dpdnet")
+class InputGuard(layers.Layer):
+    """Identity layer that rejects, with a clear message, shapes the U-Net cannot take."""
+
+    def __init__(self, multiple: int, channels: int, input_mode: str = "dual", **kwargs):
+        super().__init__(**kwargs)
+        self.multiple, self.channels, self.input_mode = multiple, channels, input_mode
+
+    def call(self, x):
+        cfg = Config(input_mode=self.input_mode, depth=self.multiple.bit_length() - 1)
+        check_input_shape(tuple(x.shape), cfg)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "multiple": self.multiple, "channels": self.channels,
+                "input_mode": self.input_mode}
+
+
+def _conv(filters: int, kernel: int, name: str, activation: str = "relu", **kwargs) -> layers.Conv2D:
+    return layers.Conv2D(filters, kernel, padding="same", activation=activation,
+                         kernel_initializer="he_normal", name=name, **kwargs)
+
+
+def build_model(cfg: Config, height: int | None = None, width: int | None = None) -> keras.Model:
+    """The DPDNet Keras model for `cfg`; fully convolutional unless height/width are given.
+
+    Width (base_filters) and depth come from the config. Under a mixed-precision policy the
+    output layer still computes and returns float32.
+    """
+    check_input_shape((height, width, cfg.in_channels), cfg)
+    inputs = keras.Input((height, width, cfg.in_channels), name="dp_views" if cfg.input_mode == "dual" else "image")
+    x = InputGuard(2 ** cfg.depth, cfg.in_channels, cfg.input_mode, name="input_guard")(inputs)
+
+    skips = []
+    for level in range(1, cfg.depth + 1):
+        filters = cfg.base_filters * 2 ** (level - 1)
+        x = _conv(filters, 3, f"enc{level}_conv1")(x)
+        x = _conv(filters, 3, f"enc{level}_conv2")(x)
+        if level == cfg.depth:
+            x = layers.Dropout(cfg.dropout, name=f"enc{level}_dropout")(x)
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
+
+    filters = cfg.base_filters * 2 ** cfg.depth
+    x = _conv(filters, 3, "bottleneck_conv1")(x)
+    x = _conv(filters, 3, "bottleneck_conv2")(x)
+    x = layers.Dropout(cfg.dropout, name="bottleneck_dropout")(x)
+
+    for level in range(cfg.depth, 0, -1):
+        filters = cfg.base_filters * 2 ** (level - 1)
+        x = layers.UpSampling2D(2, interpolation="nearest", name=f"dec{level}_upsample")(x)
+        x = _conv(filters, 2, f"dec{level}_upconv")(x)
+        x = layers.Concatenate(name=f"dec{level}_concat")([skips[level - 1], x])
+        x = _conv(filters, 3, f"dec{level}_conv1")(x)
+        x = _conv(filters, 3, f"dec{level}_conv2")(x)
+
+    x = _conv(3, 3, "head_conv")(x)
+    if cfg.head == "sigmoid":
+        outputs = layers.Conv2D(3, 1, activation="sigmoid", kernel_initializer="glorot_uniform",
+                                name="output", dtype="float32")(x)
+    else:
+        # Demo option: the mean of the input views plus a correction that starts at zero, so the
+        # untrained network already returns the blurry image instead of grey.
+        correction = layers.Conv2D(3, 1, kernel_initializer="zeros", name="head_correction", dtype="float32")(x)
+        base = inputs if cfg.in_channels == 3 else layers.Average(name="view_mean")(
+            [inputs[..., :3], inputs[..., 3:]])
+        outputs = layers.Add(name="output", dtype="float32")([layers.Activation("linear", dtype="float32",
+                                                                                 name="input_mean")(base), correction])
+    name = "DPDNet" if cfg.input_mode == "dual" else "DPDNet_Single"
+    return keras.Model(inputs, outputs, name=name)
+
+
+def count_params(model: keras.Model) -> int:
+    """Trainable parameter count (31,035,151 for the paper's DPDNet)."""
+    return int(sum(math.prod(w.shape) for w in model.trainable_weights))
