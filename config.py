@@ -11,6 +11,8 @@ import sys
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # every script imports config first: quiet TF's C++ start-up logs
+
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 
 

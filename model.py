@@ -40,6 +40,18 @@ class InputGuard(layers.Layer):
     def call(self, x):
         cfg = Config(input_mode=self.input_mode, depth=self.multiple.bit_length() - 1)
         check_input_shape(tuple(x.shape), cfg)
+        if keras.backend.backend() == "tensorflow" and None in tuple(x.shape)[1:]:
+            # tf.function traces with unknown sizes after the first shape: check at run time instead.
+            import tensorflow as tf
+            shape = tf.shape(x)
+            with tf.control_dependencies([
+                tf.debugging.assert_equal(shape[3], self.channels,
+                                          message=f"DPDNet ({self.input_mode}) takes {self.channels} input channels"),
+                tf.debugging.assert_equal(shape[1:3] % self.multiple, 0, message=(
+                    f"DPDNet input height and width must be multiples of {self.multiple} (2**depth); "
+                    f"pad the image (images.pad_to_multiple)")),
+            ]):
+                return tf.identity(x)
         return x
 
     def compute_output_shape(self, input_shape):
