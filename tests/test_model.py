@@ -1,0 +1,121 @@
+"""DPDNet structure: the paper's parameter counts, layer shapes, output range, errors, mixed precision,
+and a build under a second Keras backend."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from config import REPO_DIR, make_config
+from model import InputShapeError, build_model, count_params
+
+
+@pytest.fixture(scope="module")
+def paper_512():
+    return build_model(make_config("paper"), 512, 512)
+
+
+def test_paper_and_single_parameter_counts():
+    assert count_params(build_model(make_config("paper"))) == 31_035_151
+    assert count_params(build_model(make_config("single"))) == 31_033_423
+
+
+def test_layer_shapes_at_512(paper_512):
+    expected = {
+        "enc1_conv1": (512, 512, 64), "enc1_conv2": (512, 512, 64), "enc1_pool": (256, 256, 64),
+        "enc2_conv2": (256, 256, 128), "enc2_pool": (128, 128, 128),
+        "enc3_conv2": (128, 128, 256), "enc3_pool": (64, 64, 256),
+        "enc4_conv2": (64, 64, 512), "enc4_dropout": (64, 64, 512), "enc4_pool": (32, 32, 512),
+        "bottleneck_conv1": (32, 32, 1024), "bottleneck_conv2": (32, 32, 1024), "bottleneck_dropout": (32, 32, 1024),
+        "dec4_upsample": (64, 64, 1024), "dec4_upconv": (64, 64, 512), "dec4_concat": (64, 64, 1024),
+        "dec4_conv2": (64, 64, 512),
+        "dec3_upconv": (128, 128, 256), "dec3_concat": (128, 128, 512), "dec3_conv2": (128, 128, 256),
+        "dec2_upconv": (256, 256, 128), "dec2_concat": (256, 256, 256), "dec2_conv2": (256, 256, 128),
+        "dec1_upconv": (512, 512, 64), "dec1_concat": (512, 512, 128), "dec1_conv2": (512, 512, 64),
+        "head_conv": (512, 512, 3), "output": (512, 512, 3),
+    }
+    for name, shape in expected.items():
+        assert tuple(paper_512.get_layer(name).output.shape[1:]) == shape, name
+    convs = [l for l in paper_512.layers if isinstance(l, keras.layers.Conv2D)]
+    assert len(convs) == 24  # the authors' conv2d_1 ... conv2d_24
+    kernels = {l.name: l.kernel.shape[:2] for l in convs}
+    assert kernels["dec4_upconv"] == (2, 2) and kernels["output"] == (1, 1) and kernels["head_conv"] == (3, 3)
+    assert all(l.activation.__name__ == "relu" for l in convs if l.name != "output")
+    assert paper_512.get_layer("output").activation.__name__ == "sigmoid"
+    assert paper_512.get_layer("enc4_dropout").rate == pytest.approx(0.4)
+    # the dropped tensor is both the skip and the pool's input
+    assert paper_512.get_layer("enc4_pool").input is paper_512.get_layer("enc4_dropout").output
+    assert paper_512.get_layer("dec4_concat").input[0] is paper_512.get_layer("enc4_dropout").output
+
+
+def test_full_size_input_gives_full_size_output_in_unit_range():
+    model = build_model(make_config("paper", {"base_filters": 4}))
+    x = np.random.default_rng(0).random((1, 1120, 1680, 6), dtype=np.float32)
+    y = model.predict(x, verbose=0)
+    assert y.shape == (1, 1120, 1680, 3)
+    assert y.dtype == np.float32 and y.min() >= 0 and y.max() <= 1
+
+
+def test_width_and_depth_from_config():
+    small = build_model(make_config("paper", {"base_filters": 8, "depth": 2, "patch_size": 64}))
+    names = [l.name for l in small.layers]
+    assert "enc2_pool" in names and "enc3_conv1" not in names and "dec2_upconv" in names
+    assert small.get_layer("bottleneck_conv1").filters == 32
+
+
+def test_clear_errors_for_bad_shapes():
+    cfg = make_config("paper", {"base_filters": 4})
+    with pytest.raises(InputShapeError, match="not a multiple of 16"):
+        build_model(cfg, 1000, 1500)
+    model = build_model(cfg)
+    with pytest.raises(Exception, match="multiples of 16"):
+        model.predict(np.zeros((1, 40, 48, 6), np.float32), verbose=0)
+    with pytest.raises(Exception, match="takes 6 input channels"):
+        model.predict(np.zeros((1, 48, 48, 3), np.float32), verbose=0)
+
+
+def test_mixed_precision_output_is_float32():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = build_model(make_config("paper", {"base_filters": 4}))
+        assert model.get_layer("enc1_conv1").compute_dtype == "bfloat16"
+        y = model(np.random.default_rng(1).random((1, 32, 32, 6), dtype=np.float32))
+        assert str(y.dtype).endswith("float32")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_residual_head_starts_as_view_mean():
+    cfg = make_config("paper", {"base_filters": 4, "depth": 2, "patch_size": 64, "head": "residual"})
+    x = np.random.default_rng(2).random((1, 32, 32, 6), dtype=np.float32)
+    y = build_model(cfg)(x)
+    np.testing.assert_allclose(np.asarray(y), (x[..., :3] + x[..., 3:]) / 2, atol=1e-6)
+
+
+def _backend_available(name):
+    probe = {"torch": "torch", "jax": "jax"}[name]
+    return subprocess.run([sys.executable, "-c", f"import {probe}"], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_builds_and_runs_under_another_backend(backend):
+    if not _backend_available(backend):
+        pytest.skip(f"{backend} not installed")
+    code = ("import sys, numpy as np\n"
+            "from config import make_config\nfrom model import build_model, count_params\n"
+            "import keras\nassert keras.backend.backend() == sys.argv[1]\n"
+            "print(count_params(build_model(make_config('paper'))))\n"
+            "m = build_model(make_config('single', {'base_filters': 4}))\n"
+            "y = np.asarray(m(np.random.rand(1, 48, 32, 3).astype('float32')))\n"
+            "assert y.shape == (1, 48, 32, 3) and 0 <= y.min() and y.max() <= 1\n"
+            "print('tensorflow' in sys.modules)\n")
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    out = subprocess.run([sys.executable, "-c", code, backend], cwd=REPO_DIR, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    count, tf_imported = out.stdout.split()[-2:]
+    assert count == "31035151"
+    assert tf_imported == "False"
