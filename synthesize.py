@@ -1,0 +1,830 @@
+"""Synthetic dual-pixel defocus data in the DPDD layout, made offline: layered scenes with depth, a thin-lens
+camera, half-aperture left/right PSFs and occlusion-aware compositing (see README, 'Synthetic data').
+
+    python synthesize.py --out synthetic_dpdd --train 100 --val 10 --test 20 --width 560 --height 368 --seed 0
+
+Writes {split}_c/source/NAME.png (blurry combined), {split}_c/target/TARGET.png (all-in-focus),
+{split}_l/source/NAME_L.png and {split}_r/source/NAME_R.png (the two views), 16-bit PNG, plus
+test_categories.csv (indoor/outdoor by depth range), scenes.csv (camera and blur per scene) and
+synthesize.json (the settings). Deterministic for a seed, resumable, parallel (--workers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import multiprocessing
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from fileio import atomic_write_csv, atomic_write_json
+from images import write_image
+
+REPO_DIR = os.path.dirname(os.path.abspath(__file__))
+SPLITS = ("train", "val", "test")
+FORMAT_VERSION = 1                # bump when the same seed would give different images
+
+# Canon EOS 5D Mark IV (the DPDD camera): 6720 x 4480 pixels of 5.36 um. A synthetic image `width` pixels
+# wide shows the full sensor width, so it is downscaled by 6720 / width (DPDD itself: 4x, 1680 wide).
+SENSOR_WIDTH_PX = 6720
+PITCH_UM = 5.36
+FOCAL_MM = (35.0, 85.0)           # log-uniform
+F_NUMBER = (1.8, 5.6)             # log-uniform
+FOCUS_M = (1.0, 10.0)            # focus distance range; the camera focuses on a surface within it
+OUTDOOR_MIN_FAR_M = 10.0          # test_categories rule: farthest depth >= 10 m (or infinity) is outdoor
+DEFOCUS_VISIBLE_PX = 2.0          # blur diameter from which defocus counts as visible in the statistics
+GAMMA = 2.2                       # content is display-encoded; blur, vignetting and noise act in linear light
+
+
+# ----------------------------------------------------------------------------------------------- camera
+
+def coc_pixels(depth_m, focal_mm: float, f_number: float, focus_m: float, pitch_um: float = PITCH_UM,
+               downscale: float = 1.0):
+    """Signed circle-of-confusion diameter in pixels: c = A*f/(S-f)*(d-S)/d with A = f/N (thin lens).
+
+    Negative in front of the focal plane, 0 on it, positive behind; depth may be np.inf. Divided by the pixel
+    pitch and by the downscale factor of the stored image relative to the sensor.
+    """
+    f = float(focal_mm)
+    s = float(focus_m) * 1000.0
+    if not (f > 0 and f_number > 0 and s > f and pitch_um > 0 and downscale > 0):
+        raise ValueError(f"bad camera: focal {focal_mm} mm, f/{f_number}, focus {focus_m} m")
+    d = np.asarray(depth_m, dtype=np.float64) * 1000.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c_mm = (f / f_number) * f / (s - f) * (1.0 - s / d)   # (d - S) / d, written so d = inf gives 1
+    return c_mm * 1000.0 / pitch_um / downscale
+
+
+@dataclass(frozen=True)
+class Camera:
+    """A thin-lens DSLR: focal length, f-number, focus distance, pixel pitch and the image's downscale."""
+    focal_mm: float
+    f_number: float
+    focus_m: float
+    pitch_um: float = PITCH_UM
+    downscale: float = 1.0
+
+    def coc(self, depth_m):
+        return coc_pixels(depth_m, self.focal_mm, self.f_number, self.focus_m, self.pitch_um, self.downscale)
+
+
+# ----------------------------------------------------------------------------------------------- PSFs
+
+@dataclass(frozen=True)
+class PsfShape:
+    """Soft half-aperture PSF shape (Abuolaim et al., ICCV 2021): Butterworth high-pass shading rescaled to
+    [beta, 1] (rim brighter than centre), cut-off at `cutoff` times the radius, Gaussian window ~ size/`smooth`."""
+    beta: float = 0.15
+    order: int = 4
+    cutoff: float = 0.8
+    smooth: float = 7.0
+
+
+@functools.lru_cache(maxsize=512)
+def _dp_kernels_cached(c: float, shape: PsfShape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if abs(c) < 1e-6:
+        delta = np.ones((1, 1), np.float32)
+        return delta, delta.copy(), delta.copy()
+    radius = abs(c) / 2.0
+    half_disc = int(math.ceil(radius + 0.5))
+    window = max(1, int(round((2 * half_disc + 1) / shape.smooth)))
+    window += 1 - window % 2
+    half = half_disc + window // 2
+    y, x = np.mgrid[-half:half + 1, -half:half + 1].astype(np.float64)
+    r = np.hypot(x, y)
+    disc = np.clip(radius + 0.5 - r, 0.0, 1.0)                     # anti-aliased disc of diameter |c|
+    t = (r / (shape.cutoff * radius)) ** (2 * shape.order)
+    shading = shape.beta + (1.0 - shape.beta) * t / (1.0 + t)
+    ramp = np.clip((1.0 - x / (radius + 0.5)) / 2.0, 0.0, 1.0)    # across the disc: 1 at its left edge, 0 at its right
+    left = disc * shading * (ramp if c > 0 else ramp[:, ::-1])     # behind focus: left half; in front: swapped
+    if window > 1:
+        sigma = 0.3 * ((window - 1) * 0.5 - 1) + 0.8               # OpenCV's default for this window
+        left = cv2.GaussianBlur(left, (window, window), sigma, borderType=cv2.BORDER_CONSTANT)
+    left = left / left.sum()
+    right = np.ascontiguousarray(left[:, ::-1])
+    combined = (left + right) / 2.0
+    return left.astype(np.float32), right.astype(np.float32), combined.astype(np.float32)
+
+
+def dp_kernels(signed_coc_px: float, shape: PsfShape = PsfShape()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Left, right and combined PSFs (point images, odd square, each summing to 1) for a signed CoC diameter.
+
+    Right is the left mirrored horizontally; combined = (left + right) / 2 is the full shaded disc. Behind the
+    focal plane (c > 0) the left view sees the left half of the disc, in front of it the right half; c = 0 is
+    a 1x1 delta.
+    """
+    left, right, combined = _dp_kernels_cached(float(signed_coc_px), shape)
+    return left.copy(), right.copy(), combined.copy()
+
+
+def centroid_x(kernel: np.ndarray) -> float:
+    """Horizontal centroid of a kernel in pixels from its centre (negative: left of centre)."""
+    x = np.arange(kernel.shape[1]) - kernel.shape[1] // 2
+    return float((kernel.sum(axis=0) * x).sum() / kernel.sum())
+
+
+# Quantisation of CoC for layered rendering: 0.5 px steps up to 4 px, then 10% steps (bins of equal blur size).
+_COC_BINS = np.concatenate([np.arange(0.0, 4.0, 0.5), 4.0 * 1.1 ** np.arange(0, 40)]).astype(np.float64)
+
+
+def quantize_coc(c):
+    """Nearest bin centre, sign kept: 0, 0.5, ..., 3.5, then 4 * 1.1**k px."""
+    c = np.asarray(c, dtype=np.float64)
+    a = np.abs(c)
+    i = np.clip(np.searchsorted(_COC_BINS, a), 1, len(_COC_BINS) - 1)
+    lo, hi = _COC_BINS[i - 1], _COC_BINS[i]
+    q = np.where(a - lo <= hi - a, lo, hi)
+    return np.sign(c) * q
+
+
+# ----------------------------------------------------------------------------------------------- rendering
+
+@dataclass
+class Layer:
+    """One surface of a scene: display-encoded colour (H, W, 3; values above 1 are highlights), alpha (H, W)
+    in [0, 1], and depth in metres, a number (fronto-parallel) or an (H, W) map (slanted, or a real depth map)."""
+    colour: np.ndarray
+    alpha: np.ndarray
+    depth_m: float | np.ndarray
+
+
+@dataclass
+class Noise:
+    """Sensor noise of the combined image in linear light: variance shot*signal + read**2. Each view gets half
+    the photons at twice the gain, so twice that variance; combined = (L + R) / 2 has it again."""
+    shot: float = 0.0
+    read: float = 0.0
+
+
+def _filter(img: np.ndarray, psf: np.ndarray) -> np.ndarray:
+    """Convolve with a PSF (cv2.filter2D correlates, so the kernel is flipped), reflecting at the borders."""
+    return cv2.filter2D(img, -1, np.ascontiguousarray(psf[::-1, ::-1]), borderType=cv2.BORDER_REFLECT_101)
+
+
+def _box(mask: np.ndarray, margin: int) -> tuple[slice, slice] | None:
+    rows, cols = np.any(mask, axis=1), np.any(mask, axis=0)
+    if not rows.any():
+        return None
+    r0, r1 = np.argmax(rows), len(rows) - np.argmax(rows[::-1])
+    c0, c1 = np.argmax(cols), len(cols) - np.argmax(cols[::-1])
+    h, w = mask.shape
+    return slice(max(0, r0 - margin), min(h, r1 + margin)), slice(max(0, c0 - margin), min(w, c1 + margin))
+
+
+def _blur_region(stack: np.ndarray, nonzero: np.ndarray, psfs: list[np.ndarray]):
+    """Blur `stack` with each PSF, computing only the bounding box of `nonzero` grown by the kernel radius.
+
+    Returns the output box and one blurred crop per PSF; equal to blurring the whole frame inside the box
+    (the input crop is grown by another radius, so no kernel reaches a false border).
+    """
+    half = max(p.shape[0] for p in psfs) // 2
+    out_box = _box(nonzero, half)
+    if out_box is None:
+        return None, []
+    h, w = nonzero.shape
+    r0, r1 = max(0, out_box[0].start - half), min(h, out_box[0].stop + half)
+    c0, c1 = max(0, out_box[1].start - half), min(w, out_box[1].stop + half)
+    crop = stack[r0:r1, c0:c1]
+    inner = (slice(out_box[0].start - r0, out_box[0].stop - r0), slice(out_box[1].start - c0, out_box[1].stop - c0))
+    return out_box, [_filter(crop, p)[inner] for p in psfs]
+
+
+def to_linear(display: np.ndarray, gamma: float = GAMMA) -> np.ndarray:
+    return np.power(np.maximum(display, 0.0), gamma, dtype=np.float32)
+
+
+def to_display(linear: np.ndarray, gamma: float = GAMMA) -> np.ndarray:
+    return np.power(np.clip(linear, 0.0, 1.0), 1.0 / gamma, dtype=np.float32)
+
+
+def render_views(layers: list[Layer], camera: Camera, noise: Noise | None = None, vignetting: float = 0.0,
+                 psf: PsfShape = PsfShape(), rng: np.random.Generator | None = None, gamma: float = GAMMA,
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Render the left and right DP views, the combined image and the sharp image of layers given back to front.
+
+    Each layer is split into slabs of equal quantised CoC. Slabs are blurred with their L/R PSFs as
+    premultiplied colour and alpha and composited over what lies behind with (1 - blurred alpha), so defocused
+    edges of near layers reveal the layers behind them. Inside one layer with a depth map a slab also covers
+    the nearer parts of the same layer (which nearer slabs then replace), so no background leaks through the
+    seams. Vignetting (L darker to the right, R to the left, by up to `vignetting`) and noise act in linear
+    light; combined = (L + R) / 2 there. All outputs are display-encoded float32 (H, W, 3) in [0, 1]; the
+    sharp image is noise-free.
+    """
+    h, w = layers[0].alpha.shape
+    out_l = np.zeros((h, w, 3), np.float32)
+    out_r = np.zeros((h, w, 3), np.float32)
+    sharp = np.zeros((h, w, 3), np.float32)
+    for layer in layers:
+        alpha = np.clip(layer.alpha.astype(np.float32), 0.0, 1.0)
+        colour = to_linear(layer.colour.astype(np.float32), gamma)
+        premult = colour * alpha[..., None]
+        sharp = premult + (1.0 - alpha[..., None]) * sharp
+        cq = quantize_coc(camera.coc(layer.depth_m))
+        if cq.ndim == 0:
+            stack = np.concatenate([premult, alpha[..., None]], axis=2)
+            out_l, out_r = _composite_slab(stack, alpha > 0, float(cq), psf, out_l, out_r)
+            continue
+        # a layer with a depth map: accumulate it on its own (premultiplied colour, alpha), then composite
+        acc_l = np.zeros((h, w, 4), np.float32)
+        acc_r = np.zeros((h, w, 4), np.float32)
+        visible = alpha > 0
+        for value in sorted(np.unique(cq[visible]), reverse=True):   # far (large c) to near
+            own = (cq <= value) & visible
+            stack = np.concatenate([premult * own[..., None], (alpha * own)[..., None], own[..., None]],
+                                   axis=2).astype(np.float32)
+            kl, kr, _ = dp_kernels(value, psf)
+            box, (bl, br) = _blur_region(stack, own, [kl, kr])
+            for acc, b in ((acc_l, bl), (acc_r, br)):
+                acc[box] = b[..., :4] + (1.0 - b[..., 4:5]) * acc[box]
+        for out, acc in ((out_l, acc_l), (out_r, acc_r)):
+            out[:] = acc[..., :3] + (1.0 - acc[..., 3:4]) * out
+    if vignetting:
+        ramp = np.linspace(-1.0, 1.0, w, dtype=np.float32)[None, :, None]
+        out_l *= 1.0 - vignetting * ramp
+        out_r *= 1.0 + vignetting * ramp
+    if noise is not None and (noise.shot > 0 or noise.read > 0):
+        rng = rng if rng is not None else np.random.default_rng(0)
+        for out in (out_l, out_r):
+            var = 2.0 * noise.shot * np.maximum(out, 0.0) + 2.0 * noise.read ** 2
+            out += np.sqrt(var) * rng.standard_normal(out.shape, dtype=np.float32)
+    combined = (out_l + out_r) / 2.0
+    return to_display(out_l, gamma), to_display(out_r, gamma), to_display(combined, gamma), to_display(sharp, gamma)
+
+
+def _composite_slab(stack, nonzero, c, psf, out_l, out_r):
+    """Composite one fronto-parallel slab (premultiplied colour + alpha) over both views."""
+    if c == 0.0:
+        a = stack[..., 3:4]
+        return stack[..., :3] + (1.0 - a) * out_l, stack[..., :3] + (1.0 - a) * out_r
+    kl, kr, _ = dp_kernels(c, psf)
+    box, (bl, br) = _blur_region(stack, nonzero, [kl, kr])
+    if box is not None:
+        out_l[box] = bl[..., :3] + (1.0 - bl[..., 3:4]) * out_l[box]
+        out_r[box] = br[..., :3] + (1.0 - br[..., 3:4]) * out_r[box]
+    return out_l, out_r
+
+
+def visible_coc(layers: list[Layer], camera: Camera) -> np.ndarray:
+    """Signed CoC (px) of the surface seen at each pixel, composited by alpha: the scene's defocus map."""
+    h, w = layers[0].alpha.shape
+    out = np.zeros((h, w), np.float64)
+    for layer in layers:
+        a = np.clip(layer.alpha, 0.0, 1.0)
+        out = camera.coc(layer.depth_m) * a + (1.0 - a) * out
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- content
+
+@functools.lru_cache(maxsize=1)
+def _photos() -> dict[str, np.ndarray]:
+    """The colour photographs scikit-image ships in its wheel (no download), display-encoded float32."""
+    from skimage import data
+    left, right, _ = data.stereo_motorcycle()
+    imgs = {"astronaut": data.astronaut(), "chelsea": data.chelsea(), "coffee": data.coffee(),
+            "rocket": data.rocket(), "motorcycle_left": left, "motorcycle_right": right}
+    return {k: v.astype(np.float32) / 255.0 for k, v in imgs.items()}
+
+
+@functools.lru_cache(maxsize=1)
+def _textures() -> dict[str, np.ndarray]:
+    """Grey photographs and textures from scikit-image, float32 in [0, 1]."""
+    from skimage import data
+    names = ("brick", "grass", "gravel", "camera", "moon", "coins", "clock", "page", "text", "cell")
+    return {n: getattr(data, n)().astype(np.float32) / 255.0 for n in names}
+
+
+@functools.lru_cache(maxsize=1)
+def _horse() -> np.ndarray:
+    from skimage import data
+    return (~data.horse()).astype(np.uint8) * 255
+
+
+@functools.lru_cache(maxsize=1)
+def _motorcycle_depth() -> np.ndarray:
+    """Metric depth (m) of stereo_motorcycle's left image from its Middlebury calibration, Z = f*B/(d + doffs);
+    pixels without disparity (occlusions) take the farther of the nearest valid values along their row."""
+    from skimage import data
+    _, _, disp = data.stereo_motorcycle()
+    disp = disp.astype(np.float64)
+    valid = np.isfinite(disp)
+    filled = disp.copy()
+    for row, ok in zip(filled, valid):
+        if ok.all() or not ok.any():
+            continue
+        idx = np.arange(len(row))
+        left_i = np.maximum.accumulate(np.where(ok, idx, -1))
+        right_i = np.minimum.accumulate(np.where(ok, idx, len(row))[::-1])[::-1]
+        lv = np.where(left_i >= 0, row[np.clip(left_i, 0, None)], np.inf)
+        rv = np.where(right_i < len(row), row[np.clip(right_i, None, len(row) - 1)], np.inf)
+        row[~ok] = np.minimum(lv, rv)[~ok]
+    filled[~np.isfinite(filled)] = np.nanmin(disp[valid])
+    return (994.978 * 0.193001 / (filled + 31.086)).astype(np.float32)
+
+
+def _crop_box(rng, src_h, src_w, h, w, min_scale):
+    aspect = w / h
+    ch, cw = (src_h, int(src_h * aspect)) if src_w >= src_h * aspect else (int(src_w / aspect), src_w)
+    s = rng.uniform(min_scale, 1.0)
+    ch, cw = max(8, int(ch * s)), max(8, int(cw * s))
+    y0, x0 = int(rng.integers(0, src_h - ch + 1)), int(rng.integers(0, src_w - cw + 1))
+    return y0, x0, ch, cw
+
+
+def _resize(img, h, w, nearest=False):
+    src_h, src_w = img.shape[:2]
+    interp = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if src_h >= h else cv2.INTER_CUBIC)
+    return cv2.resize(img, (w, h), interpolation=interp)
+
+
+def _jitter(rng, img):
+    """Colour augmentation: exposure, white balance, saturation and contrast."""
+    grey = img.mean(axis=2, keepdims=True)
+    img = grey + rng.uniform(0.6, 1.3) * (img - grey)
+    mean = img.mean()
+    img = mean + rng.uniform(0.8, 1.2) * (img - mean)
+    img = img * rng.uniform(0.75, 1.15) * rng.uniform(0.88, 1.12, 3).astype(np.float32)
+    return np.clip(img, 0.0, 1.0).astype(np.float32)
+
+
+def photo_content(rng, h, w):
+    photos = _photos()
+    name = list(photos)[int(rng.integers(len(photos)))]
+    img = photos[name]
+    y0, x0, ch, cw = _crop_box(rng, *img.shape[:2], h, w, 0.5)
+    out = _resize(img[y0:y0 + ch, x0:x0 + cw], h, w)
+    if rng.random() < 0.5:
+        out = out[:, ::-1]
+    return _jitter(rng, np.clip(out, 0, 1))
+
+
+def texture_content(rng, h, w):
+    """A grey photograph or texture mapped onto a random two-colour gradient."""
+    tex = _textures()
+    grey = tex[list(tex)[int(rng.integers(len(tex)))]]
+    y0, x0, ch, cw = _crop_box(rng, *grey.shape, h, w, 0.4)
+    g = _resize(grey[y0:y0 + ch, x0:x0 + cw], h, w)
+    if rng.random() < 0.5:
+        g = g[:, ::-1]
+    if rng.random() < 0.5:
+        g = g[::-1]
+    lo, hi = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
+    return np.clip(lo + (hi - lo) * np.clip(g, 0, 1)[..., None], 0, 1).astype(np.float32)
+
+
+def noise_content(rng, h, w):
+    """Coloured 1/f^p noise (natural-image power spectrum)."""
+    fy = np.fft.fftfreq(h)[:, None]
+    fx = np.fft.rfftfreq(w)[None, :]
+    amp = 1.0 / np.maximum(np.hypot(fx, fy), 1.0 / max(h, w)) ** rng.uniform(0.8, 1.4)
+    chans = []
+    for _ in range(3):
+        spec = amp * np.exp(2j * np.pi * rng.random(amp.shape))
+        chans.append(np.fft.irfft2(spec, s=(h, w)))
+    x = np.stack(chans, axis=2)
+    x = x @ rng.uniform(-0.3, 1.0, (3, 3))          # correlated colours
+    lo, hi = np.percentile(x, 1, axis=(0, 1)), np.percentile(x, 99, axis=(0, 1))
+    return np.clip((x - lo) / np.maximum(hi - lo, 1e-6), 0, 1).astype(np.float32)
+
+
+def _leaf_radii(rng, n, rmin, rmax):
+    u = rng.random(n)                               # p(r) ~ r^-3: the dead-leaves model's scale invariance
+    return (rmin ** -2 - u * (rmin ** -2 - rmax ** -2)) ** -0.5
+
+
+def leaves_content(rng, h, w):
+    """A dead-leaves image: occluding discs and squares, colours drawn from a photograph, faint texture."""
+    palette = _photos()[list(_photos())[int(rng.integers(len(_photos())))]].reshape(-1, 3)
+    img = np.zeros((h, w, 3), np.uint8)
+    n = int(rng.integers(300, 700))
+    radii = _leaf_radii(rng, n, 2.0, 0.3 * min(h, w))
+    for r in radii:
+        colour = tuple(int(v) for v in (palette[int(rng.integers(len(palette)))] * 255))
+        cx, cy = int(rng.integers(-int(r), w + int(r))), int(rng.integers(-int(r), h + int(r)))
+        if rng.random() < 0.7:
+            cv2.circle(img, (cx, cy), max(1, int(r)), colour, -1, cv2.LINE_AA)
+        else:
+            box = cv2.boxPoints(((cx, cy), (2 * r, 2 * r * rng.uniform(0.3, 1)), rng.uniform(0, 180)))
+            cv2.fillPoly(img, [np.round(box).astype(np.int32)], colour, cv2.LINE_AA)
+    out = img.astype(np.float32) / 255.0
+    out *= 1.0 + 0.15 * (noise_content(rng, h, w).mean(axis=2, keepdims=True) - 0.5)
+    return np.clip(out, 0, 1)
+
+
+def pattern_content(rng, h, w):
+    """Gratings and checks at a random angle and period (strong edges in every direction)."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    theta = rng.uniform(0, np.pi)
+    period = rng.uniform(4, 40)
+    u = (x * np.cos(theta) + y * np.sin(theta)) / period
+    if rng.random() < 0.5:
+        v = (-x * np.sin(theta) + y * np.cos(theta)) / period
+        g = ((np.floor(u) + np.floor(v)) % 2).astype(np.float32)
+    elif rng.random() < 0.5:
+        g = (np.floor(u) % 2).astype(np.float32)
+    else:
+        g = 0.5 + 0.5 * np.sin(2 * np.pi * u)
+    lo, hi = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
+    return np.clip(lo + (hi - lo) * g[..., None], 0, 1).astype(np.float32)
+
+
+CONTENTS = {"photo": photo_content, "texture": texture_content, "noise": noise_content,
+            "leaves": leaves_content, "pattern": pattern_content}
+
+
+def random_content(rng, h, w, weights=(0.35, 0.25, 0.1, 0.15, 0.15)):
+    name = list(CONTENTS)[int(rng.choice(len(CONTENTS), p=np.array(weights) / sum(weights)))]
+    return CONTENTS[name](rng, h, w)
+
+
+def random_mask(rng, h, w) -> np.ndarray:
+    """An object silhouette with anti-aliased, slightly soft edges: ellipse, polygon, board, blob, leaves, horse."""
+    m = np.zeros((h, w), np.uint8)
+    s = min(h, w)
+    cx, cy = int(rng.uniform(0.1, 0.9) * w), int(rng.uniform(0.1, 0.9) * h)
+    size = rng.uniform(0.12, 0.45) * s
+    kind = int(rng.choice(6, p=[0.2, 0.2, 0.2, 0.15, 0.15, 0.1]))
+    if kind == 0:
+        cv2.ellipse(m, (cx, cy), (int(size), int(size * rng.uniform(0.4, 1.0))), rng.uniform(0, 180), 0, 360,
+                    255, -1, cv2.LINE_AA)
+    elif kind == 1:
+        k = int(rng.integers(3, 9))
+        ang = np.sort(rng.uniform(0, 2 * np.pi, k))
+        rad = size * rng.uniform(0.5, 1.0, k)
+        pts = np.stack([cx + rad * np.cos(ang), cy + rad * np.sin(ang)], axis=1)
+        cv2.fillPoly(m, [np.round(pts).astype(np.int32)], 255, cv2.LINE_AA)
+    elif kind == 2:
+        box = cv2.boxPoints(((cx, cy), (2 * size, 2 * size * rng.uniform(0.3, 1.0)), rng.uniform(-30, 30)))
+        cv2.fillPoly(m, [np.round(box).astype(np.int32)], 255, cv2.LINE_AA)
+    elif kind == 3:
+        blob = cv2.GaussianBlur(rng.standard_normal((h, w)).astype(np.float32), (0, 0), size / 4)
+        g = np.exp(-((np.mgrid[0:h, 0:w][0] - cy) ** 2 + (np.mgrid[0:h, 0:w][1] - cx) ** 2) / (2 * size ** 2))
+        field_ = blob / (blob.std() + 1e-6) + 3.0 * g - 1.5
+        m = np.where(field_ > 0, 255, 0).astype(np.uint8)
+    elif kind == 4:
+        for r in _leaf_radii(rng, int(rng.integers(3, 25)), 0.03 * s, 0.2 * s):
+            x = int(cx + rng.normal(0, size * 0.6))
+            y = int(cy + rng.normal(0, size * 0.6))
+            cv2.circle(m, (x, y), int(r), 255, -1, cv2.LINE_AA)
+    else:
+        horse = _horse()
+        hh = int(2 * size)
+        hw = int(hh * horse.shape[1] / horse.shape[0])
+        small = cv2.resize(horse, (hw, hh), interpolation=cv2.INTER_AREA)
+        if rng.random() < 0.5:
+            small = small[:, ::-1]
+        y0, x0 = cy - hh // 2, cx - hw // 2
+        ys, xs = slice(max(0, y0), min(h, y0 + hh)), slice(max(0, x0), min(w, x0 + hw))
+        m[ys, xs] = small[ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0]
+    alpha = m.astype(np.float32) / 255.0
+    soft = rng.uniform(0.0, 1.0)
+    if soft > 0.3:
+        alpha = cv2.GaussianBlur(alpha, (0, 0), soft)
+    return alpha
+
+
+def _add_highlights(rng, colour, alpha):
+    """A few small light sources (display values 1.2-2, i.e. 1.5-4.6x white in linear light): bokeh when defocused."""
+    h, w = alpha.shape
+    ys, xs = np.nonzero(alpha > 0.9)
+    if len(ys) == 0:
+        return colour
+    colour = colour.copy()
+    for _ in range(int(rng.integers(3, 25))):
+        i = int(rng.integers(len(ys)))
+        tint = rng.uniform(0.8, 1.0, 3)
+        cv2.circle(colour, (int(xs[i]), int(ys[i])), int(rng.integers(1, 4)),
+                   tuple(float(v) for v in tint * rng.uniform(1.2, 2.0)), -1)
+    return colour
+
+
+# ----------------------------------------------------------------------------------------------- scenes
+
+@dataclass
+class Scene:
+    """Everything that fixes one synthetic scene before rendering."""
+    kind: str
+    category: str
+    layers: list[Layer]
+    camera: Camera
+    noise: Noise
+    vignetting: float
+    psf: PsfShape
+    depth_range_m: tuple[float, float]
+    info: dict = field(default_factory=dict)
+
+
+def _log_uniform(rng, lo, hi):
+    return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+
+
+def _plane_inv_depth(rng, h, w, inv_far, inv_near, slanted):
+    """Inverse depth of a plane: a constant, or affine in image coordinates (exact for a slanted plane)."""
+    if not slanted:
+        return float(rng.uniform(inv_far, inv_near))
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    a, b = rng.uniform(inv_far, inv_near, 2)
+    if rng.random() < 0.6:   # ground or ceiling: depth changes mostly down the frame
+        t = y / (h - 1) if rng.random() < 0.8 else 1 - y / (h - 1)
+        t = t + rng.uniform(-0.3, 0.3) * (x / (w - 1) - 0.5)
+    else:                    # a wall seen at an angle
+        t = x / (w - 1) if rng.random() < 0.5 else 1 - x / (w - 1)
+    return (a + (b - a) * np.clip(t, 0, 1)).astype(np.float32)
+
+
+def _procedural_scene(rng, h, w, kind, category):
+    """Background plane plus occluding layers; returns (layers far to near with inverse depths, focus layer)."""
+    if category == "indoor":
+        inv_bg = (1 / 8.0, 1 / 2.0)
+        inv_fg = (1 / 6.0, 1 / 0.5)
+    else:
+        inv_bg = (0.0, 1 / 20.0)
+        inv_fg = (1 / 30.0, 1 / 1.0)
+    if kind == "leaves":
+        bg_colour = leaves_content(rng, h, w)
+    elif kind == "planes":
+        bg_colour = random_content(rng, h, w, weights=(0.3, 0.4, 0.1, 0.0, 0.2))
+    else:
+        bg_colour = random_content(rng, h, w, weights=(0.6, 0.15, 0.05, 0.1, 0.1))
+    slanted_bg = rng.random() < (0.6 if kind == "planes" else 0.35)
+    bg_inv = _plane_inv_depth(rng, h, w, inv_bg[0], inv_bg[1], slanted_bg)
+    if slanted_bg and category == "outdoor":   # a ground plane running from the horizon to a few metres
+        bg_inv = (bg_inv - inv_bg[0]) / (inv_bg[1] - inv_bg[0]) * rng.uniform(0.05, 0.5)
+    layers = [(bg_colour, np.ones((h, w), np.float32), bg_inv)]
+    n = int(rng.integers(1, 5)) if kind != "leaves" else int(rng.integers(2, 6))
+    for _ in range(n):
+        if kind == "leaves":
+            colour = leaves_content(rng, h, w) if rng.random() < 0.5 else random_content(rng, h, w)
+            alpha = np.zeros((h, w), np.float32)
+            for _ in range(int(rng.integers(1, 4))):
+                alpha = np.maximum(alpha, random_mask(rng, h, w))
+        else:
+            colour = random_content(rng, h, w)
+            alpha = random_mask(rng, h, w)
+        slanted = kind == "planes" and rng.random() < 0.5
+        lo = max(inv_fg[0], float(np.mean(bg_inv)))
+        inv = _plane_inv_depth(rng, h, w, lo, inv_fg[1], slanted)
+        if slanted:   # a tilted board: keep its depth span moderate around a centre depth
+            centre = rng.uniform(lo, inv_fg[1])
+            inv = centre + (inv - inv.mean()) * rng.uniform(0.1, 0.5)
+        layers.append((colour, alpha, inv))
+    if rng.random() < 0.3:
+        j = int(rng.integers(len(layers)))
+        layers[j] = (_add_highlights(rng, layers[j][0], layers[j][1]), layers[j][1], layers[j][2])
+    layers.sort(key=lambda t: float(np.mean(t[2])))       # far (small inverse depth) first
+    return layers
+
+
+def sample_scene(rng: np.random.Generator, width: int, height: int, max_coc_px: float) -> Scene:
+    """Draw one scene: content and layout, depths, a camera focused on one of its surfaces, noise and PSF shape.
+
+    The camera is drawn over a DSLR range (35-85 mm, f/1.8-f/5.6, 5D Mark IV pitch, focused on a surface). If
+    the largest blur exceeds max_coc_px the lens and aperture are drawn again (a photographer stops down for
+    a deep scene), and if that fails the depths are pulled towards the focal plane.
+    """
+    h, w = height, width
+    downscale = SENSOR_WIDTH_PX / width
+    kind = str(rng.choice(["motorcycle", "layers", "leaves", "planes"], p=[0.15, 0.35, 0.25, 0.25]))
+    if kind == "motorcycle":
+        category = "indoor"
+        photo = _photos()["motorcycle_left"]
+        depth = _motorcycle_depth()
+        y0, x0, ch, cw = _crop_box(rng, *depth.shape, h, w, 0.55)
+        colour = _resize(photo[y0:y0 + ch, x0:x0 + cw], h, w)
+        inv = 1.0 / _resize(depth[y0:y0 + ch, x0:x0 + cw], h, w, nearest=True)
+        if rng.random() < 0.5:
+            colour, inv = colour[:, ::-1], inv[:, ::-1]
+        raw = [(_jitter(rng, np.clip(colour, 0, 1)), np.ones((h, w), np.float32), inv.astype(np.float32))]
+    else:
+        category = "outdoor" if rng.random() < 0.6 else "indoor"   # some outdoor scenes end up shallower
+        raw = _procedural_scene(rng, h, w, kind, category)
+    # focus on a random point of a surface that lies within the focus range (outdoor backgrounds do not)
+    lo, hi = FOCUS_M
+    in_range = [(alpha > 0.5) & (inv >= 1 / hi) & (inv <= 1 / lo) for _, alpha, inv in raw]
+    candidates = [i for i, m in enumerate(in_range) if m.any()]
+    if candidates:
+        j = candidates[int(rng.integers(len(candidates)))]
+        ys, xs = np.nonzero(in_range[j])
+    else:
+        j = len(raw) - 1
+        ys, xs = np.nonzero(raw[j][1] > 0.5) if (raw[j][1] > 0.5).any() else (np.array([h // 2]), np.array([w // 2]))
+    p = int(rng.integers(len(ys)))
+    inv_j = raw[j][2]
+    inv_focus = float(inv_j if np.ndim(inv_j) == 0 else inv_j[ys[p], xs[p]])
+    inv_focus = float(np.clip(inv_focus, 1 / hi, 1 / lo))
+    focus = 1.0 / inv_focus
+    # largest |1 - S/d| over the scene (c = K * (1 - S * inv_depth))
+    spread = max(float(np.max(np.abs(1.0 - focus * (inv if np.ndim(inv) == 0 else inv[alpha > 0]))))
+                 for _, alpha, inv in raw)
+    best = None
+    for _ in range(12):
+        cam = Camera(_log_uniform(rng, *FOCAL_MM), _log_uniform(rng, *F_NUMBER), focus, PITCH_UM, downscale)
+        k = float(cam.coc(np.inf))
+        if best is None or k < best[1]:
+            best = (cam, k)
+        if k * spread <= max_coc_px:
+            break
+    cam, k = best
+    squeeze = 1.0
+    if k * spread > max_coc_px:
+        squeeze = max_coc_px / (k * spread)
+    layers = []
+    for colour, alpha, inv in raw:
+        inv = inv_focus + (np.asarray(inv, np.float64) - inv_focus) * squeeze
+        with np.errstate(divide="ignore"):
+            depth = np.where(inv > 0, 1.0 / np.maximum(inv, 1e-12), np.inf)
+        layers.append(Layer(colour, alpha, float(depth) if depth.ndim == 0 else depth.astype(np.float32)))
+    depths = np.concatenate([np.ravel(l.depth_m)[np.ravel(np.broadcast_to(l.alpha, (h, w)) > 0)]
+                             if np.ndim(l.depth_m) else [l.depth_m] for l in layers])
+    near, far = float(np.min(depths)), float(np.max(depths))
+    category = "outdoor" if far >= OUTDOOR_MIN_FAR_M else "indoor"
+    noise = Noise(shot=_log_uniform(rng, 1e-5, 1e-4), read=_log_uniform(rng, 2e-4, 1e-3))
+    psf = PsfShape(beta=float(rng.uniform(0.1, 0.2)), order=int(rng.integers(3, 10)),
+                   cutoff=float(rng.uniform(0.8, 1.0)))
+    return Scene(kind, category, layers, cam, noise, float(rng.uniform(0.0, 0.1)), psf, (near, far),
+                 {"squeeze": squeeze})
+
+
+# ----------------------------------------------------------------------------------------------- dataset
+
+def scene_rng(seed: int, split: str, index: int, stream: int = 0) -> np.random.Generator:
+    """Independent generator per (seed, split, scene), so any worker makes any scene identically."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), SPLITS.index(split), int(index), stream]))
+
+
+def scene_names(split: str, index: int) -> tuple[str, str]:
+    """(source, target) file stems; both sort by scene index, so list_scenes pairs them by position."""
+    base = f"syn_{split}_{index:05d}"
+    return base + "_s", base + "_t"
+
+
+def scene_paths(root: str, split: str, index: int) -> dict[str, str]:
+    src, tgt = scene_names(split, index)
+    return {"source": os.path.join(root, f"{split}_c", "source", src + ".png"),
+            "target": os.path.join(root, f"{split}_c", "target", tgt + ".png"),
+            "left": os.path.join(root, f"{split}_l", "source", src + "_L.png"),
+            "right": os.path.join(root, f"{split}_r", "source", src + "_R.png")}
+
+
+def make_scene(seed: int, split: str, index: int, width: int, height: int, max_coc_px: float,
+               render: bool = True) -> tuple[dict[str, np.ndarray], dict]:
+    """Sample and (if `render`) render one scene: images {source, target, left, right} and its metadata."""
+    scene = sample_scene(scene_rng(seed, split, index), width, height, max_coc_px)
+    coc = visible_coc(scene.layers, scene.camera)
+    src, tgt = scene_names(split, index)
+    meta = {"split": split, "index": index, "source": src, "target": tgt, "category": scene.category,
+            "kind": scene.kind, "focal_mm": round(scene.camera.focal_mm, 2),
+            "f_number": round(scene.camera.f_number, 2), "focus_m": round(scene.camera.focus_m, 3),
+            "near_m": round(scene.depth_range_m[0], 3), "far_m": round(scene.depth_range_m[1], 3),
+            "max_abs_coc_px": round(float(np.abs(coc).max()), 2),
+            "defocused_fraction": round(float((np.abs(coc) >= DEFOCUS_VISIBLE_PX).mean()), 4)}
+    if not render:
+        return {}, meta
+    left, right, combined, sharp = render_views(scene.layers, scene.camera, scene.noise, scene.vignetting,
+                                                scene.psf, rng=scene_rng(seed, split, index, stream=1))
+    return {"source": combined, "target": sharp, "left": left, "right": right}, meta
+
+
+def _scene_task(args) -> tuple[dict, bool]:
+    root, seed, split, index, width, height, max_coc_px = args
+    paths = scene_paths(root, split, index)
+    done = all(os.path.isfile(p) for p in paths.values())
+    images, meta = make_scene(seed, split, index, width, height, max_coc_px, render=not done)
+    for key in ("target", "left", "right", "source"):
+        if not done:
+            write_image(paths[key], images[key], bits=16)
+    return meta, not done
+
+
+def _worker_init():
+    cv2.setNumThreads(1)
+
+
+def default_max_coc(width: int) -> float:
+    """Largest blur diameter: 24 px at 560 wide (radius 12), scaled with the width."""
+    return 24.0 * width / 560.0
+
+
+def settings(seed: int, width: int, height: int, max_coc_px: float) -> dict:
+    return {"generator": "synthesize.py", "format_version": FORMAT_VERSION, "seed": seed, "width": width,
+            "height": height, "max_coc_px": max_coc_px}
+
+
+def synthesize(out_root: str, n_train: int = 100, n_val: int = 10, n_test: int = 20, width: int = 560,
+               height: int = 368, seed: int = 0, workers: int = 2, max_coc_px: float | None = None,
+               progress: bool = True) -> dict:
+    """Write (or complete) a synthetic DP dataset in the DPDD layout under out_root and return a summary.
+
+    Scenes whose four files exist are kept, so an interrupted run resumes; settings other than the counts must
+    match the folder's synthesize.json. Raises ValueError with one line for bad arguments or a clashing folder.
+    """
+    counts = {"train": int(n_train), "val": int(n_val), "test": int(n_test)}
+    for split, n in counts.items():
+        if not 0 <= n <= 99999:
+            raise ValueError(f"--{split}: scene count must be 0-99999, got {n}")
+    if sum(counts.values()) == 0:
+        raise ValueError("nothing to make: all scene counts are 0")
+    if width < 32 or height < 32:
+        raise ValueError(f"image size {width}x{height}: width and height must be at least 32")
+    if workers < 1:
+        raise ValueError(f"--workers: must be at least 1, got {workers}")
+    max_coc_px = float(default_max_coc(width) if max_coc_px is None else max_coc_px)
+    if max_coc_px <= 0:
+        raise ValueError(f"--max-coc: must be positive, got {max_coc_px}")
+    root = os.path.abspath(out_root)
+    want = settings(int(seed), int(width), int(height), max_coc_px)
+    manifest = os.path.join(root, "synthesize.json")
+    if os.path.isfile(manifest):
+        with open(manifest) as f:
+            have = json.load(f)
+        clash = [k for k in want if have.get(k) != want[k]]
+        if clash:
+            raise ValueError(f"{manifest}: folder was made with {clash[0]}={have.get(clash[0])!r}, not "
+                             f"{want[clash[0]]!r}; use another --out or remove the folder")
+    elif os.path.isdir(root) and any(os.path.isdir(os.path.join(root, f"{s}_c")) for s in SPLITS):
+        raise ValueError(f"{root}: holds a dataset not made by synthesize.py (no synthesize.json); use another --out")
+    for split, n in counts.items():
+        src_dir = os.path.join(root, f"{split}_c", "source")
+        if os.path.isdir(src_dir):
+            extra = sorted(f for f in os.listdir(src_dir) if f.endswith(".png") and not f.startswith(".")
+                           and f.startswith(f"syn_{split}_") and int(f.split("_")[2]) >= n)
+            if extra:
+                raise ValueError(f"{os.path.join(src_dir, extra[0])}: beyond the {n} {split} scenes asked for "
+                                 f"(left by a larger run); use another --out or ask for at least as many")
+    os.makedirs(root, exist_ok=True)
+    atomic_write_json(manifest, {**want, "counts": counts})
+    tasks = [(root, int(seed), split, i, int(width), int(height), max_coc_px)
+             for split in SPLITS for i in range(counts[split])]
+    from tqdm import tqdm
+    start = time.time()
+    metas, written = [], 0
+    bar = tqdm(total=len(tasks), desc="synthesize", unit="scene", disable=not progress)
+    if workers == 1:
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            results = map(_scene_task, tasks)
+            for meta, wrote in results:
+                metas.append(meta)
+                written += wrote
+                bar.update()
+        finally:
+            cv2.setNumThreads(threads)
+    else:
+        ctx = multiprocessing.get_context("spawn")   # no fork: the caller may hold TensorFlow threads
+        with ctx.Pool(min(workers, len(tasks)), initializer=_worker_init) as pool:
+            for meta, wrote in pool.imap_unordered(_scene_task, tasks, chunksize=1):
+                metas.append(meta)
+                written += wrote
+                bar.update()
+    bar.close()
+    seconds = time.time() - start
+    metas.sort(key=lambda m: (SPLITS.index(m["split"]), m["index"]))
+    columns = list(metas[0])
+    atomic_write_csv(os.path.join(root, "scenes.csv"), columns, [[m[c] for c in columns] for m in metas])
+    tests = [m for m in metas if m["split"] == "test"]
+    if tests:
+        atomic_write_csv(os.path.join(root, "test_categories.csv"), ["index", "source", "target", "category"],
+                         [[i + 1, m["source"], m["target"], m["category"]] for i, m in enumerate(tests)])
+    categories = {c: sum(m["category"] == c for m in tests) for c in ("indoor", "outdoor")}
+    return {"root": root, "counts": counts, "written": written, "skipped": len(tasks) - written,
+            "seconds": round(seconds, 2), "test_categories": categories,
+            "defocused_fraction": round(float(np.mean([m["defocused_fraction"] for m in metas])), 4),
+            "settings": want}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=os.path.join(REPO_DIR, "synthetic_dpdd"),
+                        help="dataset root to write (default: synthetic_dpdd in the repository)")
+    parser.add_argument("--train", type=int, default=100, help="training scenes (default 100)")
+    parser.add_argument("--val", type=int, default=10, help="validation scenes (default 10)")
+    parser.add_argument("--test", type=int, default=20, help="test scenes (default 20)")
+    parser.add_argument("--width", type=int, default=560, help="image width in pixels (default 560)")
+    parser.add_argument("--height", type=int, default=368, help="image height in pixels (default 368)")
+    parser.add_argument("--seed", type=int, default=0, help="global seed (default 0)")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    parser.add_argument("--max-coc", type=float, default=None,
+                        help="largest blur diameter in pixels (default 24 at 560 wide, scaled with the width)")
+    args = parser.parse_args(argv)
+    print("settings: " + ", ".join(f"{k}={v}" for k, v in vars(args).items()))
+    try:
+        summary = synthesize(args.out, args.train, args.val, args.test, args.width, args.height, args.seed,
+                             args.workers, args.max_coc)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    print(f"{summary['root']}: wrote {summary['written']} scenes, kept {summary['skipped']} "
+          f"in {summary['seconds']:.1f} s; test categories {summary['test_categories']}; "
+          f"mean fraction of pixels with blur >= {DEFOCUS_VISIBLE_PX:g} px: {summary['defocused_fraction']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""The synthetic dual-pixel generator: thin-lens blur size, left/right PSFs, layered rendering with occlusion,
+the DPDD layout it writes, determinism and resuming."""
+
+import csv
+import os
+
+import numpy as np
+import pytest
+
+import dpdd
+from images import read_image
+from synthesize import (Camera, Layer, Noise, PsfShape, centroid_x, coc_pixels, dp_kernels, main, make_scene,
+                        quantize_coc, render_views, scene_paths, synthesize, to_linear)
+
+CAM = Camera(focal_mm=50.0, f_number=1.8, focus_m=2.0, downscale=12.0)
+
+
+def test_coc_is_signed_zero_at_focus_and_matches_the_thin_lens_formula():
+    c = coc_pixels([1.0, 2.0, 4.0, np.inf], 50.0, 1.8, 2.0, pitch_um=5.36, downscale=12.0)
+    assert c[1] == 0.0 and c[0] < 0 < c[2] < c[3]
+    aperture = 50.0 / 1.8
+    expected_inf = aperture * 50.0 / (2000.0 - 50.0) * 1000.0 / 5.36 / 12.0   # (d - S) / d -> 1
+    assert c[3] == pytest.approx(expected_inf, rel=1e-9) and c[3] == pytest.approx(11.07, abs=0.01)
+    assert c[2] == pytest.approx(expected_inf * (4.0 - 2.0) / 4.0, rel=1e-9)
+    # affine in inverse depth (Garg et al.): equal steps in 1/d give equal steps in c
+    inv = np.array([0.1, 0.3, 0.5, 0.7])
+    assert np.allclose(np.diff(coc_pixels(1 / inv, 85.0, 4.0, 3.0, downscale=4.0), 2), 0.0, atol=1e-9)
+    # stopping down two stops halves the aperture diameter and the blur
+    assert coc_pixels(4.0, 50.0, 3.6, 2.0, downscale=12.0) == pytest.approx(c[2] / 2)
+
+
+@pytest.mark.parametrize("c", [-24.0, -7.3, -1.5, 0.0, 0.5, 2.0, 5.0, 12.0, 23.9])
+def test_kernels_sum_to_one_mirror_each_other_and_combine(c):
+    left, right, combined = dp_kernels(c)
+    for k in (left, right, combined):
+        assert k.shape[0] == k.shape[1] and k.shape[0] % 2 == 1
+        assert k.sum() == pytest.approx(1.0, abs=1e-5) and k.min() >= 0
+    assert np.array_equal(right, left[:, ::-1])
+    assert np.allclose(combined, (left + right) / 2, atol=1e-7)
+    assert abs(centroid_x(combined)) < 1e-4
+
+
+def test_zero_blur_is_a_delta_and_the_halves_swap_across_the_focal_plane():
+    for k in dp_kernels(0.0):
+        assert k.shape == (1, 1) and k[0, 0] == 1.0
+    for c in (2.0, 6.0, 17.0):
+        behind_l, behind_r, _ = dp_kernels(c)
+        front_l, front_r, _ = dp_kernels(-c)
+        assert centroid_x(behind_l) < -0.2 < 0.2 < centroid_x(behind_r)   # behind focus: left view sees the left half
+        assert centroid_x(front_l) > 0.2 > -0.2 > centroid_x(front_r)     # in front: the halves swap
+        assert np.array_equal(front_l, behind_r)
+
+
+def test_disparity_grows_with_blur_size():
+    shape = PsfShape(beta=0.15, order=4)
+    sizes = [1.5, 2.0, 4.0, 8.0, 12.0, 16.0, 24.0]
+    seps = [centroid_x(dp_kernels(c, shape)[1]) - centroid_x(dp_kernels(c, shape)[0]) for c in sizes]
+    assert all(b > a for a, b in zip(seps, seps[1:])), seps
+    for c, s in zip(sizes[2:], seps[2:]):
+        assert c / 4 <= s <= c / 2   # the literature: |c|/3 to |c|/2 for soft halves
+    assert quantize_coc(-7.3) == pytest.approx(-4 * 1.1 ** 6) and quantize_coc(0.2) == 0.0
+
+
+def _scene(h=40, w=56, seed=0):
+    rng = np.random.default_rng(seed)
+    back = Layer(rng.uniform(0, 1, (h, w, 3)).astype(np.float32), np.ones((h, w), np.float32), 6.0)
+    alpha = np.zeros((h, w), np.float32)
+    alpha[10:30, 15:40] = 1.0
+    alpha[10:30, 14] = 0.4                              # a soft edge
+    front = Layer(rng.uniform(0, 1, (h, w, 3)).astype(np.float32), alpha, 1.2)
+    return back, front
+
+
+def test_in_focus_layers_render_as_the_sharp_scene():
+    back, front = _scene()
+    focused = [Layer(back.colour, back.alpha, CAM.focus_m), Layer(front.colour, front.alpha, CAM.focus_m)]
+    left, right, combined, sharp = render_views(focused, CAM, noise=None)
+    a = front.alpha[..., None]
+    expected = np.power(to_linear(front.colour) * a + (1 - a) * to_linear(back.colour), 1 / 2.2)
+    for img in (left, right, combined, sharp):
+        assert img.dtype == np.float32 and img.shape == (40, 56, 3)
+        assert np.abs(img - expected).max() < 1e-5
+    # a slanted layer (depth map) through the focal plane is sharp exactly where it is in focus
+    depth = np.full(back.alpha.shape, CAM.focus_m, np.float32)
+    depth[:, 40:] = 5.0
+    left, right, _, sharp = render_views([Layer(back.colour, back.alpha, depth)], CAM)
+    assert np.abs(left[:, :20] - sharp[:, :20]).max() < 1e-5
+    assert np.abs(left[:, 45:] - right[:, 45:]).max() > 0.02
+
+
+def test_points_behind_and_in_front_of_focus_shift_opposite_ways():
+    h, w = 61, 61
+    dark = np.zeros((h, w, 3), np.float32)
+    point = dark.copy()
+    point[30, 30] = 1.0
+    for depth, sign in ((8.0, -1), (1.0, 1)):                # behind: left image lies left of the point
+        layers = [Layer(dark, np.ones((h, w), np.float32), 50.0), Layer(point, np.ones((h, w), np.float32), depth)]
+        left, right, combined, _ = render_views(layers, CAM)
+        lin = [to_linear(v)[..., 0] for v in (left, right, combined)]
+        cx = [float((im.sum(axis=0) * np.arange(w)).sum() / im.sum()) - 30 for im in lin]
+        assert sign * cx[0] > 1.0 and sign * cx[1] < -1.0 and abs(cx[2]) < 1e-3
+        assert np.allclose(lin[2], (lin[0] + lin[1]) / 2, atol=1e-6)      # combined = (L + R) / 2, views as bright
+        assert lin[0].sum() == pytest.approx(lin[2].sum(), rel=1e-3)
+
+
+def test_occlusion_defocused_front_spills_over_sharp_back_and_not_the_reverse():
+    back, front = _scene()
+    inside, outside = (slice(15, 25), slice(22, 33)), (slice(0, 40), slice(0, 4))
+    # focus on the front layer: its inside is exactly the sharp front, the blurred background never bleeds in
+    cam = Camera(50.0, 1.8, 1.2, downscale=12.0)
+    left, right, _, sharp = render_views([back, front], cam)
+    assert np.abs(left[inside] - sharp[inside]).max() < 1e-5 and np.abs(right[inside] - sharp[inside]).max() < 1e-5
+    assert np.abs(left[outside] - sharp[outside]).mean() > 0.05
+    # focus on the background: the blurred front spreads over it beyond its mask, the far background stays sharp
+    cam = Camera(50.0, 1.8, 6.0, downscale=12.0)
+    left, _, combined, sharp = render_views([back, front], cam)
+    assert np.abs(combined[outside] - sharp[outside]).max() < 1e-5
+    ring = (slice(12, 28), slice(41, 44))
+    assert np.abs(combined[ring] - sharp[ring]).mean() > 0.03
+
+
+def test_noise_and_vignetting_are_small_and_leave_the_target_clean():
+    back, front = _scene()
+    args = ([back, front], CAM)
+    clean = render_views(*args)
+    noisy = render_views(*args, noise=Noise(shot=1e-4, read=1e-3), vignetting=0.1, rng=np.random.default_rng(1))
+    assert np.array_equal(clean[3], noisy[3])
+    err = noisy[2] - clean[2]
+    assert 0 < np.sqrt((err ** 2).mean()) < 0.02
+    left_gain = to_linear(noisy[0])[:, -8:].mean() / to_linear(noisy[1])[:, -8:].mean()
+    assert 0.75 < left_gain < 0.95                      # left view darker at the right edge
+
+
+def _files(root):
+    out = {}
+    for folder, _, names in os.walk(root):
+        for n in names:
+            if n.endswith(".png"):
+                with open(os.path.join(folder, n), "rb") as f:
+                    out[os.path.relpath(os.path.join(folder, n), root)] = f.read()
+    return out
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """One small set made with 1 worker, its twin with 2 workers, and one with another seed."""
+    base = tmp_path_factory.mktemp("syn")
+    kw = dict(n_train=3, n_val=2, n_test=4, width=96, height=64, progress=False)
+    one = synthesize(str(base / "a"), seed=7, workers=1, **kw)
+    two = synthesize(str(base / "b"), seed=7, workers=2, **kw)
+    other = synthesize(str(base / "c"), seed=8, workers=1, **kw)
+    return base, kw, one, two, other
+
+
+def test_written_layout_is_dpdd_with_16_bit_pngs_and_categories(made):
+    base, kw, summary, _, _ = made
+    root = str(base / "a")
+    assert summary["written"] == 9 and summary["skipped"] == 0
+    for split, n in (("train", 3), ("val", 2), ("test", 4)):
+        scenes = dpdd.list_scenes(root, split)
+        assert len(scenes) == n
+        for i, s in enumerate(scenes):
+            assert s.source == f"syn_{split}_{i:05d}_s"
+            assert os.path.basename(s.target_path) == f"syn_{split}_{i:05d}_t.png"
+            for p in (s.source_path, s.target_path, s.left_path, s.right_path):
+                img = read_image(p)
+                assert img.dtype == np.uint16 and img.shape == (64, 96, 3)
+        assert dpdd.compare_with_official(split, scenes)[0].endswith("(a custom or synthetic set)")
+    with open(os.path.join(root, "test_categories.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    with open(dpdd.TEST_CATEGORIES_CSV, newline="") as f:
+        assert list(rows[0]) == csv.DictReader(f).fieldnames
+    assert [r["index"] for r in rows] == ["1", "2", "3", "4"]
+    cats = dpdd.test_categories(root)
+    assert sorted(cats) == [s.source for s in dpdd.list_scenes(root, "test")]
+    assert set(cats.values()) <= {"indoor", "outdoor"}
+    with open(os.path.join(root, "scenes.csv"), newline="") as f:
+        meta = list(csv.DictReader(f))
+    assert len(meta) == 9 and all(r["category"] == ("outdoor" if float(r["far_m"]) >= 10 else "indoor") for r in meta)
+
+
+def test_deterministic_for_a_seed_and_for_any_worker_count(made):
+    base, _, _, _, _ = made
+    a, b, c = _files(base / "a"), _files(base / "b"), _files(base / "c")
+    assert len(a) == 36 and a == b
+    assert a.keys() == c.keys() and all(a[k] != c[k] for k in a)
+    images, meta = make_scene(7, "val", 1, 96, 64, 24.0 * 96 / 560)
+    again, meta2 = make_scene(7, "val", 1, 96, 64, 24.0 * 96 / 560)
+    assert meta == meta2 and all(np.array_equal(images[k], again[k]) for k in images)
+
+
+def test_resume_skips_finished_scenes_and_refuses_other_settings(made, tmp_path):
+    base, kw, _, _, _ = made
+    root = str(tmp_path / "r")
+    synthesize(root, seed=7, workers=1, **{**kw, "n_train": 2})
+    os.remove(scene_paths(root, "test", 2)["left"])
+    summary = synthesize(root, seed=7, workers=1, **kw)          # one more train scene, one repaired test scene
+    assert summary["written"] == 2 and summary["skipped"] == 7
+    assert _files(root) == _files(base / "a")
+    with pytest.raises(ValueError, match="seed=7"):
+        synthesize(root, seed=9, workers=1, **kw)
+    with pytest.raises(ValueError, match="beyond the 1 train scenes"):
+        synthesize(root, seed=7, workers=1, **{**kw, "n_train": 1})
+    with pytest.raises(SystemExit, match="error: image size 20x64"):
+        main(["--out", str(tmp_path / "x"), "--width", "20", "--height", "64"])
