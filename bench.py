@@ -1,0 +1,330 @@
+"""Speed and memory of DPDNet, measured: inference per 1680x1120 image, training patches/s, the FLOP count
+and achieved FLOP/s next to the device's measured matrix rate, plus the data pipeline on the CPU.
+
+`python bench.py` prints one table and writes results/bench/<host>.md and .json. Each figure is the
+median of several timed runs after a warm-up (min and max beside it). The network runs under every
+Keras backend given by --backends (TensorFlow here; JAX and PyTorch on machines without TensorFlow);
+each backend runs in its own process because Keras fixes its backend at import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+from config import REPO_DIR, make_config
+
+PAPER_STEPS = 280_000          # 200 epochs x 1,400 steps of batch 5
+PAPER_TITANX_SECONDS = 0.5     # the paper's time for one 1680x1120 image
+GOAL_INFER_S = 0.010           # per image, bf16, H100
+GOAL_TRAIN_HOURS = 2.0
+
+
+def conv_flops(cfg, height: int, width: int) -> int:
+    """Multiply-adds x2 of every convolution for one HxW input (bias, ReLU, pooling and copies left out)."""
+    total, skip_channels, h, w, c = 0, [], height, width, cfg.in_channels
+    for level in range(1, cfg.depth + 1):
+        f = cfg.base_filters * 2 ** (level - 1)
+        total += 2 * h * w * 9 * (c * f + f * f)
+        skip_channels.append(f)
+        c, h, w = f, h // 2, w // 2
+    f = cfg.base_filters * 2 ** cfg.depth
+    total += 2 * h * w * 9 * (c * f + f * f)
+    c = f
+    for level in range(cfg.depth, 0, -1):
+        f = cfg.base_filters * 2 ** (level - 1)
+        h, w = h * 2, w * 2
+        total += 2 * h * w * 4 * c * f                       # 2x2 up-convolution
+        total += 2 * h * w * 9 * ((skip_channels[level - 1] + f) * f + f * f)
+        c = f
+    total += 2 * h * w * (9 * c * 3 + 3 * 3)                 # head 3x3 and 1x1 output
+    return total
+
+
+def _timed(fn, warmup: int, repeats: int) -> dict:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return {"median": statistics.median(times), "min": min(times), "max": max(times), "n": repeats}
+
+
+def _device_name() -> str:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip().splitlines()[0]
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"CPU: {cpu} ({os.cpu_count()} cores)"
+
+
+# ---------------------------------------------------------------- network worker (one backend per process)
+
+def _backend_tools(xla: bool):
+    """Per-backend: put an array on the device, a synchronised forward function, a matmul for the peak rate."""
+    import keras
+    import numpy as np
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        def forward_fn(model):
+            fn = jax.jit(lambda tv, ntv, x: model.stateless_call(tv, ntv, x, training=False)[0])
+            tv = [v.value for v in model.trainable_variables]
+            ntv = [v.value for v in model.non_trainable_variables]
+            return lambda x: fn(tv, ntv, x).block_until_ready()
+
+        def matmul_fn(n, dtype):
+            a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype=dtype)
+            b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype=dtype)
+            f = jax.jit(lambda a, b: a @ b)
+            return lambda: f(a, b).block_until_ready()
+        to_device = lambda x: jnp.asarray(x)  # noqa: E731
+        version = f"jax {jax.__version__}"
+    elif backend == "torch":
+        import torch
+
+        def forward_fn(model):
+            def run(x):
+                with torch.no_grad():
+                    y = model(x, training=False)
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                return y
+            return run
+
+        def matmul_fn(n, dtype):
+            dev = "cuda" if torch.cuda.is_available() else "cpu"
+            dt = {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
+            a, b = torch.randn(n, n, device=dev, dtype=dt), torch.randn(n, n, device=dev, dtype=dt)
+
+            def run():
+                a @ b
+                if dev == "cuda":
+                    torch.cuda.synchronize()
+            return run
+        to_device = lambda x: keras.ops.convert_to_tensor(x)  # noqa: E731
+        version = f"torch {torch.__version__}"
+    else:
+        import tensorflow as tf
+
+        def forward_fn(model):
+            fn = tf.function(lambda x: model(x, training=False), jit_compile=xla)
+            return lambda x: fn(x)[0, 0, 0, 0].numpy()
+
+        def matmul_fn(n, dtype):
+            a = tf.random.normal((n, n), dtype=dtype)
+            b = tf.random.normal((n, n), dtype=dtype)
+            f = tf.function(lambda a, b: a @ b)
+            return lambda: f(a, b)[0, 0].numpy()
+        to_device = tf.convert_to_tensor
+        version = f"tensorflow {tf.__version__}"
+    del np
+    return backend, version, to_device, forward_fn, matmul_fn
+
+
+def network_worker(args) -> list[dict]:
+    """Time inference and training of the paper model under this process's Keras backend."""
+    import keras
+    import numpy as np
+    from model import build_model
+
+    precision, xla = args.precision, args.xla
+    backend, version, to_device, forward_fn, matmul_fn = _backend_tools(xla)
+    keras.mixed_precision.set_global_policy(precision)
+    cfg = make_config("paper", {"precision": precision, "xla": xla})
+    h, w = (args.height, args.width)
+    rows, base = [], {"backend": version, "precision": precision, "xla": xla if backend == "tensorflow" else backend == "jax"}
+    rng = np.random.default_rng(0)
+
+    if args.matmul:
+        n = args.matmul
+        mm_dtype = "bfloat16" if precision != "float32" else "float32"
+        t = _timed(matmul_fn(n, mm_dtype), 2, args.repeats)
+        rate = lambda s: 2 * n ** 3 / s / 1e12  # noqa: E731
+        rows.append({**base, "what": f"matmul {n}^3 {mm_dtype} (device rate)", "unit": "TFLOP/s", "n": t["n"],
+                     "median": rate(t["median"]), "min": rate(t["max"]), "max": rate(t["min"])})
+
+    if "infer" in args.parts:
+        model = build_model(cfg)
+        flops = conv_flops(cfg, h, w)
+        x = rng.random((1, h, w, 6), dtype=np.float32)
+        xd = to_device(x)
+        fwd = forward_fn(model)
+        t = _timed(lambda: fwd(xd), args.warmup, args.repeats)
+        rows.append({**base, "what": f"inference {w}x{h}, input on device", "unit": "s/image", **t,
+                     "flops": flops, "tflops_achieved": flops / t["median"] / 1e12})
+        t = _timed(lambda: model.predict_on_batch(x), 1, args.repeats)
+        rows.append({**base, "what": f"inference {w}x{h}, from host array (predict_on_batch)", "unit": "s/image", **t})
+        del model
+
+    if "train" in args.parts:
+        p, b = args.patch, args.batch
+        model = build_model(cfg)
+        model.compile(optimizer=keras.optimizers.Adam(2e-5), loss="mse",
+                      jit_compile=xla if backend == "tensorflow" else "auto")
+        x = to_device(rng.random((b, p, p, 6), dtype=np.float32))
+        y = to_device(rng.random((b, p, p, 3), dtype=np.float32))
+        t = _timed(lambda: model.train_on_batch(x, y), args.warmup, args.repeats)
+        flops = 3 * conv_flops(cfg, p, p) * b
+        rows.append({**base, "what": f"train step {p}x{p} batch {b}", "unit": "s/step", **t,
+                     "patches_per_s": b / t["median"], "flops": flops, "tflops_achieved": flops / t["median"] / 1e12,
+                     "paper_run_hours": PAPER_STEPS * t["median"] / 3600})
+    return rows
+
+
+# ---------------------------------------------------------------- orchestration
+
+def _run_worker(backend: str, precision: str, xla: bool, args) -> list[dict]:
+    cmd = [sys.executable, os.path.join(REPO_DIR, "bench.py"), "--worker", "--precision", precision,
+           "--height", str(args.height), "--width", str(args.width), "--patch", str(args.patch),
+           "--batch", str(args.batch), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+           "--parts", ",".join(args.parts), "--matmul", str(args.matmul)] + (["--xla"] if xla else [])
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    label = f"{backend} {precision}{' xla' if xla else ''}"
+    print(f"[bench] {label} ...", flush=True)
+    t0 = time.time()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.worker_timeout)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        print(f"[bench] {label} failed: {' | '.join(tail)}", flush=True)
+        return [{"backend": backend, "precision": precision, "xla": xla, "what": "FAILED", "error": " | ".join(tail)}]
+    rows = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
+    print(f"[bench] {label} done in {time.time() - t0:.0f}s", flush=True)
+    return rows
+
+
+def _fmt(row: dict) -> str:
+    if row["what"] == "FAILED":
+        return f"| {row['backend']} | {row['precision']} | {row['xla']} | FAILED | | | | {row.get('error', '')[:120]} |"
+    unit = row["unit"]
+    scale, shown = (1e3, "ms") if unit in ("s/image", "s/step") else (1, unit)
+    note = []
+    if "tflops_achieved" in row:
+        note.append(f"{row['flops'] / 1e12:.2f} TFLOP, {row['tflops_achieved']:.1f} TFLOP/s achieved")
+    if "patches_per_s" in row:
+        note.append(f"{row['patches_per_s']:.1f} patches/s; 280k steps = {row['paper_run_hours']:.2f} h")
+    return (f"| {row['backend']} | {row['precision']} | {row['xla']} | {row['what']} | "
+            f"{row['median'] * scale:.3f} {shown} | {row['min'] * scale:.3f} | {row['max'] * scale:.3f} | {'; '.join(note)} |")
+
+
+def render(rows: list[dict], meta: dict) -> str:
+    lines = [f"# DPDNet benchmark: {meta['device']}", "",
+             f"{meta['date']} · host {meta['host']} · python {meta['python']} · {meta['command']}", "",
+             "| backend | precision | XLA | what | median | min | max | notes |", "|---|---|---|---|---|---|---|---|"]
+    lines += [_fmt(r) for r in rows]
+    peak = max((r["median"] for r in rows if r.get("unit") == "TFLOP/s"), default=None)
+    infer = [r for r in rows if r.get("what", "").startswith("inference") and "input on device" in r["what"]]
+    train = [r for r in rows if r.get("what", "").startswith("train step")]
+    lines += ["", "## Against the goals and the limit", ""]
+    if meta["sizes"]["image"] != [1680, 1120] or meta["sizes"]["patch"] != 512 or meta["sizes"]["batch"] != 5:
+        lines.append(f"- Sizes {meta['sizes']} are not the paper's: the goals below do not apply.")
+        infer, train = [], []
+    if peak:
+        lines.append(f"- Measured matrix rate of this device: {peak:.0f} TFLOP/s.")
+    for r in infer:
+        frac = f", {r['tflops_achieved'] / peak:.0%} of the measured matrix rate" if peak else ""
+        floor = f"; floor at the matrix rate {r['flops'] / peak / 1e12 * 1e3:.1f} ms" if peak else ""
+        goal = "meets" if r["median"] < GOAL_INFER_S else f"misses by {r['median'] / GOAL_INFER_S:.1f}x"
+        lines.append(f"- Inference {r['backend']} {r['precision']}: {r['median'] * 1e3:.1f} ms/image{frac}{floor}; "
+                     f"paper 500 ms on a TITAN X ({PAPER_TITANX_SECONDS / r['median']:.0f}x faster); "
+                     f"goal 10 ms (bf16, H100): {goal}.")
+    for r in train:
+        frac = f", {r['tflops_achieved'] / peak:.0%} of the matrix rate" if peak else ""
+        goal = "meets" if r["paper_run_hours"] < GOAL_TRAIN_HOURS else f"misses by {r['paper_run_hours'] / GOAL_TRAIN_HOURS:.1f}x"
+        lines.append(f"- Training {r['backend']} {r['precision']}: {r['median'] * 1e3:.1f} ms/step{frac}; "
+                     f"the paper's 280k steps project to {r['paper_run_hours']:.2f} h (goal 2 h: {goal}).")
+    extra = meta.get("notes") or []
+    lines += [f"- {n}" for n in extra]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes and few repeats: under 3 minutes on a CPU")
+    parser.add_argument("--backends", default="", help="comma list of Keras backends (default: tensorflow if installed, "
+                                                       "else jax,torch)")
+    parser.add_argument("--precisions", default="", help="comma list; default float32 on CPU, float32,mixed_bfloat16 on GPU")
+    parser.add_argument("--parts", default="infer,train")
+    parser.add_argument("--height", type=int, default=1120)
+    parser.add_argument("--width", type=int, default=1680)
+    parser.add_argument("--patch", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=0)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--matmul", type=int, default=-1, help="size of the matmul for the device rate (0: skip)")
+    parser.add_argument("--worker-timeout", type=int, default=1800)
+    parser.add_argument("--tag", default="", help="suffix for the output file names")
+    parser.add_argument("--out", default=os.path.join(REPO_DIR, "results", "bench"))
+    parser.add_argument("--precision", default="float32", help=argparse.SUPPRESS)
+    parser.add_argument("--xla", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.parts = [p for p in args.parts.split(",") if p]
+
+    if args.worker:
+        for row in network_worker(args):
+            print(json.dumps(row), flush=True)
+        return
+
+    device = _device_name()
+    gpu = not device.startswith("CPU")
+    if args.quick:
+        args.height, args.width, args.patch, args.batch = 224, 336, 128, 2
+        args.repeats = args.repeats or 3
+        args.warmup = 1
+    args.repeats = args.repeats or (20 if gpu else 3)
+    if args.matmul < 0:
+        args.matmul = 8192 if gpu else 0
+    if args.backends:
+        backends = args.backends.split(",")
+    else:
+        has_tf = subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True).returncode == 0
+        backends = ["tensorflow"] if has_tf else ["jax", "torch"]
+    precisions = args.precisions.split(",") if args.precisions else (
+        ["float32", "mixed_bfloat16"] if gpu else ["float32"])
+    rows = []
+    for backend in backends:
+        for precision in precisions:
+            xlas = [False, True] if backend == "tensorflow" and gpu else [False]
+            for xla in xlas:
+                rows += _run_worker(backend, precision, xla, args)
+
+    meta = {"device": device, "host": socket.gethostname(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "python": platform.python_version(), "command": " ".join(["python bench.py"] + sys.argv[1:]),
+            "sizes": {"image": [args.width, args.height], "patch": args.patch, "batch": args.batch}}
+    text = render(rows, meta)
+    print(text)
+    from fileio import atomic_write_json, atomic_write_text
+    name = (device.split(":")[-1].strip() if gpu else socket.gethostname()).replace(" ", "_").replace("/", "_")
+    if args.quick:
+        name += "_quick"
+    if args.tag:
+        name += f"_{args.tag}"
+    atomic_write_text(os.path.join(args.out, f"{name}.md"), text)
+    atomic_write_json(os.path.join(args.out, f"{name}.json"), {"meta": meta, "rows": rows})
+    print(f"wrote {os.path.join(args.out, name)}.md and .json")
+
+
+if __name__ == "__main__":
+    main()
