@@ -57,15 +57,26 @@ class PatchStore:
         p = self.patch_size
         return self.images[split][n][r:r + p, c:c + p, channels]
 
-    def gather(self, split: str, rows, channels: slice = slice(None)) -> np.ndarray:
-        """Patches `rows` of a split stacked into one uint16 array (B, P, P, C)."""
-        rows = np.asarray(rows)
-        first = self.patch(split, int(rows[0]), channels) if len(rows) else None
-        depth = first.shape[2] if first is not None else NUM_CHANNELS
-        out = np.empty((len(rows), self.patch_size, self.patch_size, depth), np.uint16)
+    def gather(self, split: str, rows, channels: slice = slice(None), out: np.ndarray | None = None) -> np.ndarray:
+        """Patches `rows` of a split, channels `channels`, stacked into one uint16 array (B, P, P, C)."""
+        start, stop, _ = channels.indices(NUM_CHANNELS)
+        if out is None:
+            out = np.empty((len(rows), self.patch_size, self.patch_size, stop - start), np.uint16)
         for k, i in enumerate(rows):
-            out[k] = self.patch(split, int(i), channels)
+            copy_channels(self.patch(split, int(i)), channels, out[k])
         return out
+
+
+def copy_channels(src: np.ndarray, channels: slice, out: np.ndarray) -> None:
+    """out[...] = src[..., channels] for a (.., 12) uint16 patch view, about twice as fast as numpy's own copy
+    (each pixel's channel run is moved as one opaque item instead of element by element)."""
+    start, stop, step = channels.indices(src.shape[-1])
+    if step != 1 or src.strides[-1] != 2 or out.strides[-1] != 2 or src.dtype != np.uint16:
+        out[...] = src[..., channels]
+        return
+    width = 2 * (stop - start)
+    run = np.dtype({"names": ["c"], "formats": [f"V{width}"], "offsets": [2 * start], "itemsize": 2 * src.shape[-1]})
+    out.view(f"V{width}")[..., 0] = src.view(run)[..., 0]["c"]
 
 
 def store_config(cfg: Config) -> dict:
@@ -481,9 +492,12 @@ def build_store(cfg: Config, splits=STORE_SPLITS, rebuild: bool = False, progres
     if todo:
         _remove(os.path.join(patch_dir, "manifest.json"))  # the store is incomplete until the end
         start = time.time()
-        for sidecar in _run_scenes(todo, cfg, patch_dir, root, total, total - len(todo), progress):
+
+        def on_done(sidecar: dict) -> None:
             _check_bits(seen_bits, sidecar, root)
             done[f"{sidecar['split']}/{sidecar['source']}"] = sidecar
+
+        _run_scenes(todo, cfg, patch_dir, root, total, total - len(todo), progress, on_done)
         elapsed = time.time() - start
         print(f"built {len(todo)} scenes in {elapsed:.1f} s ({elapsed / len(todo):.2f} s per scene)")
 
@@ -491,14 +505,14 @@ def build_store(cfg: Config, splits=STORE_SPLITS, rebuild: bool = False, progres
 
 
 def _run_scenes(todo: list[Scene], cfg: Config, patch_dir: str, root: str, total: int, initial: int,
-                progress: bool):
-    """Yield the sidecars of the built scenes, in completion order, over cfg.data_workers processes."""
+                progress: bool, on_done) -> None:
+    """Build the scenes over cfg.data_workers processes, calling on_done(sidecar) as each completes; on any
+    error or Ctrl-C the scenes not started are cancelled and the running ones finish whole."""
     from tqdm import tqdm
-    bar = tqdm(total=total, initial=initial, unit="scene", desc="scenes", disable=not progress)
-    try:
+    with tqdm(total=total, initial=initial, unit="scene", desc="scenes", disable=not progress) as bar:
         if cfg.data_workers == 1:
             for scene in todo:
-                yield build_scene(scene, cfg, patch_dir, root)
+                on_done(build_scene(scene, cfg, patch_dir, root))
                 bar.update()
             return
         # spawn: workers start clean (no TensorFlow or threads inherited from a parent that has them)
@@ -508,14 +522,10 @@ def _run_scenes(todo: list[Scene], cfg: Config, patch_dir: str, root: str, total
         try:
             futures = [pool.submit(build_scene, scene, cfg, patch_dir, root) for scene in todo]
             for future in concurrent.futures.as_completed(futures):
-                yield future.result()
+                on_done(future.result())
                 bar.update()
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)  # running scenes finish whole; the rest never start
-            raise
-        pool.shutdown(wait=True)
-    finally:
-        bar.close()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _write_index_and_manifest(cfg: Config, patch_dir: str, root: str, scenes: dict, done: dict) -> dict:
@@ -574,6 +584,8 @@ def main(argv=None) -> None:
     try:
         build_store(cfg, splits, rebuild=args.rebuild, progress=not args.no_progress)
     except (DatasetError, ImageError, StoreError) as e:
+        sys.exit(f"error: {e}")
+    except OSError as e:  # e.g. a full disk; what was completed is kept
         sys.exit(f"error: {e}")
     except concurrent.futures.process.BrokenProcessPool as e:
         sys.exit(f"error: a data_prep worker died ({e}); completed scenes are kept, run again to continue")

@@ -306,7 +306,7 @@ def test_mixed_bit_depths_are_refused(tmp_path):
     make_dataset(root, 2, 1, 150, 230)
     rng = np.random.default_rng(9)
     make_scene(root, "train", "train01", 150, 230, rng, bits=8)  # a whole 8-bit scene among 16-bit ones
-    msg = run_main(root, store, **SMALL)
+    msg = run_main(root, store, **{**SMALL, "data_workers": 2})
     assert msg.startswith("error: the dataset mixes bit depths")
     assert "train01.png is 8-bit" in msg and "-bit" in msg.split("8-bit,")[1]
     assert not (store / "manifest.json").exists()
@@ -505,3 +505,14 @@ def test_interrupted_runs_resume_to_the_clean_store(tmp_path, monkeypatch):
         data_prep.open_store(cfg_for(root, store, **overrides))
     assert run_main(root, store, **overrides) is None
     assert snapshot(store) == clean
+
+
+def test_copy_channels_equals_numpy_slicing():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 65536, (40, 50, 12), dtype=np.uint16)
+    view = image[3:35, 7:39]
+    for channels in (slice(0, 6), slice(6, 9), slice(9, 12), slice(None), slice(0, 12, 2)):
+        expected = view[..., channels]
+        out = np.empty(expected.shape, np.uint16)
+        data_prep.copy_channels(view, channels, out)
+        np.testing.assert_array_equal(out, expected)
