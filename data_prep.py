@@ -379,16 +379,23 @@ def _worker_init() -> None:
 # The whole store
 
 def _read_stored_config(patch_dir: str) -> tuple[str, dict] | None:
-    """(file, store settings) recorded by an earlier run into patch_dir, if any."""
-    for name, key in (("manifest.json", "store_config"), ("config.json", None)):
-        path = os.path.join(patch_dir, name)
-        if os.path.isfile(path):
-            try:
-                with open(path) as f:
-                    d = json.load(f)
-                return path, (d[key] if key else {k: d[k] for k in STORE_KEYS})
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                raise StoreError(f"{path}: unreadable ({e}); pass --rebuild to clear the store") from None
+    """(file, store settings) of what an earlier run stored in patch_dir: its manifest, else (when scene files
+    exist) its config.json or a scene's sidecar. None when nothing was stored (e.g. the earlier run failed)."""
+    sidecars = [os.path.join(patch_dir, split, n) for split in STORE_SPLITS
+                if os.path.isdir(os.path.join(patch_dir, split))
+                for n in sorted(os.listdir(os.path.join(patch_dir, split))) if n.endswith(".json")]
+    candidates = [(os.path.join(patch_dir, "manifest.json"), "store_config")]
+    if sidecars:
+        candidates += [(os.path.join(patch_dir, "config.json"), None), (sidecars[0], "store_config")]
+    for path, key in candidates:
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path) as f:
+                d = json.load(f)
+            return path, (d[key] if key else {k: d[k] for k in STORE_KEYS})
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise StoreError(f"{path}: unreadable ({e}); pass --rebuild to clear the store") from None
     return None
 
 

@@ -417,6 +417,10 @@ def test_other_settings_are_refused_then_rebuilt(tmp_path):
     assert data_prep.open_store(cfg_for(root, store, **{**SMALL, "patch_size": 32})).patch_size == 32
     with pytest.raises(data_prep.StoreError, match="patch_size: 32 in the store, 64 now"):
         data_prep.open_store(cfg_for(root, store, **SMALL))
+    # A run that stored nothing (here: patches larger than the images) does not claim the folder.
+    other = tmp_path / "other"
+    assert "smaller than the 160x160 patch" in run_main(root, other, **{**SMALL, "patch_size": 160})
+    assert run_main(root, other, **SMALL) is None
     # Settings outside the store (batch size, input mode) share it.
     data_prep.open_store(cfg_for(root, store, **{**SMALL, "patch_size": 32, "batch_size": 2, "input_mode": "single"}))
 
