@@ -43,6 +43,10 @@ DEFOCUS_VISIBLE_PX = 2.0          # blur diameter from which defocus counts as v
 GAMMA = 2.2                       # content is display-encoded; blur, vignetting and noise act in linear light
 
 
+class SynthesisError(ValueError):
+    """A bad argument or a clashing output folder; the message is one line naming it."""
+
+
 # ----------------------------------------------------------------------------------------------- camera
 
 def coc_pixels(depth_m, focal_mm: float, f_number: float, focus_m: float, pitch_um: float = PITCH_UM,
@@ -178,21 +182,23 @@ def _box(mask: np.ndarray, margin: int) -> tuple[slice, slice] | None:
     return slice(max(0, r0 - margin), min(h, r1 + margin)), slice(max(0, c0 - margin), min(w, c1 + margin))
 
 
-def _blur_region(stack: np.ndarray, nonzero: np.ndarray, psfs: list[np.ndarray]):
-    """Blur `stack` with each PSF, computing only the bounding box of `nonzero` grown by the kernel radius.
+def _blur_region(make_stack, nonzero: np.ndarray, psfs: list[np.ndarray]):
+    """Blur the stack that make_stack(rows, cols) builds with each PSF, only over the bounding box of
+    `nonzero` grown by the kernel radius; returns that box and one blurred crop per PSF (or None, []).
 
-    Returns the output box and one blurred crop per PSF; equal to blurring the whole frame inside the box
-    (the input crop is grown by another radius, so no kernel reaches a false border).
+    Equal to blurring the whole frame inside the box: the input crop is grown by another radius, so no kernel
+    reaches a false border.
     """
     half = max(p.shape[0] for p in psfs) // 2
     out_box = _box(nonzero, half)
     if out_box is None:
         return None, []
     h, w = nonzero.shape
-    r0, r1 = max(0, out_box[0].start - half), min(h, out_box[0].stop + half)
-    c0, c1 = max(0, out_box[1].start - half), min(w, out_box[1].stop + half)
-    crop = stack[r0:r1, c0:c1]
-    inner = (slice(out_box[0].start - r0, out_box[0].stop - r0), slice(out_box[1].start - c0, out_box[1].stop - c0))
+    rows = slice(max(0, out_box[0].start - half), min(h, out_box[0].stop + half))
+    cols = slice(max(0, out_box[1].start - half), min(w, out_box[1].stop + half))
+    crop = make_stack(rows, cols)
+    inner = (slice(out_box[0].start - rows.start, out_box[0].stop - rows.start),
+             slice(out_box[1].start - cols.start, out_box[1].stop - cols.start))
     return out_box, [_filter(crop, p)[inner] for p in psfs]
 
 
@@ -228,8 +234,7 @@ def render_views(layers: list[Layer], camera: Camera, noise: Noise | None = None
         sharp = premult + (1.0 - alpha[..., None]) * sharp
         cq = quantize_coc(camera.coc(layer.depth_m))
         if cq.ndim == 0:
-            stack = np.concatenate([premult, alpha[..., None]], axis=2)
-            out_l, out_r = _composite_slab(stack, alpha > 0, float(cq), psf, out_l, out_r)
+            out_l, out_r = _composite_slab(premult, alpha, float(cq), psf, out_l, out_r)
             continue
         # a layer with a depth map: accumulate it on its own (premultiplied colour, alpha), then composite
         acc_l = np.zeros((h, w, 4), np.float32)
@@ -237,10 +242,13 @@ def render_views(layers: list[Layer], camera: Camera, noise: Noise | None = None
         visible = alpha > 0
         for value in sorted(np.unique(cq[visible]), reverse=True):   # far (large c) to near
             own = (cq <= value) & visible
-            stack = np.concatenate([premult * own[..., None], (alpha * own)[..., None], own[..., None]],
-                                   axis=2).astype(np.float32)
+
+            def make_stack(rows, cols):
+                o = own[rows, cols].astype(np.float32)[..., None]
+                return np.concatenate([premult[rows, cols] * o, alpha[rows, cols, None] * o, o], axis=2)
+
             kl, kr, _ = dp_kernels(value, psf)
-            box, (bl, br) = _blur_region(stack, own, [kl, kr])
+            box, (bl, br) = _blur_region(make_stack, own, [kl, kr])
             for acc, b in ((acc_l, bl), (acc_r, br)):
                 acc[box] = b[..., :4] + (1.0 - b[..., 4:5]) * acc[box]
         for out, acc in ((out_l, acc_l), (out_r, acc_r)):
@@ -258,14 +266,16 @@ def render_views(layers: list[Layer], camera: Camera, noise: Noise | None = None
     return to_display(out_l, gamma), to_display(out_r, gamma), to_display(combined, gamma), to_display(sharp, gamma)
 
 
-def _composite_slab(stack, nonzero, c, psf, out_l, out_r):
-    """Composite one fronto-parallel slab (premultiplied colour + alpha) over both views."""
+def _composite_slab(premult, alpha, c, psf, out_l, out_r):
+    """Composite one fronto-parallel slab (premultiplied colour, alpha) over both views."""
     if c == 0.0:
-        a = stack[..., 3:4]
-        return stack[..., :3] + (1.0 - a) * out_l, stack[..., :3] + (1.0 - a) * out_r
+        a = alpha[..., None]
+        return premult + (1.0 - a) * out_l, premult + (1.0 - a) * out_r
     kl, kr, _ = dp_kernels(c, psf)
-    box, (bl, br) = _blur_region(stack, nonzero, [kl, kr])
+    box, blurred = _blur_region(lambda rows, cols: np.concatenate([premult[rows, cols], alpha[rows, cols, None]], axis=2),
+                                alpha > 0, [kl, kr])
     if box is not None:
+        bl, br = blurred
         out_l[box] = bl[..., :3] + (1.0 - bl[..., 3:4]) * out_l[box]
         out_r[box] = br[..., :3] + (1.0 - br[..., 3:4]) * out_r[box]
     return out_l, out_r
@@ -400,19 +410,25 @@ def _leaf_radii(rng, n, rmin, rmax):
 
 
 def leaves_content(rng, h, w):
-    """A dead-leaves image: occluding discs and squares, colours drawn from a photograph, faint texture."""
+    """A dead-leaves image: occluding discs and rectangles with power-law sizes until the frame is covered,
+    colours drawn from a photograph, faint texture."""
     palette = _photos()[list(_photos())[int(rng.integers(len(_photos())))]].reshape(-1, 3)
-    img = np.zeros((h, w, 3), np.uint8)
-    n = int(rng.integers(300, 700))
-    radii = _leaf_radii(rng, n, 2.0, 0.3 * min(h, w))
-    for r in radii:
-        colour = tuple(int(v) for v in (palette[int(rng.integers(len(palette)))] * 255))
-        cx, cy = int(rng.integers(-int(r), w + int(r))), int(rng.integers(-int(r), h + int(r)))
-        if rng.random() < 0.7:
-            cv2.circle(img, (cx, cy), max(1, int(r)), colour, -1, cv2.LINE_AA)
-        else:
-            box = cv2.boxPoints(((cx, cy), (2 * r, 2 * r * rng.uniform(0.3, 1)), rng.uniform(0, 180)))
+    n = int(rng.integers(1000, 1600))
+    scale = min(h, w) / 368.0
+    radii = _leaf_radii(rng, n, 4.0 * scale, 0.3 * min(h, w))
+    colours = (palette[rng.integers(0, len(palette), n + 1)] * 255).astype(np.int32)
+    cx, cy = rng.uniform(-0.1, 1.1, n) * w, rng.uniform(-0.1, 1.1, n) * h
+    square = rng.random(n) < 0.3
+    aspect, angle = rng.uniform(0.3, 1.0, n), rng.uniform(0, 180, n)
+    img = np.empty((h, w, 3), np.uint8)
+    img[:] = colours[n]
+    for i in range(n):
+        colour = tuple(int(v) for v in colours[i])
+        if square[i]:
+            box = cv2.boxPoints(((cx[i], cy[i]), (2 * radii[i], 2 * radii[i] * aspect[i]), angle[i]))
             cv2.fillPoly(img, [np.round(box).astype(np.int32)], colour, cv2.LINE_AA)
+        else:
+            cv2.circle(img, (int(cx[i]), int(cy[i])), max(1, int(radii[i])), colour, -1, cv2.LINE_AA)
     out = img.astype(np.float32) / 255.0
     out *= 1.0 + 0.15 * (noise_content(rng, h, w).mean(axis=2, keepdims=True) - 0.5)
     return np.clip(out, 0, 1)
@@ -539,14 +555,16 @@ def _plane_inv_depth(rng, h, w, inv_far, inv_near, slanted):
     return (a + (b - a) * np.clip(t, 0, 1)).astype(np.float32)
 
 
-def _procedural_scene(rng, h, w, kind, category):
-    """Background plane plus occluding layers; returns (layers far to near with inverse depths, focus layer)."""
-    if category == "indoor":
-        inv_bg = (1 / 8.0, 1 / 2.0)
-        inv_fg = (1 / 6.0, 1 / 0.5)
-    else:
-        inv_bg = (0.0, 1 / 20.0)
-        inv_fg = (1 / 30.0, 1 / 1.0)
+def _procedural_scene(rng, h, w, kind, category, cam, max_coc_px):
+    """A background plane and occluding layers (colour, alpha, inverse depth), far to near, one of them
+    through the focal plane, all within the blur limit; indoor backgrounds at 1.5-8 m, outdoor at 20 m or more."""
+    inv_s = 1.0 / cam.focus_m
+    k = float(cam.coc(np.inf))
+    lo_cap, hi_cap = max(0.0, inv_s * (1 - max_coc_px / k)), inv_s * (1 + max_coc_px / k)
+
+    def window(a, b):
+        return a, max(a, b)
+
     if kind == "leaves":
         bg_colour = leaves_content(rng, h, w)
     elif kind == "planes":
@@ -554,9 +572,22 @@ def _procedural_scene(rng, h, w, kind, category):
     else:
         bg_colour = random_content(rng, h, w, weights=(0.6, 0.15, 0.05, 0.1, 0.1))
     slanted_bg = rng.random() < (0.6 if kind == "planes" else 0.35)
-    bg_inv = _plane_inv_depth(rng, h, w, inv_bg[0], inv_bg[1], slanted_bg)
-    if slanted_bg and category == "outdoor":   # a ground plane running from the horizon to a few metres
-        bg_inv = (bg_inv - inv_bg[0]) / (inv_bg[1] - inv_bg[0]) * rng.uniform(0.05, 0.5)
+    if category == "outdoor":
+        fg = window(1 / 30.0, min(1 / 1.0, hi_cap))
+        bg_lo, bg_hi = window(lo_cap, 1 / 20.0)
+        if slanted_bg:   # ground plane from the far distance (top) to a few metres (bottom)
+            far = rng.uniform(bg_lo, bg_hi)
+            near = rng.uniform(*window(far, min(hi_cap, 1 / 2.0)))
+            t = np.mgrid[0:h, 0:w][0].astype(np.float32) / (h - 1)
+            bg_inv = far + (near - far) * np.clip(t + rng.uniform(-0.2, 0.2) * (np.arange(w) / (w - 1) - 0.5), 0, 1)
+        else:
+            bg_inv = bg_lo if rng.random() < 0.5 else float(rng.uniform(bg_lo, bg_hi))   # often at infinity
+    else:
+        fg = window(1 / 6.0, min(1 / 0.5, hi_cap))
+        if slanted_bg:   # floor or wall running from far behind to in front of the focal plane
+            bg_inv = _plane_inv_depth(rng, h, w, *window(max(lo_cap, 1 / 8.0), min(hi_cap, 1 / 1.0)), True)
+        else:
+            bg_inv = float(rng.uniform(*window(max(lo_cap, 1 / 8.0), min(inv_s, 1 / 1.5))))
     layers = [(bg_colour, np.ones((h, w), np.float32), bg_inv)]
     n = int(rng.integers(1, 5)) if kind != "leaves" else int(rng.integers(2, 6))
     for _ in range(n):
@@ -568,76 +599,86 @@ def _procedural_scene(rng, h, w, kind, category):
         else:
             colour = random_content(rng, h, w)
             alpha = random_mask(rng, h, w)
-        slanted = kind == "planes" and rng.random() < 0.5
-        lo = max(inv_fg[0], float(np.mean(bg_inv)))
-        inv = _plane_inv_depth(rng, h, w, lo, inv_fg[1], slanted)
-        if slanted:   # a tilted board: keep its depth span moderate around a centre depth
-            centre = rng.uniform(lo, inv_fg[1])
-            inv = centre + (inv - inv.mean()) * rng.uniform(0.1, 0.5)
+        lo, hi = window(max(fg[0], float(np.mean(bg_inv))), fg[1])
+        inv = float(rng.uniform(lo, hi))
+        if kind == "planes" and rng.random() < 0.5:   # a tilted board around that depth
+            inv = inv + _plane_inv_depth(rng, h, w, -0.5, 0.5, True) * rng.uniform(0.05, 0.4) * inv
         layers.append((colour, alpha, inv))
+    # put one surface (outdoors: not the background) through the focal plane at a random point of it
+    j = int(rng.integers(1 if category == "outdoor" else 0, len(layers)))
+    colour, alpha, inv = layers[j]
+    if np.ndim(inv) == 0:
+        inv = inv_s
+    else:
+        ys, xs = np.nonzero(alpha > 0.5)
+        p = int(rng.integers(len(ys))) if len(ys) else 0
+        inv = inv + (inv_s - (inv[ys[p], xs[p]] if len(ys) else inv.mean()))
+    layers[j] = (colour, alpha, inv)
     if rng.random() < 0.3:
         j = int(rng.integers(len(layers)))
         layers[j] = (_add_highlights(rng, layers[j][0], layers[j][1]), layers[j][1], layers[j][2])
+    layers = [(c, a, float(np.clip(i, lo_cap, hi_cap)) if np.ndim(i) == 0 else np.clip(i, lo_cap, hi_cap))
+              for c, a, i in layers]
     layers.sort(key=lambda t: float(np.mean(t[2])))       # far (small inverse depth) first
     return layers
 
 
-def sample_scene(rng: np.random.Generator, width: int, height: int, max_coc_px: float) -> Scene:
-    """Draw one scene: content and layout, depths, a camera focused on one of its surfaces, noise and PSF shape.
+def _draw_camera(rng, focus_range, downscale, accept=lambda cam: True, tries=50) -> Camera:
+    """A DSLR setting drawn log-uniformly over focal length, f-number and focus distance; drawn again (a
+    photographer picks another lens or stop) until `accept` holds, else the try with the smallest blur."""
+    best = None
+    for _ in range(tries):
+        cam = Camera(_log_uniform(rng, *FOCAL_MM), _log_uniform(rng, *F_NUMBER), _log_uniform(rng, *focus_range),
+                     PITCH_UM, downscale)
+        if accept(cam):
+            return cam
+        if best is None or cam.coc(np.inf) < best.coc(np.inf):
+            best = cam
+    return best
 
-    The camera is drawn over a DSLR range (35-85 mm, f/1.8-f/5.6, 5D Mark IV pitch, focused on a surface). If
-    the largest blur exceeds max_coc_px the lens and aperture are drawn again (a photographer stops down for
-    a deep scene), and if that fails the depths are pulled towards the focal plane.
-    """
+
+def sample_scene(rng: np.random.Generator, width: int, height: int, max_coc_px: float,
+                 category: str | None = None) -> Scene:
+    """Draw one scene: content and layout, a camera over a DSLR range (35-85 mm, f/1.8-f/5.6, focus 1-10 m,
+    5D Mark IV pitch) focused on one of its surfaces, depths that keep every blur within max_coc_px, noise
+    and PSF shape. Outdoor scenes need a camera whose blur at 20 m fits; the real-depth motorcycle scene
+    draws cameras until its depth range fits, and as a last resort pulls depths towards the focal plane.
+    `category` (indoor: backgrounds within 8 m; outdoor: 20 m or more) is drawn when None."""
     h, w = height, width
     downscale = SENSOR_WIDTH_PX / width
-    kind = str(rng.choice(["motorcycle", "layers", "leaves", "planes"], p=[0.15, 0.35, 0.25, 0.25]))
+    if category is None:
+        category = "outdoor" if rng.random() < 0.5 else "indoor"
+    if category not in ("indoor", "outdoor"):
+        raise ValueError(f"category must be indoor or outdoor, got {category!r}")
+    kinds = ["motorcycle", "layers", "leaves", "planes"]   # the motorcycle's real depth is indoors, 2-5 m
+    kind = str(rng.choice(kinds, p=[0.3, 0.3, 0.2, 0.2] if category == "indoor" else [0.0, 0.4, 0.3, 0.3]))
+    squeeze = 1.0
     if kind == "motorcycle":
-        category = "indoor"
         photo = _photos()["motorcycle_left"]
         depth = _motorcycle_depth()
         y0, x0, ch, cw = _crop_box(rng, *depth.shape, h, w, 0.55)
         colour = _resize(photo[y0:y0 + ch, x0:x0 + cw], h, w)
-        inv = 1.0 / _resize(depth[y0:y0 + ch, x0:x0 + cw], h, w, nearest=True)
+        inv = (1.0 / _resize(depth[y0:y0 + ch, x0:x0 + cw], h, w, nearest=True)).astype(np.float32)
         if rng.random() < 0.5:
             colour, inv = colour[:, ::-1], inv[:, ::-1]
-        raw = [(_jitter(rng, np.clip(colour, 0, 1)), np.ones((h, w), np.float32), inv.astype(np.float32))]
-    else:
-        category = "outdoor" if rng.random() < 0.6 else "indoor"   # some outdoor scenes end up shallower
-        raw = _procedural_scene(rng, h, w, kind, category)
-    # focus on a random point of a surface that lies within the focus range (outdoor backgrounds do not)
-    lo, hi = FOCUS_M
-    in_range = [(alpha > 0.5) & (inv >= 1 / hi) & (inv <= 1 / lo) for _, alpha, inv in raw]
-    candidates = [i for i, m in enumerate(in_range) if m.any()]
-    if candidates:
-        j = candidates[int(rng.integers(len(candidates)))]
-        ys, xs = np.nonzero(in_range[j])
-    else:
-        j = len(raw) - 1
-        ys, xs = np.nonzero(raw[j][1] > 0.5) if (raw[j][1] > 0.5).any() else (np.array([h // 2]), np.array([w // 2]))
-    p = int(rng.integers(len(ys)))
-    inv_j = raw[j][2]
-    inv_focus = float(inv_j if np.ndim(inv_j) == 0 else inv_j[ys[p], xs[p]])
-    inv_focus = float(np.clip(inv_focus, 1 / hi, 1 / lo))
-    focus = 1.0 / inv_focus
-    # largest |1 - S/d| over the scene (c = K * (1 - S * inv_depth))
-    spread = max(float(np.max(np.abs(1.0 - focus * (inv if np.ndim(inv) == 0 else inv[alpha > 0]))))
-                 for _, alpha, inv in raw)
-    best = None
-    for _ in range(12):
-        cam = Camera(_log_uniform(rng, *FOCAL_MM), _log_uniform(rng, *F_NUMBER), focus, PITCH_UM, downscale)
+        inv_focus = float(inv.flat[int(rng.integers(inv.size))])      # focus on a random point of the scene
+        spread = float(np.max(np.abs(1.0 - inv / inv_focus)))      # c = K * (1 - S / d)
+        cam = _draw_camera(rng, (1 / inv_focus, 1 / inv_focus), downscale,
+                           lambda c: float(c.coc(np.inf)) * spread <= max_coc_px)
         k = float(cam.coc(np.inf))
-        if best is None or k < best[1]:
-            best = (cam, k)
-        if k * spread <= max_coc_px:
-            break
-    cam, k = best
-    squeeze = 1.0
-    if k * spread > max_coc_px:
-        squeeze = max_coc_px / (k * spread)
+        if k * spread > max_coc_px:
+            squeeze = max_coc_px / (k * spread)
+            inv = inv_focus + (inv - inv_focus) * squeeze
+        raw = [(_jitter(rng, np.clip(colour, 0, 1)), np.ones((h, w), np.float32), inv)]
+    else:
+        if category == "outdoor":
+            cam = _draw_camera(rng, (1.5, 10.0), downscale, lambda c: float(c.coc(20.0)) <= max_coc_px)
+        else:
+            cam = _draw_camera(rng, (1.0, 5.0), downscale)
+        raw = _procedural_scene(rng, h, w, kind, category, cam, max_coc_px)
     layers = []
     for colour, alpha, inv in raw:
-        inv = inv_focus + (np.asarray(inv, np.float64) - inv_focus) * squeeze
+        inv = np.asarray(inv, np.float64)
         with np.errstate(divide="ignore"):
             depth = np.where(inv > 0, 1.0 / np.maximum(inv, 1e-12), np.inf)
         layers.append(Layer(colour, alpha, float(depth) if depth.ndim == 0 else depth.astype(np.float32)))
@@ -676,7 +717,8 @@ def scene_paths(root: str, split: str, index: int) -> dict[str, str]:
 def make_scene(seed: int, split: str, index: int, width: int, height: int, max_coc_px: float,
                render: bool = True) -> tuple[dict[str, np.ndarray], dict]:
     """Sample and (if `render`) render one scene: images {source, target, left, right} and its metadata."""
-    scene = sample_scene(scene_rng(seed, split, index), width, height, max_coc_px)
+    category = ("indoor", "outdoor")[index % 2]         # alternate, so every split is balanced
+    scene = sample_scene(scene_rng(seed, split, index), width, height, max_coc_px, category)
     coc = visible_coc(scene.layers, scene.camera)
     src, tgt = scene_names(split, index)
     meta = {"split": split, "index": index, "source": src, "target": tgt, "category": scene.category,
@@ -723,21 +765,21 @@ def synthesize(out_root: str, n_train: int = 100, n_val: int = 10, n_test: int =
     """Write (or complete) a synthetic DP dataset in the DPDD layout under out_root and return a summary.
 
     Scenes whose four files exist are kept, so an interrupted run resumes; settings other than the counts must
-    match the folder's synthesize.json. Raises ValueError with one line for bad arguments or a clashing folder.
+    match the folder's synthesize.json. Raises SynthesisError (one line) for bad arguments or a clashing folder.
     """
     counts = {"train": int(n_train), "val": int(n_val), "test": int(n_test)}
     for split, n in counts.items():
         if not 0 <= n <= 99999:
-            raise ValueError(f"--{split}: scene count must be 0-99999, got {n}")
+            raise SynthesisError(f"--{split}: scene count must be 0-99999, got {n}")
     if sum(counts.values()) == 0:
-        raise ValueError("nothing to make: all scene counts are 0")
+        raise SynthesisError("nothing to make: all scene counts are 0")
     if width < 32 or height < 32:
-        raise ValueError(f"image size {width}x{height}: width and height must be at least 32")
+        raise SynthesisError(f"image size {width}x{height}: width and height must be at least 32")
     if workers < 1:
-        raise ValueError(f"--workers: must be at least 1, got {workers}")
+        raise SynthesisError(f"--workers: must be at least 1, got {workers}")
     max_coc_px = float(default_max_coc(width) if max_coc_px is None else max_coc_px)
     if max_coc_px <= 0:
-        raise ValueError(f"--max-coc: must be positive, got {max_coc_px}")
+        raise SynthesisError(f"--max-coc: must be positive, got {max_coc_px}")
     root = os.path.abspath(out_root)
     want = settings(int(seed), int(width), int(height), max_coc_px)
     manifest = os.path.join(root, "synthesize.json")
@@ -746,17 +788,17 @@ def synthesize(out_root: str, n_train: int = 100, n_val: int = 10, n_test: int =
             have = json.load(f)
         clash = [k for k in want if have.get(k) != want[k]]
         if clash:
-            raise ValueError(f"{manifest}: folder was made with {clash[0]}={have.get(clash[0])!r}, not "
+            raise SynthesisError(f"{manifest}: folder was made with {clash[0]}={have.get(clash[0])!r}, not "
                              f"{want[clash[0]]!r}; use another --out or remove the folder")
     elif os.path.isdir(root) and any(os.path.isdir(os.path.join(root, f"{s}_c")) for s in SPLITS):
-        raise ValueError(f"{root}: holds a dataset not made by synthesize.py (no synthesize.json); use another --out")
+        raise SynthesisError(f"{root}: holds a dataset not made by synthesize.py (no synthesize.json); use another --out")
     for split, n in counts.items():
         src_dir = os.path.join(root, f"{split}_c", "source")
         if os.path.isdir(src_dir):
             extra = sorted(f for f in os.listdir(src_dir) if f.endswith(".png") and not f.startswith(".")
                            and f.startswith(f"syn_{split}_") and int(f.split("_")[2]) >= n)
             if extra:
-                raise ValueError(f"{os.path.join(src_dir, extra[0])}: beyond the {n} {split} scenes asked for "
+                raise SynthesisError(f"{os.path.join(src_dir, extra[0])}: beyond the {n} {split} scenes asked for "
                                  f"(left by a larger run); use another --out or ask for at least as many")
     os.makedirs(root, exist_ok=True)
     atomic_write_json(manifest, {**want, "counts": counts})
@@ -819,7 +861,7 @@ def main(argv=None) -> None:
     try:
         summary = synthesize(args.out, args.train, args.val, args.test, args.width, args.height, args.seed,
                              args.workers, args.max_coc)
-    except ValueError as e:
+    except SynthesisError as e:
         sys.exit(f"error: {e}")
     print(f"{summary['root']}: wrote {summary['written']} scenes, kept {summary['skipped']} "
           f"in {summary['seconds']:.1f} s; test categories {summary['test_categories']}; "

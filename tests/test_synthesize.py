@@ -9,7 +9,7 @@ import pytest
 
 import dpdd
 from images import read_image
-from synthesize import (Camera, Layer, Noise, PsfShape, centroid_x, coc_pixels, dp_kernels, main, make_scene,
+from synthesize import (Camera, Layer, Noise, PsfShape, SynthesisError, centroid_x, coc_pixels, dp_kernels, main, make_scene,
                         quantize_coc, render_views, scene_paths, synthesize, to_linear)
 
 CAM = Camera(focal_mm=50.0, f_number=1.8, focus_m=2.0, downscale=12.0)
@@ -179,6 +179,17 @@ def test_written_layout_is_dpdd_with_16_bit_pngs_and_categories(made):
     assert len(meta) == 9 and all(r["category"] == ("outdoor" if float(r["far_m"]) >= 10 else "indoor") for r in meta)
 
 
+def test_data_prep_builds_a_patch_store_from_it(made, tmp_path):
+    import data_prep
+    from config import make_config
+    base = made[0]
+    cfg = make_config("paper", {"dataset_root": str(base / "a"), "patch_dir": str(tmp_path / "patches"),
+                                "working_width": 96, "working_height": 64, "patch_size": 32, "data_workers": 1})
+    manifest = data_prep.build_store(cfg, progress=False)
+    assert manifest["counts"]["train_scenes"] == 3 and manifest["counts"]["val_scenes"] == 2
+    assert manifest["counts"]["train"] > 0 and manifest["counts"]["val"] > 0
+
+
 def test_deterministic_for_a_seed_and_for_any_worker_count(made):
     base, _, _, _, _ = made
     a, b, c = _files(base / "a"), _files(base / "b"), _files(base / "c")
@@ -197,9 +208,9 @@ def test_resume_skips_finished_scenes_and_refuses_other_settings(made, tmp_path)
     summary = synthesize(root, seed=7, workers=1, **kw)          # one more train scene, one repaired test scene
     assert summary["written"] == 2 and summary["skipped"] == 7
     assert _files(root) == _files(base / "a")
-    with pytest.raises(ValueError, match="seed=7"):
+    with pytest.raises(SynthesisError, match="seed=7"):
         synthesize(root, seed=9, workers=1, **kw)
-    with pytest.raises(ValueError, match="beyond the 1 train scenes"):
+    with pytest.raises(SynthesisError, match="beyond the 1 train scenes"):
         synthesize(root, seed=7, workers=1, **{**kw, "n_train": 1})
     with pytest.raises(SystemExit, match="error: image size 20x64"):
         main(["--out", str(tmp_path / "x"), "--width", "20", "--height", "64"])
