@@ -492,23 +492,27 @@ def test_interrupted_runs_resume_to_the_clean_store(tmp_path, monkeypatch):
     assert run_main(root, store, **overrides) is None
     assert snapshot(store) == clean
 
-    # SIGKILL of the whole process group while the workers write.
-    data_prep.clear_store(str(store))
-    proc = subprocess.Popen([sys.executable, "data_prep.py"] + argv_for(root, store, **overrides), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 60
-    while time.time() < deadline and not (os.path.isdir(store / "train") and
-                                          any(n.endswith(".json") for n in os.listdir(store / "train"))):
-        time.sleep(0.005)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    left = snapshot(store)
-    assert "manifest.json" not in left and any(p.endswith(".npy") for p in left)
-    assert len([p for p in left if p.endswith(".json") and "/" in p]) < 14
-    with pytest.raises(data_prep.StoreError):
-        data_prep.open_store(cfg_for(root, store, **overrides))
-    assert run_main(root, store, **overrides) is None
-    assert snapshot(store) == clean
+    # Ctrl-C in a terminal (SIGINT to the process group), then SIGKILL of the group, while the workers write.
+    for sig in (signal.SIGINT, signal.SIGKILL):
+        data_prep.clear_store(str(store))
+        proc = subprocess.Popen([sys.executable, "data_prep.py"] + argv_for(root, store, **overrides), cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        deadline = time.time() + 60
+        while time.time() < deadline and not (os.path.isdir(store / "train") and
+                                              any(n.endswith(".json") for n in os.listdir(store / "train"))):
+            time.sleep(0.005)
+        os.killpg(proc.pid, sig)
+        err = proc.communicate(timeout=60)[1]
+        left = snapshot(store)
+        assert "manifest.json" not in left and any(p.endswith(".npy") for p in left)
+        assert len([p for p in left if p.endswith(".json") and "/" in p]) < 14
+        if sig == signal.SIGINT:
+            assert proc.returncode == 130 and "interrupted: completed scenes are kept" in err
+            assert "Traceback" not in err and not [p for p in left if "tmp" in p]
+        with pytest.raises(data_prep.StoreError):
+            data_prep.open_store(cfg_for(root, store, **overrides))
+        assert run_main(root, store, **overrides) is None
+        assert snapshot(store) == clean
 
 
 def test_copy_channels_equals_numpy_slicing():
