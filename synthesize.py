@@ -17,14 +17,15 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from fileio import atomic_write_csv, atomic_write_json
+from fileio import atomic_write_csv, atomic_write_json, is_temporary
 from images import write_image
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -37,7 +38,7 @@ SENSOR_WIDTH_PX = 6720
 PITCH_UM = 5.36
 FOCAL_MM = (35.0, 85.0)           # log-uniform
 F_NUMBER = (1.8, 5.6)             # log-uniform
-FOCUS_M = (1.0, 10.0)            # focus distance range; the camera focuses on a surface within it
+FOCUS_M = {"indoor": (1.0, 5.0), "outdoor": (1.5, 10.0)}   # log-uniform focus distance; a surface is put there
 OUTDOOR_MIN_FAR_M = 10.0          # test_categories rule: farthest depth >= 10 m (or infinity) is outdoor
 DEFOCUS_VISIBLE_PX = 2.0          # blur diameter from which defocus counts as visible in the statistics
 GAMMA = 2.2                       # content is display-encoded; blur, vignetting and noise act in linear light
@@ -534,17 +535,14 @@ class Scene:
     vignetting: float
     psf: PsfShape
     depth_range_m: tuple[float, float]
-    info: dict = field(default_factory=dict)
 
 
 def _log_uniform(rng, lo, hi):
     return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
 
 
-def _plane_inv_depth(rng, h, w, inv_far, inv_near, slanted):
-    """Inverse depth of a plane: a constant, or affine in image coordinates (exact for a slanted plane)."""
-    if not slanted:
-        return float(rng.uniform(inv_far, inv_near))
+def _slanted_inv_depth(rng, h, w, inv_far, inv_near):
+    """Inverse depth of a slanted plane: affine in image coordinates (exact under perspective projection)."""
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     a, b = rng.uniform(inv_far, inv_near, 2)
     if rng.random() < 0.6:   # ground or ceiling: depth changes mostly down the frame
@@ -585,12 +583,25 @@ def _procedural_scene(rng, h, w, kind, category, cam, max_coc_px):
     else:
         fg = window(1 / 6.0, min(1 / 0.5, hi_cap))
         if slanted_bg:   # floor or wall running from far behind to in front of the focal plane
-            bg_inv = _plane_inv_depth(rng, h, w, *window(max(lo_cap, 1 / 8.0), min(hi_cap, 1 / 1.0)), True)
+            bg_inv = _slanted_inv_depth(rng, h, w, *window(max(lo_cap, 1 / 8.0), min(hi_cap, 1 / 1.0)))
         else:
             bg_inv = float(rng.uniform(*window(max(lo_cap, 1 / 8.0), min(inv_s, 1 / 1.5))))
-    layers = [(bg_colour, np.ones((h, w), np.float32), bg_inv)]
     n = int(rng.integers(1, 5)) if kind != "leaves" else int(rng.integers(2, 6))
-    for _ in range(n):
+    focus_layer = int(rng.integers(1 if category == "outdoor" else 0, n + 1))   # outdoors: not the background
+
+    def through_focus(inv, alpha):
+        """Move a surface in depth so that a random point of it lies on the focal plane."""
+        if np.ndim(inv) == 0:
+            return inv_s
+        ys, xs = np.nonzero(alpha > 0.5)
+        p = int(rng.integers(len(ys))) if len(ys) else 0
+        return inv + (inv_s - (inv[ys[p], xs[p]] if len(ys) else inv.mean()))
+
+    bg_alpha = np.ones((h, w), np.float32)
+    if focus_layer == 0:
+        bg_inv = through_focus(bg_inv, bg_alpha)
+    layers = [(bg_colour, bg_alpha, bg_inv)]
+    for i in range(1, n + 1):
         if kind == "leaves":
             colour = leaves_content(rng, h, w) if rng.random() < 0.5 else random_content(rng, h, w)
             alpha = np.zeros((h, w), np.float32)
@@ -602,25 +613,14 @@ def _procedural_scene(rng, h, w, kind, category, cam, max_coc_px):
         lo, hi = window(max(fg[0], float(np.mean(bg_inv))), fg[1])
         inv = float(rng.uniform(lo, hi))
         if kind == "planes" and rng.random() < 0.5:   # a tilted board around that depth
-            inv = inv + _plane_inv_depth(rng, h, w, -0.5, 0.5, True) * rng.uniform(0.05, 0.4) * inv
-        layers.append((colour, alpha, inv))
-    # put one surface (outdoors: not the background) through the focal plane at a random point of it
-    j = int(rng.integers(1 if category == "outdoor" else 0, len(layers)))
-    colour, alpha, inv = layers[j]
-    if np.ndim(inv) == 0:
-        inv = inv_s
-    else:
-        ys, xs = np.nonzero(alpha > 0.5)
-        p = int(rng.integers(len(ys))) if len(ys) else 0
-        inv = inv + (inv_s - (inv[ys[p], xs[p]] if len(ys) else inv.mean()))
-    layers[j] = (colour, alpha, inv)
+            inv = inv + _slanted_inv_depth(rng, h, w, -0.5, 0.5) * rng.uniform(0.05, 0.4) * inv
+        layers.append((colour, alpha, through_focus(inv, alpha) if i == focus_layer else inv))
     if rng.random() < 0.3:
         j = int(rng.integers(len(layers)))
         layers[j] = (_add_highlights(rng, layers[j][0], layers[j][1]), layers[j][1], layers[j][2])
     layers = [(c, a, float(np.clip(i, lo_cap, hi_cap)) if np.ndim(i) == 0 else np.clip(i, lo_cap, hi_cap))
               for c, a, i in layers]
-    layers.sort(key=lambda t: float(np.mean(t[2])))       # far (small inverse depth) first
-    return layers
+    return layers[:1] + sorted(layers[1:], key=lambda t: float(np.mean(t[2])))   # far (small 1/d) first
 
 
 def _draw_camera(rng, focus_range, downscale, accept=lambda cam: True, tries=50) -> Camera:
@@ -652,7 +652,6 @@ def sample_scene(rng: np.random.Generator, width: int, height: int, max_coc_px: 
         raise ValueError(f"category must be indoor or outdoor, got {category!r}")
     kinds = ["motorcycle", "layers", "leaves", "planes"]   # the motorcycle's real depth is indoors, 2-5 m
     kind = str(rng.choice(kinds, p=[0.3, 0.3, 0.2, 0.2] if category == "indoor" else [0.0, 0.4, 0.3, 0.3]))
-    squeeze = 1.0
     if kind == "motorcycle":
         photo = _photos()["motorcycle_left"]
         depth = _motorcycle_depth()
@@ -667,14 +666,13 @@ def sample_scene(rng: np.random.Generator, width: int, height: int, max_coc_px: 
                            lambda c: float(c.coc(np.inf)) * spread <= max_coc_px)
         k = float(cam.coc(np.inf))
         if k * spread > max_coc_px:
-            squeeze = max_coc_px / (k * spread)
-            inv = inv_focus + (inv - inv_focus) * squeeze
+            inv = inv_focus + (inv - inv_focus) * (max_coc_px / (k * spread))
         raw = [(_jitter(rng, np.clip(colour, 0, 1)), np.ones((h, w), np.float32), inv)]
     else:
         if category == "outdoor":
-            cam = _draw_camera(rng, (1.5, 10.0), downscale, lambda c: float(c.coc(20.0)) <= max_coc_px)
+            cam = _draw_camera(rng, FOCUS_M[category], downscale, lambda c: float(c.coc(20.0)) <= max_coc_px)
         else:
-            cam = _draw_camera(rng, (1.0, 5.0), downscale)
+            cam = _draw_camera(rng, FOCUS_M[category], downscale)
         raw = _procedural_scene(rng, h, w, kind, category, cam, max_coc_px)
     layers = []
     for colour, alpha, inv in raw:
@@ -689,8 +687,7 @@ def sample_scene(rng: np.random.Generator, width: int, height: int, max_coc_px: 
     noise = Noise(shot=_log_uniform(rng, 1e-5, 1e-4), read=_log_uniform(rng, 2e-4, 1e-3))
     psf = PsfShape(beta=float(rng.uniform(0.1, 0.2)), order=int(rng.integers(3, 10)),
                    cutoff=float(rng.uniform(0.8, 1.0)))
-    return Scene(kind, category, layers, cam, noise, float(rng.uniform(0.0, 0.1)), psf, (near, far),
-                 {"squeeze": squeeze})
+    return Scene(kind, category, layers, cam, noise, float(rng.uniform(0.0, 0.1)), psf, (near, far))
 
 
 # ----------------------------------------------------------------------------------------------- dataset
@@ -746,6 +743,7 @@ def _scene_task(args) -> tuple[dict, bool]:
 
 
 def _worker_init():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is handled once, by the parent
     cv2.setNumThreads(1)
 
 
@@ -801,6 +799,10 @@ def synthesize(out_root: str, n_train: int = 100, n_val: int = 10, n_test: int =
                 raise SynthesisError(f"{os.path.join(src_dir, extra[0])}: beyond the {n} {split} scenes asked for "
                                  f"(left by a larger run); use another --out or ask for at least as many")
     os.makedirs(root, exist_ok=True)
+    for folder, _, names in os.walk(root):           # leftovers of writes cut off by an interruption
+        for name in names:
+            if is_temporary(name):
+                os.remove(os.path.join(folder, name))
     atomic_write_json(manifest, {**want, "counts": counts})
     tasks = [(root, int(seed), split, i, int(width), int(height), max_coc_px)
              for split in SPLITS for i in range(counts[split])]
@@ -856,13 +858,16 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--max-coc", type=float, default=None,
                         help="largest blur diameter in pixels (default 24 at 560 wide, scaled with the width)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     print("settings: " + ", ".join(f"{k}={v}" for k, v in vars(args).items()))
     try:
         summary = synthesize(args.out, args.train, args.val, args.test, args.width, args.height, args.seed,
-                             args.workers, args.max_coc)
+                             args.workers, args.max_coc, progress=not args.no_progress)
     except SynthesisError as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: finished scenes are kept; run the same command again to resume")
     print(f"{summary['root']}: wrote {summary['written']} scenes, kept {summary['skipped']} "
           f"in {summary['seconds']:.1f} s; test categories {summary['test_categories']}; "
           f"mean fraction of pixels with blur >= {DEFOCUS_VISIBLE_PX:g} px: {summary['defocused_fraction']:.2f}")

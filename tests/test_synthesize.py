@@ -3,6 +3,8 @@ the DPDD layout it writes, determinism and resuming."""
 
 import csv
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -205,12 +207,24 @@ def test_resume_skips_finished_scenes_and_refuses_other_settings(made, tmp_path)
     root = str(tmp_path / "r")
     synthesize(root, seed=7, workers=1, **{**kw, "n_train": 2})
     os.remove(scene_paths(root, "test", 2)["left"])
+    leftover = os.path.join(root, "train_c", "source", ".syn_train_00002_s.abc.tmp.png")   # a killed write
+    open(leftover, "wb").close()
     summary = synthesize(root, seed=7, workers=1, **kw)          # one more train scene, one repaired test scene
     assert summary["written"] == 2 and summary["skipped"] == 7
-    assert _files(root) == _files(base / "a")
+    assert _files(root) == _files(base / "a") and not os.path.exists(leftover)
     with pytest.raises(SynthesisError, match="seed=7"):
         synthesize(root, seed=9, workers=1, **kw)
     with pytest.raises(SynthesisError, match="beyond the 1 train scenes"):
         synthesize(root, seed=7, workers=1, **{**kw, "n_train": 1})
     with pytest.raises(SystemExit, match="error: image size 20x64"):
         main(["--out", str(tmp_path / "x"), "--width", "20", "--height", "64"])
+
+
+def test_cli_runs_without_tensorflow(tmp_path):
+    code = ("import sys, synthesize; synthesize.main(sys.argv[1:]); "
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
+    out = subprocess.run([sys.executable, "-c", code, "--out", str(tmp_path / "d"), "--train", "1", "--val", "1",
+                          "--test", "1", "--width", "48", "--height", "32", "--workers", "1", "--no-progress"],
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "wrote 3 scenes" in out.stdout and len(dpdd.list_scenes(str(tmp_path / "d"), "test")) == 1
