@@ -1,0 +1,356 @@
+"""train.py on a tiny DPDD-layout set made here: loss goes down, the lr halving schedule, exact resume after an
+interruption or SIGKILL, two-replica MirroredStrategy, and each fail-fast message."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from config import REPO_DIR, make_config
+from images import write_image
+
+H, W = 128, 192  # working size; 64x64 patches at stride 32 -> 15 candidates per train scene, 11 kept
+
+
+def _write_dataset(root):
+    """2 train + 1 val scenes whose target is a fixed function of the views: the views are the target
+    shifted by +-2 px and blurred, the combined image their mean."""
+    rng = np.random.default_rng(0)
+    for split, names in (("train", ["s0", "s1"]), ("val", ["v0"])):
+        for name in names:
+            coarse = rng.random((H // 16, W // 16, 3)).astype(np.float32)
+            target = cv2.resize(coarse, (W, H), interpolation=cv2.INTER_CUBIC).clip(0, 1)
+            left = cv2.GaussianBlur(np.roll(target, 2, axis=1), (5, 5), 1.5)
+            right = cv2.GaussianBlur(np.roll(target, -2, axis=1), (5, 5), 1.5)
+            for sub, img in ((f"{split}_c/source", (left + right) / 2), (f"{split}_c/target", target)):
+                write_image(os.path.join(root, sub, f"{name}.png"), img, bits=16)
+            write_image(os.path.join(root, f"{split}_l/source/{name}_L.png"), left, bits=16)
+            write_image(os.path.join(root, f"{split}_r/source/{name}_R.png"), right, bits=16)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """The dataset root and a built patch store (via data_prep.build_store)."""
+    from data_prep import build_store
+    base = tmp_path_factory.mktemp("train")
+    root, patches = str(base / "dpdd"), str(base / "patches")
+    _write_dataset(root)
+    build_store(_cfg(root, patches, str(base / "unused")), progress=False)
+    return base, root, patches
+
+
+def _cfg(root, patches, ckpt, **kw):
+    values = dict(dataset_root=root, patch_dir=patches, checkpoint_dir=ckpt, working_width=W, working_height=H,
+                  patch_size=64, overlap=0.5, base_filters=8, depth=2, batch_size=4, learning_rate=1e-3,
+                  epochs=2, steps_per_epoch=0, data_workers=1, run_name="run")
+    values.update(kw)
+    return make_config("paper", values)
+
+
+def _log(result):
+    with open(os.path.join(result["run_dir"], "log.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _weights(path):
+    import keras
+    return keras.models.load_model(path, compile=False).get_weights()
+
+
+def _same_weights(a, b, atol=0.0):
+    return len(a) == len(b) and all(np.allclose(x, y, rtol=0, atol=atol) for x, y in zip(a, b))
+
+
+class _StopAt:
+    """A callback that raises `error` once the run reaches global step `step` (the checkpoint of that step,
+    if any, has been written: the train.py callback runs first)."""
+
+    def __new__(cls, step, steps_per_epoch, error):
+        import keras
+
+        class Stop(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.epoch = epoch
+
+            def on_train_batch_end(self, batch, logs=None):
+                # the batch index restarts in a resumed partial epoch; train.py's state has the true step
+                if self.model.optimizer.iterations.numpy() >= step:
+                    raise error
+
+        return Stop()
+
+
+def test_loss_decreases_and_lr_halves_on_schedule(store, tmp_path):
+    import keras
+    from train import read_checkpoint_state, train
+    _, root, patches = store
+    cfg = _cfg(root, patches, str(tmp_path), epochs=6, steps_per_epoch=4, lr_decay_every=2, learning_rate=2e-3,
+               dropout=0.0)
+    result = train(cfg, verbose=0)
+    rows = _log(result)
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3, 4, 5]
+    assert [float(r["lr"]) for r in rows] == pytest.approx([2e-3, 2e-3, 1e-3, 1e-3, 5e-4, 5e-4], rel=1e-6)
+    losses = [float(r["loss"]) for r in rows]
+    val = [float(r["val_loss"]) for r in rows]
+    assert losses[-1] < 0.85 * losses[0] and val[-1] < 0.85 * val[0], (losses, val)
+    assert result["epochs_done"] == 6 and result["global_step"] == 24
+    assert result["lr"] == pytest.approx(5e-4, rel=1e-6)
+    assert result["best_epoch"] == int(np.argmin(val)) + 1 and result["best_value"] == pytest.approx(min(val))
+
+    run = result["run_dir"]
+    assert json.load(open(os.path.join(run, "config.json")))["lr_decay_every"] == 2
+    assert any(f.startswith("events") for _, _, fs in os.walk(os.path.join(run, "tensorboard")) for f in fs)
+    state = read_checkpoint_state(result["last"])
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (6, 0, 24)
+    assert json.load(open(os.path.join(run, "last.json")))["global_step"] == 24
+    # `best` is the plain float-input network that test.py loads
+    net = keras.models.load_model(result["best"], compile=False)
+    x = np.random.default_rng(1).random((1, 64, 64, 6), dtype=np.float32)
+    y = np.asarray(net.predict(x, verbose=0))
+    assert y.shape == (1, 64, 64, 3) and y.dtype == np.float32 and 0 <= y.min() and y.max() <= 1
+
+
+RESUME_SETTINGS = dict(epochs=3, checkpoint_every_steps=5, augment=True, seed=3)  # 8 steps per epoch, dropout 0.4
+
+
+@pytest.fixture(scope="module")
+def reference(store):
+    """An uninterrupted run that the interrupted ones must reproduce."""
+    from train import train
+    base, root, patches = store
+    result = train(_cfg(root, patches, str(base / "ckpt"), run_name="reference", **RESUME_SETTINGS), verbose=0)
+    return result, _weights(result["last"]), _log(result)
+
+
+def _assert_same_run(result, reference):
+    ref, ref_weights, ref_log = reference
+    assert (result["epochs_done"], result["global_step"]) == (ref["epochs_done"], ref["global_step"]) == (3, 24)
+    assert result["lr"] == ref["lr"]
+    # CPU training here is bit-for-bit repeatable (same batches, augmentations and dropout masks after a
+    # resume); the tolerance only guards against a different oneDNN kernel choice.
+    assert _same_weights(_weights(result["last"]), ref_weights, atol=1e-6)
+    log = _log(result)
+    assert [int(r["epoch"]) for r in log] == [0, 1, 2]
+    for mine, theirs in zip(log, ref_log):
+        assert float(mine["loss"]) == pytest.approx(float(theirs["loss"]), rel=1e-5)
+        assert float(mine["val_loss"]) == pytest.approx(float(theirs["val_loss"]), rel=1e-5)
+    assert result["best_epoch"] == ref["best_epoch"]
+
+
+def test_interrupted_run_resumes_to_the_same_weights(store, reference):
+    from train import read_checkpoint_state, train
+    base, root, patches = store
+    cfg = _cfg(root, patches, str(base / "ckpt"), run_name="interrupted", **RESUME_SETTINGS)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, callbacks=[_StopAt(13, 8, KeyboardInterrupt())], verbose=0)
+    state = read_checkpoint_state(os.path.join(base, "ckpt", "interrupted", "last.keras"))
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 2, 10)  # epoch 2, step 2
+    result = train(cfg, resume=True, verbose=0)  # steps 11..24: the rest of epoch 2, then epoch 3
+    _assert_same_run(result, reference)
+
+
+def test_killed_process_resumes_to_the_same_weights(store, reference):
+    from train import read_checkpoint_state, train
+    base, root, patches = store
+    settings = {**RESUME_SETTINGS, "checkpoint_every_steps": 1}
+    cfg = _cfg(root, patches, str(base / "ckpt"), run_name="killed", **settings)
+    args = [sys.executable, os.path.join(REPO_DIR, "train.py")]
+    for key, value in cfg.to_dict().items():
+        if key in ("dataset_root", "patch_dir", "checkpoint_dir", "run_name", "epochs", "checkpoint_every_steps",
+                   "augment", "seed", "working_width", "working_height", "patch_size", "overlap", "base_filters",
+                   "depth", "batch_size", "learning_rate", "data_workers"):
+            args += ["--set", f"{key}={value}"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = os.path.join(base, "ckpt", "killed", "last.keras")
+    readable = os.path.join(base, "ckpt", "killed", "last.json")
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline:  # kill once step 3 is saved: likely inside a save
+        if os.path.exists(readable) and json.load(open(readable))["global_step"] >= 3:
+            break
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    state = read_checkpoint_state(last)
+    assert 3 <= state["global_step"] < 24
+    _weights(last)  # loads
+    result = train(cfg, resume=True, verbose=0)
+    _assert_same_run(result, reference)
+
+
+_STRATEGY_SCRIPT = """
+import json, os, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+sys.path.insert(0, {repo!r})
+from config import make_config
+from train import train
+out = []
+for values in json.loads(sys.argv[1]):
+    r = train(make_config("paper", values), verbose=0)
+    out.append({{k: r[k] for k in ("replicas", "global_batch", "epochs_done", "global_step", "train_loss",
+                                   "val_loss", "last")}})
+print("RESULT " + json.dumps(out))
+"""
+
+
+def _strategy_settings(root, patches, ckpt):
+    return dict(dataset_root=root, patch_dir=patches, checkpoint_dir=ckpt, working_width=W, working_height=H,
+                patch_size=64, overlap=0.5, base_filters=8, depth=2, learning_rate=1e-3, epochs=2, data_workers=1,
+                checkpoint_every_steps=3)
+
+
+@pytest.fixture(scope="module")
+def one_replica(store):
+    """One replica of batch 4 without dropout: what two replicas of batch 2 must reproduce."""
+    from train import train
+    base, root, patches = store
+    common = _strategy_settings(root, patches, str(base / "ckpt"))
+    result = train(make_config("paper", dict(common, batch_size=4, dropout=0.0, run_name="one_replica")), verbose=0)
+    assert result["global_step"] == 16
+    return result, _weights(result["last"])
+
+
+def _assert_matches_one_replica(result, one_replica):
+    single, single_weights = one_replica
+    assert (result["replicas"], result["global_batch"], result["epochs_done"], result["global_step"]) == (2, 4, 2, 16)
+    assert result["train_loss"] == pytest.approx(single["train_loss"], rel=1e-4)
+    assert result["val_loss"] == pytest.approx(single["val_loss"], rel=1e-4)
+    # Adam turns summation-order noise in near-zero gradients into differences of up to one step (lr); data
+    # split wrongly between the replicas moves the weights by many steps.
+    diffs = [np.abs(x - y) for x, y in zip(_weights(result["last"]), single_weights)]
+    assert max(d.max() for d in diffs) < 1e-3 and np.mean([d.mean() for d in diffs]) < 1e-5
+
+
+def test_two_replica_mirrored_strategy_matches_one_replica(store, one_replica, tmp_path):
+    """Two logical CPUs as two replicas of batch 2: the same global batch of 4 as one replica of batch 4, so
+    (without dropout) the same weights up to float summation order; and with dropout it trains too."""
+    _, root, patches = store
+    common = _strategy_settings(root, patches, str(tmp_path))
+    runs = [dict(common, strategy="mirrored", batch_size=2, dropout=0.0, run_name="mirrored"),
+            dict(common, strategy="mirrored", batch_size=2, run_name="mirrored_dropout", select_on="train")]
+    script = _STRATEGY_SCRIPT.format(repo=REPO_DIR)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-c", script, json.dumps(runs)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert done.returncode == 0 and lines, done.stderr[-3000:]
+    mirrored, with_dropout = json.loads(lines[-1][7:])
+    _assert_matches_one_replica(mirrored, one_replica)
+    assert (with_dropout["replicas"], with_dropout["global_step"]) == (2, 16)
+    assert np.isfinite(with_dropout["train_loss"]) and os.path.isfile(with_dropout["last"])
+
+
+_WORKER_SCRIPT = """
+import json, sys
+sys.path.insert(0, {repo!r})
+from config import make_config
+from train import train
+r = train(make_config("paper", json.loads(sys.argv[1])), verbose=0)
+print("RESULT " + json.dumps({{k: r[k] for k in ("replicas", "global_batch", "epochs_done", "global_step",
+                                               "train_loss", "val_loss", "last")}}))
+"""
+
+
+def test_two_worker_multiworker_strategy_matches_one_replica(store, one_replica, tmp_path):
+    """Two processes on localhost (TF_CONFIG) with MultiWorkerMirroredStrategy, batch 2 each; only the chief
+    (worker 0) writes checkpoints."""
+    import socket
+    _, root, patches = store
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    values = dict(_strategy_settings(root, patches, str(tmp_path)), strategy="multiworker", batch_size=2,
+                  dropout=0.0, run_name="multiworker")
+    procs = []
+    for i in range(2):
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
+               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
+        procs.append(subprocess.Popen([sys.executable, "-c", _WORKER_SCRIPT.format(repo=REPO_DIR),
+                                       json.dumps(values)], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=300) for p in procs]
+    results = []
+    for p, (out, err) in zip(procs, outputs):
+        lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
+        assert p.returncode == 0 and lines, err[-3000:]
+        results.append(json.loads(lines[-1][7:]))
+    assert results[0]["train_loss"] == results[1]["train_loss"]
+    _assert_matches_one_replica(results[0], one_replica)
+
+
+def _main_error(capsys, *sets, extra=()):
+    from train import main
+    args = [a for kv in sets for a in ("--set", kv)] + list(extra)
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    capsys.readouterr()
+    return str(exc.value.code)
+
+
+def _sets(root, patches, ckpt, **kw):
+    values = dict(dataset_root=root, patch_dir=patches, checkpoint_dir=ckpt, working_width=W, working_height=H,
+                  patch_size=64, overlap=0.5, base_filters=8, depth=2, batch_size=4, epochs=1, data_workers=1,
+                  run_name="failing")
+    values.update(kw)
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def test_missing_or_mismatched_patch_store_is_refused(store, tmp_path, capsys):
+    _, root, patches = store
+    message = _main_error(capsys, *_sets(root, str(tmp_path / "nothing"), str(tmp_path)))
+    assert message.startswith("error: ") and "no complete patch store" in message and "data_prep.py" in message
+    message = _main_error(capsys, *_sets(root, patches, str(tmp_path), overlap=0.6))
+    assert "overlap: 0.5 in the store, 0.6 now" in message
+    assert not os.path.exists(tmp_path / "failing" / "last.keras")
+
+
+def test_resume_with_other_settings_is_refused(store, reference, capsys):
+    from train import train
+    base, root, patches = store
+    ckpt = str(base / "ckpt")
+    sets = [f"{k}={v}" for k, v in RESUME_SETTINGS.items()] + ["run_name=reference", "loss=l1", "dropout=0.2"]
+    message = _main_error(capsys, *_sets(root, patches, ckpt), *sets)
+    assert "other settings" in message and "dropout: 0.4 in the checkpoint, 0.2 now" in message
+    assert "loss: 'mse' in the checkpoint, 'l1' now" in message and "--fresh" in message
+    message = _main_error(capsys, *_sets(root, patches, ckpt, run_name="never_ran"), extra=["--resume"])
+    assert "no checkpoint to resume" in message
+    # epochs may change: the finished 3-epoch reference run is simply complete
+    result = train(_cfg(root, patches, ckpt, run_name="reference", **RESUME_SETTINGS), verbose=0)
+    assert result["epochs_done"] == 3
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(store, tmp_path):
+    from train import TrainError, read_checkpoint_state, train
+    _, root, patches = store
+    cfg = _cfg(root, patches, str(tmp_path), learning_rate=1e30, checkpoint_every_steps=1, dropout=0.0)
+    # Adam's first step moves every weight by ~lr (1e30, still finite); the second step's loss overflows
+    with pytest.raises(TrainError, match="loss is not a finite number at epoch 1, step 2") as exc:
+        train(cfg, verbose=0)
+    assert "the last good checkpoint (epoch 1, step 1) is kept" in str(exc.value)
+    last = os.path.join(tmp_path, "run", "last.keras")
+    assert read_checkpoint_state(last)["global_step"] == 1
+    assert all(np.isfinite(w).all() for w in _weights(last))
+
+
+def test_out_of_memory_names_batch_and_patch_size(store, tmp_path):
+    import tensorflow as tf
+    from train import TrainError, train
+    _, root, patches = store
+    oom = tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+    with pytest.raises(TrainError) as exc:
+        train(_cfg(root, patches, str(tmp_path)), callbacks=[_StopAt(1, 8, oom)], verbose=0)
+    message = str(exc.value)
+    assert "out of device memory" in message and "batch_size=4" in message and "patch_size" in message
