@@ -1,0 +1,129 @@
+"""Running a model on a whole image of any size: build the network input from the views, pad to a multiple
+of 2**depth, predict in one pass or in tiles with blended seams, crop back and clamp to [0, 1].
+test.py, deblur.py and demo.py all go through predict_image."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from config import Config
+from images import ImageError, crop, pad_to_multiple, to_float
+
+
+def network_input(cfg: Config, left: np.ndarray | None = None, right: np.ndarray | None = None,
+                  combined: np.ndarray | None = None, names: tuple[str, ...] = ()) -> np.ndarray:
+    """The float32 (H, W, C) input for cfg.input_mode: left+right views (6 ch) or the combined image (3 ch).
+
+    Each image is normalised by its own bit depth (read from its dtype, never assumed). `names` label the
+    images in the size-mismatch message (e.g. the file paths).
+    """
+    if cfg.input_mode == "dual":
+        views, labels = [left, right], list(names) or ["left view", "right view"]
+        if left is None or right is None:
+            raise ImageError("the dual-pixel model needs both the left and the right view")
+    else:
+        views, labels = [combined], list(names) or ["image"]
+        if combined is None:
+            raise ImageError("the single-image model needs the combined image")
+    shapes = [v.shape[:2] for v in views]
+    if len(set(shapes)) > 1:
+        raise ImageError(f"{labels[0]} is {shapes[0][1]}x{shapes[0][0]} but {labels[1]} is "
+                         f"{shapes[1][1]}x{shapes[1][0]}: the views of a pair must have the same size")
+    floats = [v if v.dtype == np.float32 else to_float(v) for v in views]
+    return floats[0] if len(floats) == 1 else np.concatenate(floats, axis=-1)
+
+
+def _predict_fn(model):
+    """A compiled forward pass, made once per model: graph mode frees each activation as soon as it is used
+    (Keras' eager functional call keeps all of them, several GB at 1680x1120), and the unknown-size signature
+    means one trace serves every image and tile size."""
+    fn = getattr(model, "_dpd_predict_fn", None)
+    if fn is None:
+        import tensorflow as tf
+        channels = model.inputs[0].shape[-1]
+        fn = tf.function(lambda x: model(x, training=False),
+                         input_signature=[tf.TensorSpec((None, None, None, channels), tf.float32)],
+                         reduce_retracing=True)
+        model._dpd_predict_fn = fn
+    return fn
+
+
+def forward(model, x: np.ndarray) -> np.ndarray:
+    """One network pass on an (H, W, C) float32 array whose sides the network accepts; (H, W, 3) float32."""
+    y = _predict_fn(model)(np.ascontiguousarray(x[None], dtype=np.float32))
+    return np.asarray(y[0], dtype=np.float32)
+
+
+def tile_starts(length: int, tile: int, overlap: int, multiple: int) -> list[int]:
+    """Start offsets of the fewest tiles of `tile` pixels that cover `length` with neighbours overlapping by at
+    least `overlap`: spread evenly (so the overlaps, and the context each pixel keeps, are as large as that
+    count allows), the last flush with the end, all aligned to `multiple` so every tile's pooling grid matches
+    the whole image's. `length` and `tile` are multiples of `multiple`."""
+    if length <= tile:
+        return [0]
+    max_gap = max(multiple, (tile - overlap) // multiple * multiple)
+    for n in range(2, length // multiple + 2):
+        starts = [int(i * (length - tile) / (n - 1)) // multiple * multiple for i in range(n)]
+        if max(b - a for a, b in zip(starts, starts[1:])) <= max_gap:
+            return starts
+    return list(range(0, length - tile + 1, multiple))
+
+
+def blend_weights(starts: list[int], tile: int, overlap: int, length: int) -> list[np.ndarray]:
+    """Per-tile 1-D weights along one axis that sum to 1 at every pixel.
+
+    Inside each overlap, a linear ramp (`overlap` pixels wide, at most half the overlap, centred on it) hands
+    over from one tile to the next; the pixels nearer a tile's inner edge get weight 0, since they saw the
+    least context. The 2-D weight of a tile is the outer product of its two axes' weights.
+    """
+    weights = [np.ones(min(tile, length), np.float64) for _ in starts]
+    for k in range(len(starts) - 1):
+        a, b = starts[k + 1], starts[k] + tile        # overlap of tiles k and k+1: [a, b)
+        if b <= a:
+            continue                                  # tile_overlap 0: tiles just touch
+        ramp_len = max(1, min(overlap, (b - a) // 2))
+        c0 = a + (b - a - ramp_len) // 2              # blend region [c0, c0 + ramp_len)
+        up = (np.arange(ramp_len) + 0.5) / ramp_len   # weight of tile k+1 across the blend region
+        left, right = weights[k], weights[k + 1]
+        left[c0 - starts[k]: c0 - starts[k] + ramp_len] *= 1 - up
+        left[c0 + ramp_len - starts[k]:] = 0
+        right[: c0 - starts[k + 1]] = 0
+        right[c0 - starts[k + 1]: c0 - starts[k + 1] + ramp_len] *= up
+    total = np.zeros(length)
+    for s, wt in zip(starts, weights):
+        total[s:s + len(wt)] += wt
+    if not total.all():
+        raise ValueError(f"tiles {starts} of {tile} px leave pixels of a {length} px side uncovered")
+    return [(wt / total[s:s + len(wt)]).astype(np.float32) for s, wt in zip(starts, weights)]
+
+
+def predict_tiled(model, x: np.ndarray, tile: int, overlap: int, multiple: int) -> np.ndarray:
+    """Predict an (H, W, C) array whose sides are multiples of `multiple` tile by tile, blending the seams."""
+    h, w = x.shape[:2]
+    ys, xs = tile_starts(h, tile, overlap, multiple), tile_starts(w, tile, overlap, multiple)
+    th, tw = min(tile, h), min(tile, w)
+    wy, wx = blend_weights(ys, th, overlap, h), blend_weights(xs, tw, overlap, w)
+    out = np.zeros((h, w, 3), np.float32)
+    for i, y0 in enumerate(ys):
+        for j, x0 in enumerate(xs):
+            weight = wy[i][:, None, None] * wx[j][None, :, None]
+            if not weight.any():
+                continue
+            out[y0:y0 + th, x0:x0 + tw] += weight * forward(model, x[y0:y0 + th, x0:x0 + tw])
+    return out
+
+
+def predict_image(model, x: np.ndarray, cfg: Config) -> np.ndarray:
+    """Deblur one (H, W, C) float32 input of any size: float32 (H, W, 3) in [0, 1].
+
+    Pads by reflection to a multiple of 2**cfg.depth (nothing changes at 1680x1120), runs one pass, or
+    tiles of cfg.tile pixels overlapping by cfg.tile_overlap when cfg.tile > 0, then crops back and clamps.
+    """
+    multiple = 2 ** cfg.depth
+    padded, size = pad_to_multiple(x, multiple)
+    h, w = padded.shape[:2]
+    if cfg.tile and (h > cfg.tile or w > cfg.tile):
+        y = predict_tiled(model, padded, cfg.tile, cfg.tile_overlap, multiple)
+    else:
+        y = forward(model, padded)
+    return np.clip(crop(y, size), 0.0, 1.0)

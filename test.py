@@ -1,0 +1,479 @@
+"""Evaluate a trained DPDNet on the DPDD test split by the paper's Table 1 protocol: whole images, one pass,
+output clamped to [0, 1], PSNR/SSIM/MAE/LPIPS on floats per image, then indoor/outdoor/combined means.
+
+    python test.py --weights checkpoints/dpdnet/best.keras        # or the authors' .hdf5
+    python test.py --preset single --weights dpdnet_single.hdf5
+
+Writes results/<run_name>/: images/<scene>.png (16-bit), metrics.csv, summary.md, summary.json, config.json.
+Images are streamed (the next scene is read while the current one runs), so memory does not grow with the
+number of test images; a re-run resumes where an interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import sys
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+import dpdd
+from config import Config, add_config_args, config_from_args
+from fileio import atomic_write_json, atomic_write_text, is_temporary
+from images import ImageError, max_value, read_image, to_float, write_image
+
+METRICS = ("psnr", "ssim", "mae", "lpips")
+CSV_HEADER = ["name", "category"] + list(METRICS)
+GROUPS = ("indoor", "outdoor", "combined")
+# Table 1 of the paper, 16-bit protocol (protocol.md, "Targets").
+PAPER_TABLE1 = {
+    "DPDNet": {"indoor": (27.48, 0.849, 0.029, 0.189), "outdoor": (22.90, 0.726, 0.052, 0.255),
+               "combined": (25.13, 0.786, 0.041, 0.223)},
+    "DPDNet-Single": {"indoor": (26.54, 0.816, 0.031, 0.239), "outdoor": (22.25, 0.682, 0.056, 0.313),
+                      "combined": (24.34, 0.747, 0.044, 0.277)},
+}
+PAPER_COUNTS = {"indoor": 37, "outdoor": 39, "combined": 76}
+SHIPPED_LABELS_NOTE = ("Indoor/outdoor labels: data/dpdd_test_categories.csv, a third-party copy of the DPDD test "
+                       "labels (37 indoor / 39 outdoor, consistent with the paper) that has not been checked against "
+                       "the authors' own label arrays; the per-category means depend on it, the combined mean does not.")
+
+
+class EvalError(ValueError):
+    """A problem with the results folder or the run's inputs; one line for the user."""
+
+
+# --------------------------------------------------------------------------------------------- reading
+
+def load_scene(scene: dpdd.Scene, cfg: Config) -> dict:
+    """Read one test scene and build the network input and the float ground truth (runs in the prefetch thread)."""
+    from inference import network_input
+    target = read_image(scene.target_path)
+    if cfg.input_mode == "dual":
+        left, right = read_image(scene.left_path), read_image(scene.right_path)
+        x = network_input(cfg, left, right, names=(scene.left_path, scene.right_path))
+        inputs, depth = [(scene.left_path, left)], {left.dtype, right.dtype}
+    else:
+        combined = read_image(scene.source_path)
+        x = network_input(cfg, combined=combined)
+        inputs, depth = [(scene.source_path, combined)], {combined.dtype}
+    path, ref = inputs[0]
+    if target.shape != ref.shape:
+        raise ImageError(f"{scene.target_path} is {target.shape[1]}x{target.shape[0]} but {path} is "
+                         f"{ref.shape[1]}x{ref.shape[0]}: a scene's images must have the same size")
+    return {"x": x, "gt": to_float(target), "bits": sorted(8 if d == np.uint8 else 16 for d in depth),
+            "size": (target.shape[1], target.shape[0])}
+
+
+class Prefetcher:
+    """Reads scene i+1 in a background thread while scene i runs: at most two scenes are in memory."""
+
+    def __init__(self, scenes: list, cfg: Config):
+        self._scenes, self._cfg = scenes, cfg
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
+        self._next = self._submit(0)
+
+    def _submit(self, i):
+        return self._pool.submit(load_scene, self._scenes[i], self._cfg) if i < len(self._scenes) else None
+
+    def __iter__(self):
+        for i, scene in enumerate(self._scenes):
+            data = self._next.result()
+            self._next = self._submit(i + 1)
+            yield scene, data
+            del data
+
+    def close(self):
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+# --------------------------------------------------------------------------------------------- results file
+
+def format_row(name: str, category: str, values: dict) -> str:
+    """One metrics.csv line; floats in repr form so a resumed run reproduces them exactly."""
+    cells = [name, category] + [("" if values.get(k) is None else repr(float(values[k]))) for k in METRICS]
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(cells)
+    return buf.getvalue()
+
+
+def read_rows(path: str) -> tuple[list[dict], int]:
+    """The complete rows of metrics.csv and how many lines were dropped (a torn last line from a kill, or
+    garbage). A row without its final newline is torn, since rows are written whole and then fsynced."""
+    if not os.path.isfile(path):
+        return [], 0
+    with open(path, newline="") as f:
+        text = f.read()
+    lines = text.split("\n")
+    tail = lines.pop()          # '' when the file ends with a newline, else a torn line
+    dropped = 1 if tail else 0
+    if not lines or lines[0].strip().split(",") != CSV_HEADER:
+        raise EvalError(f"{path}: not a metrics.csv written by test.py (header {lines[0][:60] if lines else ''!r}); "
+                        f"move it away or rerun with --overwrite")
+    rows = []
+    for line in lines[1:]:
+        try:
+            cells = next(csv.reader([line]))
+            if len(cells) != len(CSV_HEADER):
+                raise ValueError
+            row = {"name": cells[0], "category": cells[1]}
+            for key, cell in zip(METRICS, cells[2:]):
+                row[key] = float(cell) if cell else None
+            rows.append(row)
+        except (ValueError, StopIteration):
+            dropped += 1
+    return rows, dropped
+
+
+class ResultsWriter:
+    """metrics.csv, appended one complete, fsynced line per image, only after that image's PNG is in place."""
+
+    def __init__(self, path: str, rows: list[dict]):
+        self.path = path
+        atomic_write_text(path, "".join([",".join(CSV_HEADER) + "\n"] +
+                                        [format_row(r["name"], r["category"], r) for r in rows]))
+        self._f = open(path, "a", newline="")
+
+    def append(self, name: str, category: str, values: dict) -> None:
+        self._f.write(format_row(name, category, values))
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self):
+        self._f.close()
+
+
+# --------------------------------------------------------------------------------------------- summary
+
+def summarize(rows: list[dict]) -> dict:
+    """{group: {"count": n, metric: mean or None}} for indoor, outdoor, combined (and any other label).
+
+    A metric's mean is None when any row of the group lacks it (LPIPS unavailable for some images)."""
+    groups = {g: [] for g in GROUPS}
+    for r in rows:
+        groups.setdefault(r["category"], []).append(r)
+        groups["combined"].append(r)
+    out = {}
+    for g, members in groups.items():
+        entry = {"count": len(members)}
+        for k in METRICS:
+            vals = [r[k] for r in members]
+            entry[k] = float(np.mean(vals)) if vals and all(v is not None for v in vals) else None
+            if k == "lpips":
+                entry["lpips_count"] = sum(v is not None for v in vals)
+        out[g] = entry
+    return out
+
+
+def _fmt(value, metric: str) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.2f}" if metric == "psnr" else f"{value:.4f}"
+
+
+def summary_markdown(summary: dict) -> str:
+    """summary.md: Table 1's layout (indoor / outdoor / combined x PSNR, SSIM, MAE, LPIPS), ours beside the paper's."""
+    model = summary["model"]
+    groups = summary["groups"]
+    lp = summary["lpips"]
+    header = ["Method"] + [f"{g.capitalize()} (n={groups[g]['count']}) {m.upper()}" for g in GROUPS for m in METRICS]
+    paper = summary["paper"]
+    lines = [f"# {model} on the DPDD test set", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+    def cell(group, metric, value):
+        if metric == "lpips" and value is None:
+            if lp["status"] == "unavailable":
+                return "n/a (LPIPS weights unavailable)"
+            if lp["status"] == "off":
+                return "n/a (LPIPS off)"
+            return f"n/a ({groups[group]['lpips_count']} of {groups[group]['count']} images)"
+        return _fmt(value, metric)
+
+    lines.append("| " + " | ".join([f"{model} (paper)"] + [f"{v:.2f}" if m == "psnr" else f"{v:.3f}"
+                                                            for g in GROUPS for m, v in zip(METRICS, paper[g])]) + " |")
+    lines.append("| " + " | ".join([f"{model} (ours)"] + [cell(g, m, groups[g][m]) for g in GROUPS for m in METRICS]) + " |")
+    diff = summary["difference"]
+    lines.append("| " + " | ".join(["ours - paper"] + [
+        "n/a" if diff[g][m] is None else (f"{diff[g][m]:+.2f}" if m == "psnr" else f"{diff[g][m]:+.4f}")
+        for g in GROUPS for m in METRICS]) + " |")
+    lines += ["", "PSNR and SSIM: higher is better; MAE and LPIPS: lower is better. Metrics on float outputs "
+              "clamped to [0, 1], before quantisation, per image, then averaged (protocol.md, 'Evaluation').", ""]
+    lines.append(f"- Weights: `{summary['weights']}`")
+    lines.append(f"- Images: {summary['images']} from `{summary['dataset_root']}` "
+                 f"({', '.join(f'{b}-bit' for b in summary['input_bits'])} input, "
+                 f"{', '.join(summary['image_sizes'])})")
+    tiling = (f"tiles of {summary['tile']} px overlapping by {summary['tile_overlap']} px, seams blended"
+              if summary["tile"] else "whole image, one pass")
+    lines.append(f"- Inference: {tiling}")
+    if lp["status"] == "alexnet":
+        lines.append("- LPIPS: AlexNet, version 0.1 (the `lpips` package), RGB, ground truth first.")
+    elif lp["status"] == "random":
+        lines.append("- LPIPS: RANDOM AlexNet backbone (test mode): the LPIPS numbers are meaningless.")
+    elif lp["status"] == "unavailable":
+        lines.append(f"- LPIPS: n/a ({lp['reason']})")
+    else:
+        lines.append("- LPIPS: not computed (--no-lpips).")
+    lines.append(f"- {summary['categories_note']}")
+    for note in summary["protocol_notes"]:
+        lines.append(f"- {note}")
+    return "\n".join(lines) + "\n"
+
+
+def build_summary(rows: list[dict], info: dict) -> dict:
+    groups = summarize(rows)
+    paper = PAPER_TABLE1[info["model"]]
+    diff = {g: {m: (None if groups[g][m] is None else groups[g][m] - paper[g][i]) for i, m in enumerate(METRICS)}
+            for g in GROUPS}
+    return {**info, "groups": groups, "paper": paper, "difference": diff}
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+
+def _start_lpips(mode: str):
+    """(client or None, status, reason) for lpips mode auto / require / off / random."""
+    if mode == "off":
+        return None, "off", ""
+    from metrics import LpipsClient, LpipsUnavailable
+    try:
+        client = LpipsClient(pnet_rand=(mode == "random"), threads=max(1, (os.cpu_count() or 2) // 2))
+    except LpipsUnavailable as e:
+        if mode == "require":
+            raise
+        print(f"warning: {e}; LPIPS is reported as n/a (--require-lpips makes this an error)", file=sys.stderr)
+        reason = str(e)
+        return None, "unavailable", reason[len("LPIPS unavailable: "):] if reason.startswith("LPIPS unavailable: ") else reason
+    return client, ("random" if mode == "random" else "alexnet"), ""
+
+
+def _weights_stamp(path: str) -> dict:
+    st = os.stat(path)
+    return {"weights": os.path.abspath(path), "weights_size": st.st_size, "weights_mtime": int(st.st_mtime)}
+
+
+def evaluate(cfg: Config, weights_path: str | None = None, out_dir: str | None = None, overwrite: bool = False,
+             lpips: str = "auto", limit: int = 0, progress: bool = True, model=None) -> dict:
+    """Run the Table 1 evaluation and return the summary dict (also written to out_dir/summary.json).
+
+    weights_path: default checkpoints/<run_name>/best.keras. out_dir: default results/<run_name>.
+    lpips: "auto" (n/a when unavailable), "require" (LpipsUnavailable), "off", "random" (tests only).
+    limit: evaluate only the first `limit` scenes (0: all). model: an already loaded (model, model_cfg)
+    pair instead of weights_path (demo.py). Raises DatasetError, ImageError, WeightsError, EvalError,
+    LpipsUnavailable, MetricError with one-line messages.
+    """
+    import weights as W
+    from inference import predict_image
+    from metrics import image_metrics
+
+    root = dpdd.find_dataset_root(cfg)
+    scenes = dpdd.list_scenes(root, "test")
+    total_scenes = len(scenes)
+    if limit:
+        scenes = scenes[:limit]
+    categories = dpdd.test_categories(root)
+    own_labels = os.path.isfile(os.path.join(root, "test_categories.csv"))
+    out_dir = out_dir or os.path.join(cfg.resolve_path("results_dir"), cfg.run_name)
+
+    if model is None:
+        weights_path = weights_path or W.default_weights_path(cfg)
+        model, model_cfg = W.load_model(weights_path, cfg)
+    else:
+        model, model_cfg = model
+        weights_path = weights_path or "(in memory)"
+    W.check_input_mode(model_cfg, cfg, weights_path)
+    if model_cfg.tile and model_cfg.tile % 2 ** model_cfg.depth:
+        raise EvalError(f"tile: {model_cfg.tile} is not a multiple of {2 ** model_cfg.depth} (2**depth of the weights)")
+
+    # resume bookkeeping: refuse to mix results of different weights or inference settings
+    run_info = {**(_weights_stamp(weights_path) if os.path.isfile(weights_path) else {"weights": weights_path}),
+                "input_mode": model_cfg.input_mode, "tile": model_cfg.tile, "tile_overlap": model_cfg.tile_overlap,
+                "dataset_root": root, "lpips_random": lpips == "random"}
+    csv_path, info_path = os.path.join(out_dir, "metrics.csv"), os.path.join(out_dir, "run_info.json")
+    img_dir = os.path.join(out_dir, "images")
+    done: dict[str, dict] = {}
+    if not overwrite and os.path.isfile(csv_path):
+        if os.path.isfile(info_path):
+            with open(info_path) as f:
+                old = json.load(f)
+            changed = [k for k in run_info if old.get(k) != run_info[k]]
+            if changed:
+                raise EvalError(f"{out_dir} holds results of another run ({changed[0]}: {old.get(changed[0])!r} then, "
+                                f"{run_info[changed[0]]!r} now); rerun with --overwrite or --set run_name=NEW")
+        rows, dropped = read_rows(csv_path)
+        if dropped:
+            print(f"note: dropped {dropped} incomplete line(s) of {csv_path} (an interrupted run); redoing them")
+        wanted = {s.source for s in scenes}
+        done = {r["name"]: r for r in rows if r["name"] in wanted
+                and os.path.isfile(os.path.join(img_dir, r["name"] + ".png"))}
+    todo = [s for s in scenes if s.source not in done]
+    rows_in_order = [done[s.source] for s in scenes if s.source in done]
+    lp_client, lp_status, lp_reason = _start_lpips(lpips)  # may fail (--require-lpips): nothing written yet
+    try:
+        os.makedirs(img_dir, exist_ok=True)
+        for name in os.listdir(img_dir):  # leftovers of a killed atomic write
+            if is_temporary(name):
+                os.remove(os.path.join(img_dir, name))
+        atomic_write_json(info_path, run_info)
+        model_cfg.save_json(os.path.join(out_dir, "config.json"))
+        writer = ResultsWriter(csv_path, rows_in_order)
+    except BaseException:
+        if lp_client is not None:
+            lp_client.close(wait=False)
+        raise
+    if done:
+        print(f"resuming: {len(done)} of {len(scenes)} images already done in {out_dir} (--overwrite to redo them)")
+
+    from tqdm import tqdm
+    pending: deque = deque()   # rows whose image is written, waiting for their LPIPS value
+    bits, sizes, seconds = set(), set(), []
+
+    def flush(block: bool):
+        while pending and (block or lp_client is None or pending[0]["name"] in lp_client.collect()):
+            row = pending.popleft()
+            if lp_client is not None:
+                row["lpips"] = lp_client.result(row["name"])
+            writer.append(row["name"], row["category"], row)
+            rows_in_order.append(row)
+
+    prefetch = Prefetcher(todo, model_cfg) if todo else None
+    bar = tqdm(total=len(scenes), initial=len(done), desc="test", unit="img", disable=not progress, dynamic_ncols=True)
+    try:
+        for scene, data in (prefetch or []):
+            t0 = time.perf_counter()
+            pred = predict_image(model, data["x"], model_cfg)
+            seconds.append(time.perf_counter() - t0)
+            values = image_metrics(data["gt"], pred)
+            write_image(os.path.join(img_dir, scene.source + ".png"), pred, bits=16)
+            if lp_client is not None:
+                lp_client.submit(scene.source, data["gt"], pred)
+            bits.update(data["bits"])
+            sizes.add(data["size"])
+            pending.append({"name": scene.source, "category": categories.get(scene.source, "unlabelled"),
+                            **values, "lpips": None})
+            del data, pred
+            flush(block=False)
+            bar.update(1)
+            running = [r for r in rows_in_order + list(pending)]
+            bar.set_postfix({k: f"{np.mean([r[k] for r in running]):.4g}" for k in ("psnr", "ssim", "mae")})
+        flush(block=True)
+    finally:
+        bar.close()
+        if prefetch:
+            prefetch.close()
+        writer.close()
+        if lp_client is not None:
+            lp_client.close(wait=False)
+
+    # the final file in scene order, so that a resumed run's metrics.csv equals a clean run's
+    order = {s.source: i for i, s in enumerate(scenes)}
+    rows_in_order.sort(key=lambda r: order[r["name"]])
+    with open(csv_path) as f:
+        current = f.read()
+    final = "".join([",".join(CSV_HEADER) + "\n"] + [format_row(r["name"], r["category"], r) for r in rows_in_order])
+    if current != final:
+        atomic_write_text(csv_path, final)
+
+    for s in scenes:  # sizes and bit depths of resumed images, for the notes
+        if s.source in done:
+            img = read_image(s.target_path)
+            sizes.add((img.shape[1], img.shape[0]))
+            bits.add(8 if max_value(img) == 255 else 16)
+    notes = protocol_notes(len(scenes), total_scenes, sizes, bits, model_cfg, scenes)
+    model_name = W.mode_name(model_cfg.input_mode)
+    info = {"model": model_name, "weights": weights_path, "dataset_root": root, "images": len(scenes),
+            "input_bits": sorted(bits), "image_sizes": [f"{w}x{h}" for w, h in sorted(sizes)],
+            "tile": model_cfg.tile, "tile_overlap": model_cfg.tile_overlap,
+            "lpips": {"status": lp_status, "reason": lp_reason},
+            "categories_source": os.path.join(root, "test_categories.csv") if own_labels else dpdd.TEST_CATEGORIES_CSV,
+            "categories_note": (f"Indoor/outdoor labels: {os.path.join(root, 'test_categories.csv')} (the dataset's own)."
+                                if own_labels else SHIPPED_LABELS_NOTE),
+            "protocol_notes": notes,
+            "seconds_per_image": float(np.mean(seconds)) if seconds else None}
+    summary = build_summary(rows_in_order, info)
+    atomic_write_json(os.path.join(out_dir, "summary.json"), _json_safe(summary))
+    atomic_write_text(os.path.join(out_dir, "summary.md"), summary_markdown(summary))
+    return summary
+
+
+def protocol_notes(n: int, total: int, sizes: set, bits: set, model_cfg: Config, scenes: list) -> list[str]:
+    """Where this run departs from Table 1's protocol, so nobody compares unlike numbers."""
+    notes = []
+    official = {s for s, _ in dpdd.official_split()["test"]}
+    names = {s.source for s in scenes}
+    if names != official:
+        notes.append(f"Not the Table 1 test set: {n} images"
+                     + (f" (the first {n} of {total})" if n != total else "")
+                     + (", not the 76 official DPDD test scenes" if names != official else "")
+                     + "; the paper's numbers are beside ours for orientation only.")
+    if sizes and sizes != {(1680, 1120)}:
+        notes.append("Image size differs from the paper's 1680x1120 (the network was run on reflection-padded "
+                     "inputs cropped back).")
+    if bits and bits != {16}:
+        notes.append("8-bit input: the paper's numbers are for the 16-bit images.")
+    if model_cfg.tile:
+        notes.append("Tiled inference: the paper ran whole images in one pass.")
+    return notes
+
+
+def _json_safe(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+# --------------------------------------------------------------------------------------------- command line
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", help="checkpoint (.keras), Keras 3 .weights.h5, or the authors' Keras 2 .hdf5 "
+                                          "(default: checkpoints/<run_name>/best.keras)")
+    parser.add_argument("--out", help="results folder (default: results/<run_name>)")
+    parser.add_argument("--tile", type=int, help="tile size in pixels (multiple of 16) for small GPUs; default: "
+                                                 "the whole image in one pass, as the paper")
+    parser.add_argument("--tile-overlap", type=int, help="overlap of neighbouring tiles in pixels (default 64)")
+    parser.add_argument("--overwrite", action="store_true", help="redo images already done by an earlier run")
+    parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N test scenes")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--require-lpips", action="store_true", help="fail if LPIPS cannot be computed")
+    group.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
+    group.add_argument("--lpips-random-backbone", action="store_true", help=argparse.SUPPRESS)  # tests only
+    add_config_args(parser)
+    args = parser.parse_args(argv)
+    if args.tile is not None:
+        args.overrides.append(f"tile={args.tile}")
+    if args.tile_overlap is not None:
+        args.overrides.append(f"tile_overlap={args.tile_overlap}")
+    cfg = config_from_args(args)
+    lpips = ("require" if args.require_lpips else "off" if args.no_lpips
+             else "random" if args.lpips_random_backbone else "auto")
+
+    import weights as W
+    from metrics import LpipsUnavailable, MetricError
+    try:
+        summary = evaluate(cfg, args.weights, args.out, overwrite=args.overwrite, lpips=lpips, limit=args.limit)
+    except (dpdd.DatasetError, ImageError, W.WeightsError, EvalError, LpipsUnavailable, MetricError) as e:
+        sys.exit(f"error: {e}")
+    except ValueError as e:
+        if type(e).__name__ != "InputShapeError":  # model.py's, raised once the model runs
+            raise
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: the images and rows written so far are complete; rerun the same command to continue")
+    out = args.out or os.path.join(cfg.resolve_path("results_dir"), cfg.run_name)
+    print(summary_markdown(summary))
+    print(f"wrote {out}/ (images/, metrics.csv, summary.md, summary.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

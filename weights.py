@@ -1,0 +1,251 @@
+"""Loading a trained DPDNet from any file a user may have: our .keras checkpoints (with the config.json saved
+beside them), Keras 3 weight files, and the authors' Keras 2.2.4 HDF5 models, whose conv weights are mapped
+onto our layers by order and shape with their BGR colour order turned into our RGB."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import warnings
+import zipfile
+
+import numpy as np
+
+from config import Config
+
+ARCH_KEYS = ("input_mode", "base_filters", "depth", "head", "dropout")
+# Our channel index -> the authors' channel index (BGR per view); each permutation is its own inverse.
+BGR_PERM = {3: [2, 1, 0], 6: [2, 1, 0, 5, 4, 3]}
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot be used here; the message names the file and what is wrong."""
+
+
+def default_weights_path(cfg: Config) -> str:
+    """The run's best checkpoint, as train.py writes it: checkpoints/<run_name>/best.keras."""
+    return os.path.join(cfg.resolve_path("checkpoint_dir"), cfg.run_name, "best.keras")
+
+
+def mode_name(input_mode: str) -> str:
+    return "DPDNet" if input_mode == "dual" else "DPDNet-Single"
+
+
+def saved_config(weights_path: str) -> dict | None:
+    """The architecture settings saved beside a checkpoint (config.json in its folder), or None."""
+    folder = os.path.dirname(os.path.abspath(weights_path))
+    stem = os.path.basename(weights_path).split(".")[0]
+    for name in (f"{stem}.config.json", "config.json"):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            try:
+                with open(path) as f:
+                    values = json.load(f)
+            except (OSError, ValueError) as e:
+                raise WeightsError(f"{path}: unreadable config beside the weights ({e})") from None
+            return {k: values[k] for k in ARCH_KEYS if k in values}
+    return None
+
+
+def describe_model(model, path: str = "model") -> dict:
+    """The architecture settings of a loaded DPDNet, read from its layers; WeightsError if it is not one."""
+    names = {layer.name for layer in model.layers}
+    if "enc1_conv1" not in names or not any(n.startswith("dec1_") for n in names):
+        raise WeightsError(f"{path}: not a DPDNet model (no enc1_conv1/dec1 layers; found "
+                           f"{', '.join(sorted(names)[:6])}, ...)")
+    channels = model.inputs[0].shape[-1]
+    if channels not in (3, 6):
+        raise WeightsError(f"{path}: the model takes {channels} input channels; DPDNet takes 6 (dual) or 3 (single)")
+    depth = sum(1 for n in names if re.fullmatch(r"enc\d+_pool", n))
+    return {"input_mode": "dual" if channels == 6 else "single",
+            "base_filters": int(model.get_layer("enc1_conv1").filters), "depth": depth,
+            "head": "residual" if "head_correction" in names else "sigmoid"}
+
+
+def _build(cfg: Config):
+    """Our model for cfg under cfg.precision's dtype policy (restoring the global policy afterwards)."""
+    import keras
+    from model import build_model
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(cfg.precision)
+    try:
+        return build_model(cfg)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _with_arch(cfg: Config, arch: dict) -> Config:
+    return dataclasses.replace(cfg, **{k: v for k, v in arch.items() if k in ARCH_KEYS})
+
+
+def load_model(path: str, cfg: Config):
+    """Load any supported weights file; returns (model, model_cfg).
+
+    model_cfg is cfg with the architecture (input mode, width, depth, head) the file holds, read from the
+    checkpoint's saved config.json or from the weights themselves; cfg supplies it only for a bare Keras 3
+    .weights.h5 without a saved config. Raises WeightsError with one line on anything unusable.
+    """
+    if not os.path.isfile(path):
+        raise WeightsError(f"{path}: weights file not found (train a model with train.py, or pass --weights)")
+    saved = saved_config(path)
+    if zipfile.is_zipfile(path):
+        return _load_keras_archive(path, cfg, saved)
+    import h5py
+    try:
+        with h5py.File(path, "r") as f:
+            version = _text(f.attrs.get("keras_version", ""))
+            whole_model = "model_config" in f.attrs
+            keras3_weights = "layers" in f and "vars" in f
+    except OSError:
+        raise WeightsError(f"{path}: neither a .keras archive nor an HDF5 file") from None
+    if keras3_weights:
+        model_cfg = _with_arch(cfg, saved or {})
+        model = _build(model_cfg)
+        try:
+            with warnings.catch_warnings():  # Keras 3.15 warns about weightless containers it skips
+                warnings.filterwarnings("ignore", message="Skipping nested container")
+                model.load_weights(path)
+        except Exception as e:  # Keras names the mismatching layer or shape
+            raise WeightsError(f"{path}: does not fit a {mode_name(model_cfg.input_mode)} with base_filters "
+                               f"{model_cfg.base_filters}, depth {model_cfg.depth} ({_first_line(e)}); "
+                               f"set the architecture with --preset/--set") from None
+        return model, model_cfg
+    if version.startswith("3") and whole_model:
+        return _load_keras_archive(path, cfg, saved)
+    return load_keras2_hdf5(path, cfg)
+
+
+def _load_keras_archive(path: str, cfg: Config, saved: dict | None):
+    import keras
+    import model as _model  # registers InputGuard for deserialisation  # noqa: F401
+    try:
+        loaded = keras.models.load_model(path, compile=False)
+    except Exception as e:
+        raise WeightsError(f"{path}: Keras could not load it ({_first_line(e)})") from None
+    arch = describe_model(loaded, path)
+    if saved:
+        clash = [k for k in ("input_mode", "base_filters", "depth", "head") if k in saved and saved[k] != arch[k]]
+        if clash:
+            raise WeightsError(f"{path}: the config.json beside it says {clash[0]}={saved[clash[0]]!r} but the "
+                               f"model has {arch[clash[0]]!r}")
+    model_cfg = _with_arch(cfg, {**(saved or {}), **arch})
+    if model_cfg.precision == "float32":
+        return loaded, model_cfg
+    model = _build(model_cfg)
+    model.set_weights(loaded.get_weights())
+    return model, model_cfg
+
+
+@dataclasses.dataclass
+class Keras2File:
+    """The conv layers of a Keras 2 HDF5 file in build order: (layer name, kernel, bias)."""
+    path: str
+    keras_version: str
+    convs: list
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.convs[0][1].shape[2])
+
+    @property
+    def base_filters(self) -> int:
+        return int(self.convs[0][1].shape[3])
+
+    @property
+    def depth(self) -> int:
+        """A depth-d DPDNet has 5d + 4 convs (2 per encoder level, 2 bottleneck, 3 per decoder step, 2 head)."""
+        n = len(self.convs)
+        if n < 9 or (n - 4) % 5:
+            raise WeightsError(f"{self.path}: {n} conv layers, which is no DPDNet (depth d has 5d+4: 24 for the paper)")
+        return (n - 4) // 5
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def read_keras2_hdf5(path: str) -> Keras2File:
+    """The conv weights of a Keras 2 HDF5 file (a whole model, or save_weights output) in build order.
+
+    Layers come in the file's `layer_names` order, which for Keras' automatic names conv2d_1 ... conv2d_24 is
+    also their numeric order; that numeric order is used when every conv name has the pattern.
+    """
+    import h5py
+    try:
+        f = h5py.File(path, "r")
+    except OSError:
+        raise WeightsError(f"{path}: not an HDF5 file") from None
+    with f:
+        version = _text(f.attrs.get("keras_version", "unknown"))
+        group = f["model_weights"] if "model_weights" in f else f
+        if "layer_names" not in group.attrs:
+            raise WeightsError(f"{path}: no Keras layer list (attribute layer_names) in the HDF5 file")
+        convs = []
+        for name in (_text(n) for n in group.attrs["layer_names"]):
+            layer = group[name]
+            arrays = [np.asarray(layer[_text(w)]) for w in layer.attrs.get("weight_names", [])]
+            if not arrays:
+                continue
+            kernels = [a for a in arrays if a.ndim == 4]
+            biases = [a for a in arrays if a.ndim == 1]
+            if len(arrays) != 2 or len(kernels) != 1 or len(biases) != 1:
+                raise WeightsError(f"{path}: layer {name} has weights of shapes {[a.shape for a in arrays]}; "
+                                   f"DPDNet has only conv layers (a 4-D kernel and a bias)")
+            convs.append((name, kernels[0].astype(np.float32), biases[0].astype(np.float32)))
+    if not convs:
+        raise WeightsError(f"{path}: no weights in the HDF5 file")
+    numbers = [re.fullmatch(r"conv2d_(\d+)", n) for n, _, _ in convs]
+    if all(numbers):
+        convs = [c for _, c in sorted(zip((int(m.group(1)) for m in numbers), convs), key=lambda t: t[0])]
+    return Keras2File(path, version, convs)
+
+
+def load_keras2_hdf5(path: str, cfg: Config, bgr: bool = True):
+    """Our model carrying the weights of a Keras 2 HDF5 DPDNet (the authors' released files); (model, model_cfg).
+
+    The architecture is read from the weight shapes; the k-th conv of the file goes to our k-th conv (build
+    order: encoder, bottleneck, then upconv/conv1/conv2 per decoder step, head_conv, output) after an exact
+    shape check. With bgr=True (the authors trained on OpenCV's BGR images) the first layer's input channels
+    and the output layer's channels are reversed per view, so the model takes and returns RGB.
+    """
+    import keras
+    k2 = read_keras2_hdf5(path)
+    if k2.in_channels not in BGR_PERM:
+        raise WeightsError(f"{path}: first layer takes {k2.in_channels} channels; DPDNet takes 6 (dual) or 3 (single)")
+    arch = {"input_mode": "dual" if k2.in_channels == 6 else "single", "base_filters": k2.base_filters,
+            "depth": k2.depth, "head": "sigmoid"}
+    model_cfg = _with_arch(cfg, arch)
+    model = _build(model_cfg)
+    ours = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    if len(ours) != len(k2.convs):
+        raise WeightsError(f"{path}: {len(k2.convs)} conv layers, our {mode_name(model_cfg.input_mode)} of depth "
+                           f"{model_cfg.depth} has {len(ours)}")
+    for layer, (name, kernel, bias) in zip(ours, k2.convs):
+        want = (tuple(layer.kernel.shape), tuple(layer.bias.shape))
+        if (kernel.shape, bias.shape) != want:
+            raise WeightsError(f"{path}: layer {name} has kernel {kernel.shape} and bias {bias.shape}, but our "
+                               f"{layer.name} needs {want[0]} and {want[1]}: not a DPDNet of this shape")
+    if bgr:
+        first, last = k2.convs[0], k2.convs[-1]
+        k2.convs[0] = (first[0], first[1][:, :, BGR_PERM[k2.in_channels], :], first[2])
+        k2.convs[-1] = (last[0], last[1][..., BGR_PERM[3]], last[2][BGR_PERM[3]])
+    for layer, (_, kernel, bias) in zip(ours, k2.convs):
+        layer.set_weights([kernel, bias])
+    return model, model_cfg
+
+
+def check_input_mode(model_cfg: Config, cfg: Config, path: str) -> None:
+    """WeightsError when the weights take another input than the data the config describes."""
+    if model_cfg.input_mode != cfg.input_mode:
+        fix = "--preset single" if model_cfg.input_mode == "single" else "--preset paper"
+        raise WeightsError(f"{path}: these are {mode_name(model_cfg.input_mode)} weights "
+                           f"({model_cfg.in_channels}-channel input) but the config's input_mode is "
+                           f"{cfg.input_mode} ({cfg.in_channels} channels); use {fix} or "
+                           f"--set input_mode={model_cfg.input_mode}")
