@@ -131,7 +131,7 @@ def _load_keras_archive(path: str, cfg: Config, saved: dict | None):
             raise WeightsError(f"{path}: the config.json beside it says {clash[0]}={saved[clash[0]]!r} but the "
                                f"model has {arch[clash[0]]!r}")
     model_cfg = _with_arch(cfg, {**(saved or {}), **arch})
-    if model_cfg.precision == "float32":
+    if loaded.get_layer("enc1_conv1").dtype_policy.name == model_cfg.precision:
         return loaded, model_cfg
     model = _build(model_cfg)
     model.set_weights(loaded.get_weights())

@@ -1,0 +1,197 @@
+"""Deblur your own dual-pixel pair (or, with the single-image model, one photo) of any size and bit depth.
+
+    python deblur.py --weights checkpoints/dpdnet/best.keras --left L.png --right R.png --out sharp.png
+    python deblur.py --weights W --input-dir pairs/ --out-dir sharp/       # NAME_L.png + NAME_R.png -> NAME.png
+    python deblur.py --weights dpdnet_single.hdf5 --single photo.png --out sharp.png
+    python deblur.py --weights W --left top.png --right bottom.png --rotate --out sharp.png
+
+Bit depth is read from each file (8-bit divided by 255, 16-bit by 65535) and the output has the input's depth.
+--rotate turns top/bottom views of vertical dual-pixel sensors by 90 degrees so that the disparity is
+horizontal, as in the training data, and turns the result back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from config import Config, add_config_args, config_from_args
+from images import IMAGE_EXTENSIONS, ImageError, read_image, write_image
+
+OUTPUT_EXTENSIONS = (".png", ".tif", ".tiff")  # formats that hold 16 bits
+
+
+class DeblurError(ValueError):
+    """Bad command-line input; one line for the user."""
+
+
+def deblur_arrays(model, model_cfg: Config, left=None, right=None, combined=None, rotate: int = 0,
+                  names: tuple[str, ...] = ()) -> np.ndarray:
+    """Deblur uint8/uint16 (or float [0,1]) RGB arrays: left+right for the dual model, combined for the single
+    one. rotate (0, 90, 270) turns the inputs counter-clockwise by that angle first and the result back.
+    Returns float32 (H, W, 3) in [0, 1]."""
+    from inference import network_input, predict_image
+    k = {0: 0, 90: 1, 270: 3}[rotate]
+    turn = (lambda a: None if a is None else np.rot90(a, k)) if k else (lambda a: a)
+    x = network_input(model_cfg, turn(left), turn(right), turn(combined), names=names)
+    y = predict_image(model, x, model_cfg)
+    return np.ascontiguousarray(np.rot90(y, -k)) if k else y
+
+
+def output_bits(*images: np.ndarray, names: tuple[str, ...] = ()) -> int:
+    """8 or 16: the bit depth shared by the input files (a pair of different depths is an error)."""
+    bits = [8 if img.dtype == np.uint8 else 16 for img in images]
+    if len(set(bits)) > 1:
+        raise ImageError(f"{names[0]} is {bits[0]}-bit but {names[1]} is {bits[1]}-bit: "
+                         f"the views of a pair must have the same bit depth")
+    return bits[0]
+
+
+def check_output_path(out: str, inputs: list[str]) -> None:
+    if os.path.splitext(out)[1].lower() not in OUTPUT_EXTENSIONS:
+        raise DeblurError(f"{out}: output must be .png or .tif (formats that hold 16-bit images)")
+    for path in inputs:
+        if os.path.abspath(path) == os.path.abspath(out):
+            raise DeblurError(f"{out}: the output would overwrite an input")
+
+
+def deblur_file(model, model_cfg: Config, out: str, left: str = "", right: str = "", single: str = "",
+                rotate: int = 0) -> int:
+    """Read the input file(s), deblur, write `out` atomically with the input's bit depth; returns that depth."""
+    if model_cfg.input_mode == "dual":
+        imgs = [read_image(left), read_image(right)]
+        bits = output_bits(*imgs, names=(left, right))
+        y = deblur_arrays(model, model_cfg, left=imgs[0], right=imgs[1], rotate=rotate, names=(left, right))
+    else:
+        img = read_image(single)
+        bits = output_bits(img)
+        y = deblur_arrays(model, model_cfg, combined=img, rotate=rotate)
+    write_image(out, y, bits=bits)
+    return bits
+
+
+def find_pairs(folder: str) -> list[tuple[str, str, str]]:
+    """(name, left path, right path) for every NAME_L / NAME_R image pair in a folder; unpaired views are errors."""
+    if not os.path.isdir(folder):
+        raise DeblurError(f"{folder}: input folder not found")
+    views: dict[str, dict[str, str]] = {}
+    for f in sorted(os.listdir(folder)):
+        stem, ext = os.path.splitext(f)
+        if ext.lower() in IMAGE_EXTENSIONS and stem[-2:] in ("_L", "_R"):
+            views.setdefault(stem[:-2], {})[stem[-1]] = os.path.join(folder, f)
+    if not views:
+        raise DeblurError(f"{folder}: no NAME_L / NAME_R image pairs (.png or .tif)")
+    for name, pair in views.items():
+        if len(pair) == 1:
+            have, miss = ("L", "R") if "L" in pair else ("R", "L")
+            raise DeblurError(f"{pair[have]}: no matching {name}_{miss} view in {folder}")
+    return [(name, pair["L"], pair["R"]) for name, pair in sorted(views.items())]
+
+
+def find_singles(folder: str) -> list[tuple[str, str]]:
+    if not os.path.isdir(folder):
+        raise DeblurError(f"{folder}: input folder not found")
+    found = [(os.path.splitext(f)[0], os.path.join(folder, f)) for f in sorted(os.listdir(folder))
+             if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS and not f.startswith(".")]
+    if not found:
+        raise DeblurError(f"{folder}: no .png or .tif images")
+    return found
+
+
+def run(args, cfg: Config) -> list[str]:
+    """Carry out a parsed command line; returns the files written."""
+    import weights as W
+    from tqdm import tqdm
+    folder_mode = bool(args.input_dir)
+    if folder_mode == bool(args.left or args.right or args.single):
+        raise DeblurError("give either --left/--right (or --single) with --out, or --input-dir with --out-dir")
+    if args.single and (args.left or args.right):
+        raise DeblurError("--single takes one combined image; do not give --left/--right with it")
+    if not folder_mode and not args.single and not (args.left and args.right):
+        raise DeblurError("the dual-pixel model needs both --left and --right")
+    if folder_mode and not args.out_dir:
+        raise DeblurError("--input-dir needs --out-dir")
+    if not folder_mode and not args.out:
+        raise DeblurError("--out is required (the deblurred image, .png or .tif)")
+    for path in [p for p in (args.left, args.right, args.single) if p]:
+        if not os.path.isfile(path):
+            raise ImageError(f"{path}: file not found")
+
+    weights_path = args.weights or W.default_weights_path(cfg)
+    model, model_cfg = W.load_model(weights_path, cfg)
+    if model_cfg.tile and model_cfg.tile % 2 ** model_cfg.depth:
+        raise DeblurError(f"--tile {model_cfg.tile} is not a multiple of {2 ** model_cfg.depth} (2**depth)")
+    single_inputs = model_cfg.input_mode == "single" if folder_mode else bool(args.single)
+    if model_cfg.input_mode == "dual" and single_inputs:
+        raise DeblurError(f"{weights_path}: these are DPDNet weights (left+right dual-pixel views); pass --left and "
+                          f"--right, or use DPDNet-Single weights for one image")
+    if model_cfg.input_mode == "single" and not single_inputs:
+        raise DeblurError(f"{weights_path}: these are DPDNet-Single weights (one combined image); pass --single "
+                          f"IMAGE instead of --left/--right")
+
+    if not folder_mode:
+        check_output_path(args.out, [p for p in (args.left, args.right, args.single) if p])
+        bits = deblur_file(model, model_cfg, args.out, args.left, args.right, args.single, args.rotate)
+        model_cfg.save_json(os.path.splitext(args.out)[0] + ".config.json")
+        print(f"wrote {args.out} ({bits}-bit)")
+        return [args.out]
+
+    jobs = ([(name, {"single": path}) for name, path in find_singles(args.input_dir)] if single_inputs else
+            [(name, {"left": left, "right": right}) for name, left, right in find_pairs(args.input_dir)])
+    os.makedirs(args.out_dir, exist_ok=True)
+    model_cfg.save_json(os.path.join(args.out_dir, "config.json"))
+    written = []
+    for name, inputs in tqdm(jobs, desc="deblur", unit="img"):
+        out = os.path.join(args.out_dir, name + ".png")
+        check_output_path(out, list(inputs.values()))
+        if os.path.exists(out) and not args.overwrite:
+            continue
+        deblur_file(model, model_cfg, out, rotate=args.rotate, **inputs)
+        written.append(out)
+    skipped = len(jobs) - len(written)
+    print(f"wrote {len(written)} image(s) to {args.out_dir}" +
+          (f"; {skipped} already there (--overwrite to redo them)" if skipped else ""))
+    return written
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", help="checkpoint (.keras), .weights.h5, or the authors' Keras 2 .hdf5 "
+                                          "(default: checkpoints/<run_name>/best.keras)")
+    parser.add_argument("--left", help="left (or, with --rotate, top) dual-pixel view")
+    parser.add_argument("--right", help="right (or, with --rotate, bottom) dual-pixel view")
+    parser.add_argument("--single", help="one combined image, for DPDNet-Single weights")
+    parser.add_argument("--out", help="output image (.png or .tif); same bit depth as the input")
+    parser.add_argument("--input-dir", help="a folder of NAME_L / NAME_R pairs (for DPDNet-Single weights: of images)")
+    parser.add_argument("--out-dir", help="where --input-dir's results go, as NAME.png")
+    parser.add_argument("--overwrite", action="store_true", help="redo images already in --out-dir")
+    parser.add_argument("--tile", type=int, help="tile size in pixels (multiple of 16) when the whole image does "
+                                                 "not fit the GPU")
+    parser.add_argument("--tile-overlap", type=int, help="overlap of neighbouring tiles in pixels (default 64)")
+    parser.add_argument("--rotate", type=int, nargs="?", const=90, default=0, choices=(0, 90, 270),
+                        help="vertical dual-pixel sensors: turn the top/bottom views by 90 degrees counter-clockwise "
+                             "(or 270) before the network and back after")
+    add_config_args(parser)
+    args = parser.parse_args(argv)
+    if args.tile is not None:
+        args.overrides.append(f"tile={args.tile}")
+    if args.tile_overlap is not None:
+        args.overrides.append(f"tile_overlap={args.tile_overlap}")
+    cfg = config_from_args(args)
+    import weights as W
+    try:
+        run(args, cfg)
+    except (DeblurError, ImageError, W.WeightsError) as e:
+        sys.exit(f"error: {e}")
+    except ValueError as e:
+        if type(e).__name__ != "InputShapeError":
+            raise
+        sys.exit(f"error: {e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""deblur.py on a user's own files: 8-bit in gives 8-bit out and 16-bit gives 16-bit (depth read from the file),
+the single-image model from an authors'-format HDF5, the folder form, --rotate, --tile, and bad input."""
+
+import os
+
+import numpy as np
+import pytest
+
+from evalkit import load_script, save_checkpoint, scene_images, tiny_model, write_keras2_hdf5
+from images import quantize, read_image, to_float, write_image
+from inference import network_input, predict_image
+
+D = load_script("deblur")
+
+
+@pytest.fixture(scope="module")
+def dual(tmp_path_factory):
+    model, cfg = tiny_model("dual", seed=1)
+    return model, cfg, save_checkpoint(model, cfg, str(tmp_path_factory.mktemp("ck") / "dual"))
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """The same 70x52 scene as a 16-bit and as an 8-bit pair."""
+    folder = tmp_path_factory.mktemp("pair")
+    img = scene_images(np.random.default_rng(4), 52, 70)
+    paths = {}
+    for bits in (8, 16):
+        for view in ("left", "right"):
+            paths[bits, view] = str(folder / f"scene{bits}_{view[0].upper()}.png")
+            write_image(paths[bits, view], img[view], bits=bits)
+    return paths
+
+
+def cli(*argv):
+    try:
+        D.main([str(a) for a in argv])
+    except SystemExit as e:
+        return (1 if isinstance(e.code, str) else e.code or 0), (e.code if isinstance(e.code, str) else "")
+    return 0, ""
+
+
+def expected(model, cfg, left, right):
+    return predict_image(model, network_input(cfg, read_image(left), read_image(right)), cfg)
+
+
+@pytest.mark.parametrize("bits", [16, 8])
+def test_bit_depth_round_trip(tmp_path, dual, pair, bits):
+    model, cfg, ckpt = dual
+    out = tmp_path / f"sharp{bits}.png"
+    assert cli("--weights", ckpt, "--left", pair[bits, "left"], "--right", pair[bits, "right"], "--out", out)[0] == 0
+    result = read_image(str(out))
+    assert result.dtype == (np.uint8 if bits == 8 else np.uint16) and result.shape == (52, 70, 3)
+    np.testing.assert_array_equal(result, quantize(expected(model, cfg, pair[bits, "left"], pair[bits, "right"]), bits))
+    assert (tmp_path / f"sharp{bits}.config.json").exists()
+
+
+def test_8_bit_input_is_normalised_by_255(tmp_path, dual, pair):
+    """The same scene at 8 and 16 bits must give nearly the same output (the authors' users got black images
+    when 8-bit input met a 16-bit assumption)."""
+    model, cfg, _ = dual
+    out8 = expected(model, cfg, pair[8, "left"], pair[8, "right"])
+    out16 = expected(model, cfg, pair[16, "left"], pair[16, "right"])
+    assert np.abs(out8 - out16).max() < 0.02
+    wrong = predict_image(model, network_input(cfg, read_image(pair[8, "left"]).astype(np.float32) / 65535,
+                                               read_image(pair[8, "right"]).astype(np.float32) / 65535), cfg)
+    assert np.abs(wrong - out16).max() > 0.05  # the check above can tell the difference
+
+
+def test_single_image_model_from_authors_hdf5(tmp_path, pair):
+    model, cfg = tiny_model("single", seed=2)
+    weights = tmp_path / "single_image_defocus_deblurring.hdf5"
+    write_keras2_hdf5(model, str(weights), bgr=True)
+    out = tmp_path / "sharp.png"
+    assert cli("--weights", weights, "--single", pair[16, "left"], "--out", out)[0] == 0
+    want = predict_image(model, to_float(read_image(pair[16, "left"])), cfg)
+    np.testing.assert_array_equal(read_image(str(out)), quantize(want, 16))
+    code, msg = cli("--weights", weights, "--left", pair[16, "left"], "--right", pair[16, "right"], "--out", out)
+    assert code == 1 and "DPDNet-Single weights" in msg and "--single" in msg
+
+
+def test_folder_form_pairs_views_and_skips_done(tmp_path, dual, pair):
+    model, cfg, ckpt = dual
+    src = tmp_path / "in"
+    src.mkdir()
+    for bits in (8, 16):
+        for view in ("left", "right"):
+            os.link(pair[bits, view], src / os.path.basename(pair[bits, view]))
+    (src / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    assert cli("--weights", ckpt, "--input-dir", src, "--out-dir", out)[0] == 0
+    assert sorted(f for f in os.listdir(out) if f.endswith(".png")) == ["scene16.png", "scene8.png"]
+    assert read_image(str(out / "scene8.png")).dtype == np.uint8
+    assert read_image(str(out / "scene16.png")).dtype == np.uint16
+    np.testing.assert_array_equal(read_image(str(out / "scene16.png")),
+                                  quantize(expected(model, cfg, pair[16, "left"], pair[16, "right"]), 16))
+    stamp = os.stat(out / "scene8.png").st_mtime_ns
+    assert cli("--weights", ckpt, "--input-dir", src, "--out-dir", out)[0] == 0
+    assert os.stat(out / "scene8.png").st_mtime_ns == stamp  # already done: skipped
+    os.remove(src / "scene8_R.png")
+    code, msg = cli("--weights", ckpt, "--input-dir", src, "--out-dir", tmp_path / "out2")
+    assert code == 1 and "scene8_L.png: no matching scene8_R" in msg
+
+
+def test_rotate_and_tile(tmp_path, dual, pair):
+    model, cfg, ckpt = dual
+    left, right = pair[16, "left"], pair[16, "right"]
+    out = tmp_path / "rot.png"
+    assert cli("--weights", ckpt, "--left", left, "--right", right, "--rotate", "--out", out)[0] == 0
+    rotated = predict_image(model, network_input(cfg, np.rot90(read_image(left)), np.rot90(read_image(right))), cfg)
+    assert rotated.shape == (70, 52, 3)
+    np.testing.assert_array_equal(read_image(str(out)), quantize(np.rot90(rotated, -1), 16))
+    plain = quantize(expected(model, cfg, left, right), 16)
+    assert not np.array_equal(read_image(str(out)), plain)  # the rotation reached the network
+    out = tmp_path / "tiled.png"
+    assert cli("--weights", ckpt, "--left", left, "--right", right, "--tile", 32, "--tile-overlap", 8,
+               "--out", out)[0] == 0
+    diff = np.abs(to_float(read_image(str(out))) - to_float(plain))
+    assert diff.max() < 0.05 and diff.mean() < 5e-3
+
+
+def test_bad_input_gives_one_clear_error_and_no_output(tmp_path, dual, pair):
+    _, _, ckpt = dual
+    left, right = pair[16, "left"], pair[16, "right"]
+    out = tmp_path / "o.png"
+    small = tmp_path / "small_R.png"
+    write_image(str(small), np.zeros((40, 70, 3), np.uint16))
+    cases = [
+        (("--left", left, "--right", small, "--out", out), "is 70x52 but"),
+        (("--left", pair[8, "left"], "--right", right, "--out", out), "is 8-bit but"),
+        (("--single", left, "--out", out), "these are DPDNet weights"),
+        (("--left", left, "--out", out), "needs both --left and --right"),
+        (("--left", left, "--right", tmp_path / "nope.png", "--out", out), "nope.png: file not found"),
+        (("--left", left, "--right", right, "--out", tmp_path / "o.jpg"), "must be .png or .tif"),
+        (("--left", left, "--right", right, "--out", left), "would overwrite an input"),
+        (("--left", left, "--right", right), "--out is required"),
+        (("--input-dir", tmp_path / "none", "--out-dir", out), "input folder not found"),
+    ]
+    for args, message in cases:
+        code, msg = cli("--weights", ckpt, *args)
+        assert code == 1 and msg.startswith("error: ") and message in msg, (args, msg)
+        assert "\n" not in msg
+    code, msg = cli("--weights", tmp_path / "missing.keras", "--left", left, "--right", right, "--out", out)
+    assert code == 1 and "weights file not found" in msg
+    assert not out.exists() and not [f for f in os.listdir(tmp_path) if ".tmp" in f]
+    assert read_image(left).dtype == np.uint16  # the input survived
