@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import cv2
@@ -70,18 +69,14 @@ def _same_weights(a, b, atol=0.0):
 
 
 class _StopAt:
-    """A callback that raises `error` once the run reaches global step `step` (the checkpoint of that step,
-    if any, has been written: the train.py callback runs first)."""
+    """A callback that raises `error` once the optimizer has made `step` steps (the checkpoint of that step, if
+    any, is written by then: train.py's own callback runs first)."""
 
-    def __new__(cls, step, steps_per_epoch, error):
+    def __new__(cls, step, error):
         import keras
 
         class Stop(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch, logs=None):
-                self.epoch = epoch
-
             def on_train_batch_end(self, batch, logs=None):
-                # the batch index restarts in a resumed partial epoch; train.py's state has the true step
                 if self.model.optimizer.iterations.numpy() >= step:
                     raise error
 
@@ -150,7 +145,7 @@ def test_interrupted_run_resumes_to_the_same_weights(store, reference):
     base, root, patches = store
     cfg = _cfg(root, patches, str(base / "ckpt"), run_name="interrupted", **RESUME_SETTINGS)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, callbacks=[_StopAt(13, 8, KeyboardInterrupt())], verbose=0)
+        train(cfg, callbacks=[_StopAt(13, KeyboardInterrupt())], verbose=0)
     state = read_checkpoint_state(os.path.join(base, "ckpt", "interrupted", "last.keras"))
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 2, 10)  # epoch 2, step 2
     result = train(cfg, resume=True, verbose=0)  # steps 11..24: the rest of epoch 2, then epoch 3
@@ -351,6 +346,20 @@ def test_out_of_memory_names_batch_and_patch_size(store, tmp_path):
     _, root, patches = store
     oom = tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
     with pytest.raises(TrainError) as exc:
-        train(_cfg(root, patches, str(tmp_path)), callbacks=[_StopAt(1, 8, oom)], verbose=0)
+        train(_cfg(root, patches, str(tmp_path)), callbacks=[_StopAt(1, oom)], verbose=0)
     message = str(exc.value)
     assert "out of device memory" in message and "batch_size=4" in message and "patch_size" in message
+
+
+def test_mixed_bfloat16_resumes_and_saves_a_float32_network(store, tmp_path):
+    import keras
+    from train import read_checkpoint_state, train
+    _, root, patches = store
+    cfg = _cfg(root, patches, str(tmp_path), precision="mixed_bfloat16", checkpoint_every_steps=3)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, callbacks=[_StopAt(5, KeyboardInterrupt())], verbose=0)
+    assert read_checkpoint_state(os.path.join(tmp_path, "run", "last.keras"))["global_step"] == 3
+    result = train(cfg, verbose=0)
+    assert (result["epochs_done"], result["global_step"]) == (2, 16) and np.isfinite(result["val_loss"])
+    net = keras.models.load_model(result["best"], compile=False)
+    assert {layer.dtype_policy.name for layer in net.layers} == {"float32"}
