@@ -193,7 +193,7 @@ out = []
 for values in json.loads(sys.argv[1]):
     r = train(make_config("paper", values), verbose=0)
     out.append({{k: r[k] for k in ("replicas", "global_batch", "epochs_done", "global_step", "train_loss",
-                                   "val_loss", "last")}})
+                                   "val_loss", "last", "lr")}})
 print("RESULT " + json.dumps(out))
 """
 
@@ -228,11 +228,13 @@ def _assert_matches_one_replica(result, one_replica):
 
 def test_two_replica_mirrored_strategy_matches_one_replica(store, one_replica, tmp_path):
     """Two logical CPUs as two replicas of batch 2: the same global batch of 4 as one replica of batch 4, so
-    (without dropout) the same weights up to float summation order; and with dropout it trains too."""
+    (without dropout) the same weights up to float summation order; with dropout and lr_scaling=linear it
+    trains too."""
     _, root, patches = store
     common = _strategy_settings(root, patches, str(tmp_path))
     runs = [dict(common, strategy="mirrored", batch_size=2, dropout=0.0, run_name="mirrored"),
-            dict(common, strategy="mirrored", batch_size=2, run_name="mirrored_dropout", select_on="train")]
+            dict(common, strategy="mirrored", batch_size=2, run_name="mirrored_dropout", select_on="train",
+                 lr_scaling="linear")]
     script = _STRATEGY_SCRIPT.format(repo=REPO_DIR)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run([sys.executable, "-c", script, json.dumps(runs)], env=env, capture_output=True,
@@ -242,6 +244,7 @@ def test_two_replica_mirrored_strategy_matches_one_replica(store, one_replica, t
     mirrored, with_dropout = json.loads(lines[-1][7:])
     _assert_matches_one_replica(mirrored, one_replica)
     assert (with_dropout["replicas"], with_dropout["global_step"]) == (2, 16)
+    assert with_dropout["lr"] == pytest.approx(2e-3, rel=1e-6)  # linear scaling: lr * 2 replicas
     assert np.isfinite(with_dropout["train_loss"]) and os.path.isfile(with_dropout["last"])
 
 
