@@ -193,6 +193,121 @@ def network_worker(args) -> list[dict]:
     return rows
 
 
+# ---------------------------------------------------------------- data pipeline (no TensorFlow in this process)
+
+def make_dpdd_like(root: str, counts: dict, width: int, height: int, seed: int = 0) -> None:
+    """Write a DPDD-shaped set of 16-bit PNGs (smooth content plus fine noise, so files compress like photos)."""
+    import cv2
+    import numpy as np
+    from images import write_image
+    rng = np.random.default_rng(seed)
+    for split, n in counts.items():
+        for i in range(n):
+            name = f"B{split[:2]}{i:04d}"
+            base = cv2.resize(rng.random((height // 16, width // 16, 3), dtype=np.float32), (width, height),
+                              interpolation=cv2.INTER_CUBIC)
+            views = {"source": base, "target": base, "L": np.roll(base, 2, axis=1), "R": np.roll(base, -2, axis=1)}
+            for kind, img in views.items():
+                img = np.clip(img + rng.normal(0, 0.01, img.shape).astype(np.float32), 0, 1)
+                folder, fname = {"source": (f"{split}_c/source", f"{name}.png"),
+                                 "target": (f"{split}_c/target", f"T{name}.png"),
+                                 "L": (f"{split}_l/source", f"{name}_L.png"),
+                                 "R": (f"{split}_r/source", f"{name}_R.png")}[kind]
+                write_image(os.path.join(root, folder, fname), img)
+
+
+def _decode_scene(paths: list[str]) -> int:
+    from images import read_image
+    return sum(read_image(p).nbytes for p in paths)
+
+
+def data_rows(args, workdir: str) -> list[dict]:
+    """data_prep on a generated DPDD-shaped set against the PNG decoding alone, and the loader's patches/s."""
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+    import multiprocessing
+    import numpy as np
+    import data_prep
+    import dpdd
+    w, h, p = args.width, args.height, args.patch
+    workers = os.cpu_count() or 1
+    root, store_dir = os.path.join(workdir, "dpdd_like"), os.path.join(workdir, "patches")
+    counts = {"train": args.scenes, "val": max(1, args.scenes // 4)}
+    print(f"[bench] writing {sum(counts.values())} DPDD-shaped scenes at {w}x{h} ...", flush=True)
+    make_dpdd_like(root, counts, w, h)
+    cfg = make_config("paper", {"dataset_root": root, "patch_dir": store_dir, "working_width": w,
+                                "working_height": h, "patch_size": p, "data_workers": workers})
+    scenes = [sc for split in counts for sc in dpdd.list_scenes(root, split)]
+    base = {"backend": "numpy/OpenCV", "precision": "uint16", "xla": False}
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_decode_scene, [[sc.source_path] for sc in scenes[:workers]]))  # start-up out of the timing
+        t0 = time.perf_counter()
+        list(pool.map(_decode_scene, [[sc.source_path, sc.target_path, sc.left_path, sc.right_path] for sc in scenes]))
+        decode = (time.perf_counter() - t0) / len(scenes)
+    t0 = time.perf_counter()
+    data_prep.build_store(cfg, progress=False)
+    prep = (time.perf_counter() - t0) / len(scenes)
+    rows = [{**base, "what": f"data_prep, {len(scenes)} scenes {w}x{h}, {workers} workers", "unit": "s/scene",
+             "median": prep, "min": prep, "max": prep, "n": 1, "ratio_to_decode": prep / decode},
+            {**base, "what": f"PNG decode alone (4 files/scene), {workers} workers", "unit": "s/scene",
+             "median": decode, "min": decode, "max": decode, "n": 1}]
+
+    store = data_prep.open_store(cfg)
+    n_train, batch = len(store.index["train"]), args.batch
+    rng = np.random.default_rng(0)
+
+    def one_batch(_=None):
+        rows_ = rng.integers(0, n_train, batch)
+        store.gather("train", rows_, slice(0, 6))
+        store.gather("train", rows_, slice(9, 12))
+
+    for threads in sorted({1, workers}):
+        def run(threads=threads):
+            with ThreadPoolExecutor(threads) as ex:
+                list(ex.map(one_batch, range(threads * 8)))
+        t = _timed(run, 1, args.repeats)
+        per = {k: (t[k] / (threads * 8 * batch) if k != "n" else t[k]) for k in t}
+        rows.append({**base, "what": f"loader: {p}x{p} patches (L,R + target) from the store, {threads} thread(s)",
+                     "unit": "patches/s", "n": per["n"], "median": 1 / per["median"], "min": 1 / per["max"],
+                     "max": 1 / per["min"]})
+    return rows
+
+
+def test_rows(args, workdir: str) -> list[dict]:
+    """Peak resident memory and seconds per image of test.py (a subprocess) for two test-set sizes."""
+    import resource
+    w, h = args.width, args.height
+    root = os.path.join(workdir, "dpdd_like_test")
+    small, large = args.test_images
+    make_dpdd_like(root, {"test": large}, w, h, seed=1)
+    weights = os.path.join(workdir, "paper_random.keras")
+    subprocess.run([sys.executable, "-c", "import sys; from config import make_config; from model import build_model; "
+                    "build_model(make_config('paper')).save(sys.argv[1])", weights], cwd=REPO_DIR, check=True)
+    rows, walls = [], {}
+    for n in (small, large):
+        probe = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
+                 "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode; "
+                 "print(rc, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+        cmd = [sys.executable, "-c", probe, sys.executable, os.path.join(REPO_DIR, "test.py"), "--weights", weights,
+               "--no-lpips", "--overwrite", "--limit", str(n), "--out", os.path.join(workdir, f"results{n}"),
+               "--set", f"dataset_root={root}"]
+        print(f"[bench] test.py on {n} images of {w}x{h} ...", flush=True)
+        rc, wall, rss_kb = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_DIR).stdout.split()
+        if rc != "0":
+            rows.append({"backend": "tensorflow", "precision": "float32", "xla": False, "what": "FAILED",
+                         "error": f"test.py exited {rc} on {n} images"})
+            return rows
+        walls[n] = float(wall)
+        rss = int(rss_kb) / 2 ** 20
+        rows.append({"backend": "tensorflow", "precision": "float32", "xla": False, "unit": "GiB", "n": 1,
+                     "what": f"test.py peak resident memory, {n} images {w}x{h}", "median": rss, "min": rss, "max": rss})
+    per = (walls[large] - walls[small]) / (large - small)
+    rows.append({"backend": "tensorflow", "precision": "float32", "xla": False, "unit": "s/image", "n": 1,
+                 "what": f"test.py per image (marginal, {large} vs {small} images), metrics included",
+                 "median": per, "min": per, "max": per})
+    del resource
+    return rows
+
+
 # ---------------------------------------------------------------- orchestration
 
 def _run_worker(backend: str, precision: str, xla: bool, args) -> list[dict]:
@@ -218,8 +333,10 @@ def _fmt(row: dict) -> str:
     if row["what"] == "FAILED":
         return f"| {row['backend']} | {row['precision']} | {row['xla']} | FAILED | | | | {row.get('error', '')[:120]} |"
     unit = row["unit"]
-    scale, shown = (1e3, "ms") if unit in ("s/image", "s/step") else (1, unit)
+    scale, shown = (1e3, "ms") if unit in ("s/image", "s/step") and row["median"] < 1 else (1, unit)
     note = []
+    if "ratio_to_decode" in row:
+        note.append(f"{row['ratio_to_decode']:.2f}x the PNG decode time")
     if "tflops_achieved" in row:
         note.append(f"{row['flops'] / 1e12:.2f} TFLOP, {row['tflops_achieved']:.1f} TFLOP/s achieved")
     if "patches_per_s" in row:
@@ -254,6 +371,15 @@ def render(rows: list[dict], meta: dict) -> str:
         goal = "meets" if r["paper_run_hours"] < GOAL_TRAIN_HOURS else f"misses by {r['paper_run_hours'] / GOAL_TRAIN_HOURS:.1f}x"
         lines.append(f"- Training {r['backend']} {r['precision']}: {r['median'] * 1e3:.1f} ms/step{frac}; "
                      f"the paper's 280k steps project to {r['paper_run_hours']:.2f} h (goal 2 h: {goal}).")
+    loaders = [r for r in rows if r.get("what", "").startswith("loader")]
+    if loaders and train:
+        best = max(loaders, key=lambda r: r["median"])
+        for r in train:
+            share = r["patches_per_s"] / best["median"]
+            lines.append(f"- Data loader for {r['backend']} {r['precision']} training: {best['median']:.0f} patches/s "
+                         f"({best['what'].split(', ')[-1]}) against {r['patches_per_s']:.0f} consumed: "
+                         f"{share:.0%} of a step if not overlapped (goal < 5%: "
+                         f"{'meets' if share < 0.05 else 'misses'}); tf.data prefetching overlaps it with the step.")
     extra = meta.get("notes") or []
     lines += [f"- {n}" for n in extra]
     return "\n".join(lines) + "\n"
@@ -266,6 +392,10 @@ def main() -> None:
                                                        "else jax,torch)")
     parser.add_argument("--precisions", default="", help="comma list; default float32 on CPU, float32,mixed_bfloat16 on GPU")
     parser.add_argument("--parts", default="infer,train")
+    parser.add_argument("--sections", default="network,data,test",
+                        help="network (every backend), data (data_prep, decode, loader), test (test.py memory)")
+    parser.add_argument("--scenes", type=int, default=8, help="train scenes for the data section")
+    parser.add_argument("--test-images", default="5,10", help="two test-set sizes for the test.py section")
     parser.add_argument("--height", type=int, default=1120)
     parser.add_argument("--width", type=int, default=1680)
     parser.add_argument("--patch", type=int, default=512)
@@ -281,6 +411,8 @@ def main() -> None:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.parts = [p for p in args.parts.split(",") if p]
+    args.sections = [p for p in args.sections.split(",") if p]
+    args.test_images = [int(n) for n in args.test_images.split(",")]
 
     if args.worker:
         for row in network_worker(args):
@@ -293,6 +425,7 @@ def main() -> None:
         args.height, args.width, args.patch, args.batch = 224, 336, 128, 2
         args.repeats = args.repeats or 3
         args.warmup = 1
+        args.scenes, args.test_images = 4, [2, 4]
     args.repeats = args.repeats or (20 if gpu else 3)
     if args.matmul < 0:
         args.matmul = 8192 if gpu else 0
@@ -304,11 +437,21 @@ def main() -> None:
     precisions = args.precisions.split(",") if args.precisions else (
         ["float32", "mixed_bfloat16"] if gpu else ["float32"])
     rows = []
-    for backend in backends:
-        for precision in precisions:
-            xlas = [False, True] if backend == "tensorflow" and gpu else [False]
-            for xla in xlas:
-                rows += _run_worker(backend, precision, xla, args)
+    if "network" in args.sections:
+        for backend in backends:
+            for precision in precisions:
+                xlas = [False, True] if backend == "tensorflow" and gpu else [False]
+                for xla in xlas:
+                    rows += _run_worker(backend, precision, xla, args)
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="dpdnet_bench_") as workdir:
+        if "data" in args.sections:
+            rows += data_rows(args, workdir)
+        if "test" in args.sections:
+            if "tensorflow" in backends:
+                rows += test_rows(args, workdir)
+            else:
+                print("[bench] test.py section skipped: TensorFlow is not installed here", flush=True)
 
     meta = {"device": device, "host": socket.gethostname(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "python": platform.python_version(), "command": " ".join(["python bench.py"] + sys.argv[1:]),
