@@ -372,6 +372,7 @@ def reusable_scene(scene: Scene, cfg: Config, patch_dir: str, root: str) -> dict
 
 def _worker_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the main process cancels; started scenes finish whole
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked since spawn, see _build_scenes
     cv2.setNumThreads(1)
 
 
@@ -527,7 +528,14 @@ def _run_scenes(todo: list[Scene], cfg: Config, patch_dir: str, root: str, total
             max_workers=min(cfg.data_workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
             initializer=_worker_init)
         try:
-            futures = [pool.submit(build_scene, scene, cfg, patch_dir, root) for scene in todo]
+            # Workers start (now or later, from the pool's manager thread) with SIGINT blocked, so a Ctrl-C
+            # during their start-up cannot print a traceback; the mask is inherited by that thread and by
+            # the spawned processes, and _worker_init lifts it once SIGINT is ignored.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                futures = [pool.submit(build_scene, scene, cfg, patch_dir, root) for scene in todo]
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
             for future in concurrent.futures.as_completed(futures):
                 on_done(future.result())
                 bar.update()
