@@ -1,0 +1,382 @@
+"""The whole pipeline on synthetic dual-pixel data, on a CPU, with nothing downloaded: synthesise a small set,
+prepare patches, train DPDNet and DPDNet-Single for the same budget, evaluate both beside the blurry input
+itself, and save a Table-1-style summary and a picture. A toy-scale demonstration, not the paper's numbers.
+
+    python demo.py                  # about 10-15 minutes on 2 CPU cores (./run_demo.sh sets up .venv first)
+    python demo.py --quick          # about 1-3 minutes: fewer scenes, a short budget (CI)
+    python demo.py --root /tmp/d    # every output under another folder
+
+Writes, under the repository (or --root): synthetic_demo/ (the data, DPDD layout), patches/demo/, checkpoints/
+demo/ and checkpoints/demo_single/, and results/demo/: summary.md, summary.json, comparison.png, config.json,
+and test.py's per-image results in dual/ and single/ (with --quick: *_quick names). A rerun reuses what is done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import sys
+import time
+
+import cv2
+import numpy as np
+
+from config import PRESETS, REPO_DIR, ConfigError, add_config_args, config_from_args, make_config
+
+# Synthetic scenes per split, and the synthesis seed (fixed, so the test split is the same whatever cfg.seed is).
+SCENES = {"full": {"n_train": 100, "n_val": 10, "n_test": 20}, "quick": {"n_train": 16, "n_val": 2, "n_test": 4}}
+SYNTH_SEED = 0
+PATH_KEYS = ("dataset_root", "patch_dir", "checkpoint_dir", "results_dir")
+METRICS = ("psnr", "ssim", "mae", "lpips")
+GROUPS = ("indoor", "outdoor", "combined")
+INPUT_LABEL = "Blurry input"
+METHODS = (INPUT_LABEL, "DPDNet-Single", "DPDNet")
+
+
+# --------------------------------------------------------------------------------------------- settings
+
+def demo_configs(args: argparse.Namespace):
+    """(dual cfg, single cfg) from --quick/--preset/--set/--root; paths not set by --set go under --root."""
+    if args.preset is None:
+        args.preset = "demo_quick" if args.quick else "demo"
+    root = os.path.abspath(args.root) if args.root else REPO_DIR
+    try:
+        preset_cfg = make_config(args.preset)
+    except ConfigError as e:
+        sys.exit(f"error: config: {e}")
+    given = {item.split("=", 1)[0].strip() for item in args.overrides}
+    for key in PATH_KEYS:
+        value = getattr(preset_cfg, key)
+        if key not in given and not os.path.isabs(value):
+            args.overrides.append(f"{key}={os.path.join(root, value)}")
+    cfg = config_from_args(args)
+    if cfg.input_mode != "dual":
+        sys.exit("error: config: input_mode: demo.py trains both models itself; use a dual preset (demo, demo_quick)")
+    single = dataclasses.replace(cfg, input_mode="single", run_name=cfg.run_name + "_single")
+    single.validate()
+    return cfg, single
+
+
+def results_folder(cfg) -> str:
+    return os.path.join(cfg.resolve_path("results_dir"), cfg.run_name)
+
+
+# --------------------------------------------------------------------------------------------- the table
+
+def input_rows(root: str, scenes: list, lpips_client) -> list[dict]:
+    """Per test scene, the metrics of the blurry combined image itself against the sharp target."""
+    import dpdd
+    from images import read_image, to_float
+    from metrics import image_metrics
+    categories = dpdd.test_categories(root)
+    rows = []
+    for scene in scenes:
+        gt, src = to_float(read_image(scene.target_path)), to_float(read_image(scene.source_path))
+        rows.append({"name": scene.source, "category": categories.get(scene.source, "unlabelled"),
+                     **image_metrics(gt, src), "lpips": None})
+        if lpips_client is not None:
+            lpips_client.submit(scene.source, gt, src)
+    if lpips_client is not None:
+        values = lpips_client.wait_all()
+        for row in rows:
+            row["lpips"] = values.get(row["name"])
+    return rows
+
+
+def _fmt(value, metric: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.2f}" if metric == "psnr" else f"{value:.4f}"
+
+
+def table_markdown(groups: dict, lpips_note: str) -> str:
+    """Table 1's layout: one row per method, indoor / outdoor / combined x PSNR, SSIM, MAE, LPIPS."""
+    counts = groups[METHODS[0]]
+    header = ["Method"] + [f"{g.capitalize()} (n={counts[g]['count']}) {m.upper()}" for g in GROUPS if g in counts
+                           for m in METRICS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method in METHODS:
+        cells = [method]
+        for g in GROUPS:
+            if g not in counts:
+                continue
+            for m in METRICS:
+                value = groups[method][g][m]
+                cells.append(lpips_note if m == "lpips" and value is None else _fmt(value, m))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def summary_markdown(summary: dict) -> str:
+    groups = {m: summary["methods"][m]["groups"] for m in METHODS}
+    lp = summary["lpips"]
+    lpips_note = "n/a" if lp["status"] == "alexnet" else "n/a (unavailable)" if lp["status"] == "unavailable" else "n/a (off)"
+    c = {m: summary["methods"][m] for m in METHODS}
+    d_single = {k: c["DPDNet"][k] - c["DPDNet-Single"][k] for k in ("psnr", "ssim", "mae")}
+    d_input = {k: c["DPDNet"][k] - c[INPUT_LABEL][k] for k in ("psnr", "ssim", "mae")}
+    syn, tr, t = summary["data"], summary["training"], summary["seconds"]
+    lines = [f"# Demo{' (--quick)' if summary['quick'] else ''}: DPDNet vs DPDNet-Single on synthetic dual-pixel data",
+             "", table_markdown(groups, lpips_note), "",
+             "PSNR and SSIM: higher is better; MAE and LPIPS: lower is better. Per image on float outputs clamped "
+             "to [0, 1], then averaged (test.py, the Table 1 protocol).", "",
+             f"- DPDNet - DPDNet-Single (combined): {d_single['psnr']:+.2f} dB PSNR, {d_single['ssim']:+.4f} SSIM, "
+             f"{d_single['mae']:+.4f} MAE",
+             f"- DPDNet - blurry input (combined): {d_input['psnr']:+.2f} dB PSNR, {d_input['ssim']:+.4f} SSIM, "
+             f"{d_input['mae']:+.4f} MAE",
+             f"- Data: synthesize.py (seed {syn['seed']}), {syn['width']}x{syn['height']}, largest blur "
+             f"{syn['max_coc_px']:.1f} px; {syn['n_train']} train / {syn['n_val']} val / {syn['n_test']} test scenes; "
+             f"{tr['train_patches']} train patches of {tr['patch_size']}x{tr['patch_size']}.",
+             f"- Both networks: base_filters {tr['base_filters']}, depth {tr['depth']}, {tr['head']} head, "
+             f"{tr['loss']} loss, Adam lr {tr['learning_rate']:g} x{tr['lr_decay_factor']:g} every "
+             f"{tr['lr_decay_every'] * tr['steps_per_epoch']} steps, {tr['steps']} steps of batch {tr['batch_size']} "
+             f"each (the same budget); weights: the checkpoint with the lowest val loss.",
+             "- Toy scale: a small network, a few minutes of CPU training, synthetic scenes. It shows what the second "
+             "view is worth, not the paper's numbers (Table 1: DPDNet 25.13 dB, DPDNet-Single 24.34 dB on DPDD).",
+             f"- LPIPS: {'AlexNet v0.1' if lp['status'] == 'alexnet' else lp['reason'] or lp['status']}",
+             "- Wall time: " + ", ".join(f"{k.replace('_', ' ')} {v:.0f} s" for k, v in t.items()),
+             f"- Picture: comparison.png ({', '.join(summary['comparison_scenes'])})", ""]
+    return "\n".join(lines)
+
+
+def method_entry(groups: dict, rows: list[dict]) -> dict:
+    """A method's combined means at the top level (psnr, ssim, mae, lpips) plus the per-group table."""
+    return {**{m: groups["combined"][m] for m in METRICS}, "groups": groups, "images": len(rows)}
+
+
+# --------------------------------------------------------------------------------------------- the picture
+
+def crop_box(blurry: np.ndarray, sharp: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:
+    """(x, y, w, h) of the window where the blurry image differs most from the sharp one (mean |difference|)."""
+    diff = np.abs(blurry.astype(np.float32) - sharp.astype(np.float32)).mean(axis=-1)
+    local = cv2.boxFilter(diff, -1, (width, height), normalize=True, borderType=cv2.BORDER_CONSTANT)
+    h, w = diff.shape
+    local[:height // 2, :], local[h - (height - height // 2) + 1:, :] = -1, -1   # keep the window inside
+    local[:, :width // 2], local[:, w - (width - width // 2) + 1:] = -1, -1
+    cy, cx = np.unravel_index(int(np.argmax(local)), local.shape)
+    x, y = int(np.clip(cx - width // 2, 0, w - width)), int(np.clip(cy - height // 2, 0, h - height))
+    return x, y, width, height
+
+
+def _label(panel: np.ndarray, text: str, bar: int = 20) -> np.ndarray:
+    """The panel under a dark bar with white text."""
+    out = np.full((panel.shape[0] + bar, panel.shape[1], 3), 40, np.uint8)
+    out[bar:] = panel
+    cv2.putText(out, text, (5, bar - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def comparison_image(scenes: list[dict], zoom: int = 4, gap: int = 6) -> np.ndarray:
+    """One block per scene: the four full images (input, single, dual, sharp) with the crop marked, and under
+    them the crop enlarged `zoom` times (nearest neighbour, so no detail is invented). uint8 RGB."""
+    blocks = []
+    for s in scenes:
+        imgs = [np.clip(np.rint(im * 255), 0, 255).astype(np.uint8) for im in s["images"]]
+        h, w = imgs[0].shape[:2]
+        cw, ch = max(8, w // zoom), max(8, h // zoom)
+        x, y, cw, ch = crop_box(s["images"][0], s["images"][-1], cw, ch)
+        top, bottom = [], []
+        for img, label in zip(imgs, s["labels"]):
+            full = img.copy()
+            cv2.rectangle(full, (x, y), (x + cw - 1, y + ch - 1), (255, 220, 0), 1)
+            top.append(_label(full, label))
+            crop = cv2.resize(img[y:y + ch, x:x + cw], (cw * zoom, ch * zoom), interpolation=cv2.INTER_NEAREST)
+            bottom.append(_label(crop, f"{zoom}x crop"))
+        rows = []
+        for row in (top, bottom):
+            height = max(p.shape[0] for p in row)
+            width = sum(p.shape[1] for p in row) + gap * (len(row) - 1)
+            canvas = np.full((height, width, 3), 255, np.uint8)
+            xo = 0
+            for p in row:
+                canvas[:p.shape[0], xo:xo + p.shape[1]] = p
+                xo += p.shape[1] + gap
+            rows.append(canvas)
+        title = np.full((24, rows[0].shape[1], 3), 255, np.uint8)
+        cv2.putText(title, s["title"], (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+        width = max(r.shape[1] for r in rows)
+        rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in [title] + rows]
+        blocks.append(np.vstack([rows[0], rows[1], np.full((gap, width, 3), 255, np.uint8), rows[2]]))
+    width = max(b.shape[1] for b in blocks)
+    spacer = np.full((3 * gap, width, 3), 255, np.uint8)
+    out = []
+    for i, b in enumerate(blocks):
+        out += ([spacer] if i else []) + [np.pad(b, ((0, 0), (0, width - b.shape[1]), (0, 0)), constant_values=255)]
+    return np.vstack(out)
+
+
+def pick_scenes(rows: list[dict], count: int = 2) -> list[str]:
+    """The test scenes where the blurry input is worst (lowest PSNR), one per category first: chosen before
+    looking at any network's output."""
+    order = sorted(rows, key=lambda r: r["psnr"])
+    picked, seen = [], set()
+    for r in order:
+        if r["category"] not in seen:
+            picked.append(r["name"])
+            seen.add(r["category"])
+    for r in order:
+        if r["name"] not in picked:
+            picked.append(r["name"])
+    return picked[:count]
+
+
+def save_comparison(path: str, scenes_by_name: dict, names: list[str], per_image: dict, out_dirs: dict) -> None:
+    from images import read_image, to_float, write_image
+    blocks = []
+    for name in names:
+        scene = scenes_by_name[name]
+        images = [to_float(read_image(scene.source_path)),
+                  to_float(read_image(os.path.join(out_dirs["DPDNet-Single"], "images", name + ".png"))),
+                  to_float(read_image(os.path.join(out_dirs["DPDNet"], "images", name + ".png"))),
+                  to_float(read_image(scene.target_path))]
+        labels = [f"{m}  {per_image[m][name]['psnr']:.2f} dB" for m in METHODS] + ["Sharp (target)"]
+        category = per_image[INPUT_LABEL][name]["category"]
+        blocks.append({"images": images, "labels": labels, "title": f"{name} ({category}): PSNR per image"})
+    write_image(path, comparison_image(blocks), bits=8)
+
+
+# --------------------------------------------------------------------------------------------- pipeline
+
+def run(args: argparse.Namespace) -> dict:
+    cfg, single_cfg = demo_configs(args)
+    mode = "quick" if args.quick else "full"
+    progress = not args.no_progress
+    out_dir = results_folder(cfg)
+    seconds: dict[str, float] = {}
+    t_start = time.perf_counter()
+
+    def stage(name: str, t0: float) -> None:
+        seconds[name] = time.perf_counter() - t0
+        print(f"[demo] {name}: {seconds[name]:.1f} s", flush=True)
+
+    import synthesize
+    print(f"\n[demo] 1/5 synthesising {SCENES[mode]} scenes at {cfg.working_width}x{cfg.working_height} into "
+          f"{cfg.resolve_path('dataset_root')}", flush=True)
+    t0 = time.perf_counter()
+    syn = synthesize.synthesize(cfg.resolve_path("dataset_root"), width=cfg.working_width, height=cfg.working_height,
+                                seed=SYNTH_SEED, workers=cfg.data_workers, progress=progress, **SCENES[mode])
+    stage("synthesize", t0)
+
+    import data_prep
+    print(f"\n[demo] 2/5 preparing {cfg.patch_size}x{cfg.patch_size} patches in {cfg.resolve_path('patch_dir')}",
+          flush=True)
+    t0 = time.perf_counter()
+    data_prep.build_store(cfg, progress=progress)
+    store = data_prep.open_store(cfg)
+    stage("prepare", t0)
+
+    import train
+    results = {}
+    for label, c, step in (("DPDNet", cfg, "3/5"), ("DPDNet-Single", single_cfg, "4/5")):
+        print(f"\n[demo] {step} training {label} ({c.epochs} x {c.steps_per_epoch or 'all'} steps) into "
+              f"{os.path.join(c.resolve_path('checkpoint_dir'), c.run_name)}", flush=True)
+        t0 = time.perf_counter()
+        results[label] = train.train(c, verbose=1 if progress else 2)
+        stage(f"train_{'dual' if c.input_mode == 'dual' else 'single'}", t0)
+
+    import dpdd
+    import test
+    print(f"\n[demo] 5/5 evaluating on the synthetic test split into {out_dir}", flush=True)
+    t0 = time.perf_counter()
+    out_dirs = {"DPDNet": os.path.join(out_dir, "dual"), "DPDNet-Single": os.path.join(out_dir, "single")}
+    lpips_mode = "off" if args.no_lpips else "auto"
+    summaries, lp = {}, {"status": "off", "reason": "--no-lpips"}
+    for label, c in (("DPDNet", cfg), ("DPDNet-Single", single_cfg)):
+        weights = results[label]["best"] or results[label]["last"]
+        summaries[label] = test.evaluate(c, weights, out_dirs[label], overwrite=True, lpips=lpips_mode,
+                                         progress=progress)
+        if label == "DPDNet":
+            lp = summaries[label]["lpips"]
+            lpips_mode = "auto" if lp["status"] == "alexnet" else "off"   # do not wait for a second failure
+    root = dpdd.find_dataset_root(cfg)
+    scenes = dpdd.list_scenes(root, "test")
+    client = None
+    if lp["status"] == "alexnet":
+        from metrics import LpipsClient
+        client = LpipsClient(threads=max(1, (os.cpu_count() or 2) // 2))
+    try:
+        rows = {INPUT_LABEL: input_rows(root, scenes, client)}
+    finally:
+        if client is not None:
+            client.close()
+    for label in ("DPDNet-Single", "DPDNet"):
+        rows[label], _ = test.read_rows(os.path.join(out_dirs[label], "metrics.csv"))
+    if lp["status"] != "alexnet":
+        for label in rows:
+            for r in rows[label]:
+                r["lpips"] = None
+    methods = {label: method_entry(test.summarize(rows[label]), rows[label]) for label in METHODS}
+    stage("evaluate", t0)
+
+    t0 = time.perf_counter()
+    per_image = {label: {r["name"]: r for r in rows[label]} for label in METHODS}
+    names = pick_scenes(rows[INPUT_LABEL], count=2)
+    os.makedirs(out_dir, exist_ok=True)
+    save_comparison(os.path.join(out_dir, "comparison.png"), {s.source: s for s in scenes}, names, per_image, out_dirs)
+    stage("picture", t0)
+    seconds["total"] = time.perf_counter() - t_start
+
+    steps = {label: results[label]["global_step"] for label in results}
+    summary = {
+        "quick": bool(args.quick), "preset": args.preset,
+        "methods": methods,
+        "lpips": {"status": lp["status"], "reason": lp.get("reason", "")},
+        "data": {"root": root, "seed": SYNTH_SEED, "width": cfg.working_width, "height": cfg.working_height,
+                 "max_coc_px": float(syn["settings"]["max_coc_px"]),
+                 **SCENES[mode]},
+        "training": {"steps": steps["DPDNet"], "steps_single": steps["DPDNet-Single"],
+                     "train_patches": len(store.index["train"]), "val_patches": len(store.index["val"]),
+                     "best_epoch": {k: v["best_epoch"] for k, v in results.items()},
+                     **{k: getattr(cfg, k) for k in ("patch_size", "base_filters", "depth", "head", "loss",
+                                                     "learning_rate", "lr_decay_factor", "lr_decay_every",
+                                                     "steps_per_epoch", "epochs", "batch_size")}},
+        "checkpoints": {k: v["best"] or v["last"] for k, v in results.items()},
+        "comparison_scenes": names,
+        "seconds": seconds,
+    }
+    from fileio import atomic_write_json, atomic_write_text
+    atomic_write_json(os.path.join(out_dir, "summary.json"), test._json_safe(summary))
+    text = summary_markdown(summary)
+    atomic_write_text(os.path.join(out_dir, "summary.md"), text)
+    cfg.save_json(os.path.join(out_dir, "config.json"))
+    print("\n" + text)
+    print(f"[demo] wrote {os.path.join(out_dir, 'summary.md')}, summary.json and comparison.png "
+          f"in {seconds['total'] / 60:.1f} min")
+    return summary
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few scenes and a short budget (about 1-3 min; CI)")
+    parser.add_argument("--root", default=None, help="folder for the data, patches, checkpoints and results "
+                                                     "(default: the repository)")
+    parser.add_argument("--no-lpips", action="store_true", help="skip LPIPS (needs AlexNet weights; n/a offline)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
+    add_config_args(parser)
+    parser.set_defaults(preset=None)
+    args = parser.parse_args(argv)
+    import data_prep
+    import dpdd
+    import images
+    import synthesize
+    errors = [ConfigError, synthesize.SynthesisError, data_prep.StoreError, dpdd.DatasetError, images.ImageError,
+              OSError]
+    try:
+        import train  # TensorFlow first, with its default CPU kernels (test.py would turn oneDNN off)
+        import metrics
+        import test
+        import weights
+        errors += [train.TrainError, test.EvalError, weights.WeightsError, metrics.MetricError,
+                   metrics.LpipsUnavailable]
+        run(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to go on where it stopped", file=sys.stderr)
+        return 130
+    except tuple(errors) as e:
+        sys.exit(f"error: {e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
