@@ -20,6 +20,9 @@ import numpy as np
 
 from config import Config, add_config_args, config_from_args
 from images import IMAGE_EXTENSIONS, ImageError, read_image, write_image
+from inference import prefer_low_memory_cpu
+
+prefer_low_memory_cpu()  # before TensorFlow is imported
 
 OUTPUT_EXTENSIONS = (".png", ".tif", ".tiff")  # formats that hold 16 bits
 

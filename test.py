@@ -28,6 +28,9 @@ import dpdd
 from config import Config, add_config_args, config_from_args
 from fileio import atomic_write_json, atomic_write_text, is_temporary
 from images import ImageError, max_value, read_image, to_float, write_image
+from inference import prefer_low_memory_cpu
+
+prefer_low_memory_cpu()  # before TensorFlow is imported
 
 METRICS = ("psnr", "ssim", "mae", "lpips")
 CSV_HEADER = ["name", "category"] + list(METRICS)
