@@ -161,7 +161,7 @@ def run(args, cfg: Config) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--weights", help="checkpoint (.keras), .weights.h5, or the authors' Keras 2 .hdf5 "
                                           "(default: checkpoints/<run_name>/best.keras)")
     parser.add_argument("--left", help="left (or, with --rotate, top) dual-pixel view")

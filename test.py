@@ -437,7 +437,7 @@ def _json_safe(obj):
 # --------------------------------------------------------------------------------------------- command line
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--weights", help="checkpoint (.keras), Keras 3 .weights.h5, or the authors' Keras 2 .hdf5 "
                                           "(default: checkpoints/<run_name>/best.keras)")
     parser.add_argument("--out", help="results folder (default: results/<run_name>)")
