@@ -64,7 +64,7 @@ class Config:
 
     # --- evaluation ---
     tile: int = 0                               # 0: whole image in one pass (the paper); else tile size
-    tile_overlap: int = 64
+    tile_overlap: int = 128                     # measured max |tiled - whole| at 512/128: 2.4e-3 (512/64: 1.6e-2)
 
     def resolve_path(self, name: str) -> str:
         """Absolute path of a path setting; relative ones live under the repository, so scripts work from any folder."""

@@ -173,7 +173,7 @@ def main(argv=None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="redo images already in --out-dir")
     parser.add_argument("--tile", type=int, help="tile size in pixels (multiple of 16) when the whole image does "
                                                  "not fit the GPU")
-    parser.add_argument("--tile-overlap", type=int, help="overlap of neighbouring tiles in pixels (default 64)")
+    parser.add_argument("--tile-overlap", type=int, help="overlap of neighbouring tiles in pixels (default 128)")
     parser.add_argument("--rotate", type=int, nargs="?", const=90, default=0, choices=(0, 90, 270),
                         help="vertical dual-pixel sensors: turn the top/bottom views by 90 degrees counter-clockwise "
                              "(or 270) before the network and back after")

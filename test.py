@@ -443,7 +443,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="results folder (default: results/<run_name>)")
     parser.add_argument("--tile", type=int, help="tile size in pixels (multiple of 16) for small GPUs; default: "
                                                  "the whole image in one pass, as the paper")
-    parser.add_argument("--tile-overlap", type=int, help="overlap of neighbouring tiles in pixels (default 64)")
+    parser.add_argument("--tile-overlap", type=int, help="overlap of neighbouring tiles in pixels (default 128)")
     parser.add_argument("--overwrite", action="store_true", help="redo images already done by an earlier run")
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N test scenes")
     group = parser.add_mutually_exclusive_group()
