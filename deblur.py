@@ -20,7 +20,7 @@ import numpy as np
 
 from config import Config, add_config_args, config_from_args
 from images import IMAGE_EXTENSIONS, ImageError, read_image, write_image
-from inference import prefer_low_memory_cpu
+from inference import add_tile_args, prefer_low_memory_cpu, tile_overrides
 
 prefer_low_memory_cpu()  # before TensorFlow is imported
 
@@ -171,18 +171,13 @@ def main(argv=None) -> int:
     parser.add_argument("--input-dir", help="a folder of NAME_L / NAME_R pairs (for DPDNet-Single weights: of images)")
     parser.add_argument("--out-dir", help="where --input-dir's results go, as NAME.png")
     parser.add_argument("--overwrite", action="store_true", help="redo images already in --out-dir")
-    parser.add_argument("--tile", type=int, help="tile size in pixels (multiple of 16) when the whole image does "
-                                                 "not fit the GPU")
-    parser.add_argument("--tile-overlap", type=int, help="overlap of neighbouring tiles in pixels (default 128)")
+    add_tile_args(parser)
     parser.add_argument("--rotate", type=int, nargs="?", const=90, default=0, choices=(0, 90, 270),
                         help="vertical dual-pixel sensors: turn the top/bottom views by 90 degrees counter-clockwise "
                              "(or 270) before the network and back after")
     add_config_args(parser)
     args = parser.parse_args(argv)
-    if args.tile is not None:
-        args.overrides.append(f"tile={args.tile}")
-    if args.tile_overlap is not None:
-        args.overrides.append(f"tile_overlap={args.tile_overlap}")
+    tile_overrides(args)
     cfg = config_from_args(args)
     import weights as W
     try:

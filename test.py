@@ -28,7 +28,7 @@ import dpdd
 from config import Config, add_config_args, config_from_args
 from fileio import atomic_write_json, atomic_write_text, is_temporary
 from images import ImageError, max_value, read_image, to_float, write_image
-from inference import prefer_low_memory_cpu
+from inference import add_tile_args, prefer_low_memory_cpu, tile_overrides
 
 prefer_low_memory_cpu()  # before TensorFlow is imported
 
@@ -441,9 +441,7 @@ def main(argv=None) -> int:
     parser.add_argument("--weights", help="checkpoint (.keras), Keras 3 .weights.h5, or the authors' Keras 2 .hdf5 "
                                           "(default: checkpoints/<run_name>/best.keras)")
     parser.add_argument("--out", help="results folder (default: results/<run_name>)")
-    parser.add_argument("--tile", type=int, help="tile size in pixels (multiple of 16) for small GPUs; default: "
-                                                 "the whole image in one pass, as the paper")
-    parser.add_argument("--tile-overlap", type=int, help="overlap of neighbouring tiles in pixels (default 128)")
+    add_tile_args(parser)
     parser.add_argument("--overwrite", action="store_true", help="redo images already done by an earlier run")
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N test scenes")
     group = parser.add_mutually_exclusive_group()
@@ -452,10 +450,7 @@ def main(argv=None) -> int:
     group.add_argument("--lpips-random-backbone", action="store_true", help=argparse.SUPPRESS)  # tests only
     add_config_args(parser)
     args = parser.parse_args(argv)
-    if args.tile is not None:
-        args.overrides.append(f"tile={args.tile}")
-    if args.tile_overlap is not None:
-        args.overrides.append(f"tile_overlap={args.tile_overlap}")
+    tile_overrides(args)
     cfg = config_from_args(args)
     lpips = ("require" if args.require_lpips else "off" if args.no_lpips
              else "random" if args.lpips_random_backbone else "auto")
