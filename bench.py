@@ -359,6 +359,9 @@ def render(rows: list[dict], meta: dict) -> str:
         infer, train = [], []
     if peak:
         lines.append(f"- Measured matrix rate of this device: {peak:.0f} TFLOP/s.")
+    if meta["device"].startswith("CPU"):
+        lines.append("- CPU run: the GPU goals (10 ms per image, 2 h for the paper's training) are not compared here.")
+        infer, train = [], []
     for r in infer:
         frac = f", {r['tflops_achieved'] / peak:.0%} of the measured matrix rate" if peak else ""
         floor = f"; floor at the matrix rate {r['flops'] / peak / 1e12 * 1e3:.1f} ms" if peak else ""
@@ -459,7 +462,8 @@ def main() -> None:
     text = render(rows, meta)
     print(text)
     from fileio import atomic_write_json, atomic_write_text
-    name = (device.split(":")[-1].strip() if gpu else socket.gethostname()).replace(" ", "_").replace("/", "_")
+    name = device.split(":")[-1].strip() if gpu else f"CPU_{os.cpu_count()}cores_{socket.gethostname()}"
+    name = name.replace(" ", "_").replace("/", "_")
     if args.quick:
         name += "_quick"
     if args.tag:
