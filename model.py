@@ -100,7 +100,9 @@ def build_model(cfg: Config, height: int | None = None, width: int | None = None
         x = _conv(filters, 3, f"dec{level}_conv1")(x)
         x = _conv(filters, 3, f"dec{level}_conv2")(x)
 
-    x = _conv(3, 3, "head_conv")(x)
+    # The residual head's correction is linear in the decoder features: behind a 3-channel ReLU (the paper's
+    # head_conv) it often died early in training (all three units negative, the network stuck at its input).
+    x = _conv(3, 3, "head_conv", activation="relu" if cfg.head == "sigmoid" else None)(x)
     if cfg.head == "sigmoid":
         outputs = layers.Conv2D(3, 1, activation="sigmoid", kernel_initializer="glorot_uniform",
                                 name="output", dtype="float32")(x)
