@@ -1,0 +1,125 @@
+"""demo.py: `--quick` end to end in a temporary folder (table, numbers, picture, checkpoints), and its pieces."""
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import demo
+from config import PRESETS, REPO_DIR, make_config
+from images import read_image
+
+ROWS = ("Blurry input", "DPDNet-Single", "DPDNet")
+
+
+def _args(*argv):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--root", default=None)
+    parser.add_argument("--preset", default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    return parser.parse_args(list(argv))
+
+
+def test_quick_demo_end_to_end(tmp_path):
+    root = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, os.path.join(REPO_DIR, "demo.py"), "--quick", "--root", str(root),
+                           "--no-progress", "--no-lpips"], cwd=str(tmp_path), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = root / "results" / "demo_quick"
+    md = (out / "summary.md").read_text()
+    table = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| Method")]
+    assert [line.split(" | ")[0][2:] for line in table] == list(ROWS)
+    for line in table:       # 3 groups x (PSNR, SSIM, MAE) numbers, LPIPS n/a (off)
+        cells = line.strip("| ").split(" | ")[1:]
+        assert len(cells) == 12 and sum(c.startswith("n/a") for c in cells) == 3
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["methods"]) == set(ROWS) and summary["quick"] is True
+    for name in ROWS:
+        m = summary["methods"][name]
+        assert all(isinstance(m[k], float) and math.isfinite(m[k]) for k in ("psnr", "ssim", "mae"))
+        assert 15 < m["psnr"] < 60 and 0 < m["ssim"] <= 1 and 0 <= m["mae"] < 0.2
+        assert m["lpips"] is None and m["images"] == demo.SCENES["quick"]["n_test"]
+        assert m["groups"]["combined"]["count"] == demo.SCENES["quick"]["n_test"]
+    # the networks' rows come from their own outputs, not the input's
+    assert summary["methods"]["DPDNet"]["psnr"] != summary["methods"]["Blurry input"]["psnr"]
+    assert summary["training"]["steps"] == summary["training"]["steps_single"] > 0
+    assert summary["lpips"]["status"] == "off"
+    for key in ("synthesize", "prepare", "train_dual", "train_single", "evaluate", "total"):
+        assert summary["seconds"][key] >= 0
+    pic = read_image(str(out / "comparison.png"))
+    assert pic.dtype == np.uint8 and pic.shape[1] > 4 * 320 and pic.shape[0] > 2 * 2 * 208
+    for run in ("demo_quick", "demo_quick_single"):
+        assert (root / "checkpoints" / run / "best.keras").is_file()
+    for name in ("synthetic_demo_quick", "patches"):
+        assert (root / name).is_dir()
+    assert (out / "dual" / "metrics.csv").is_file() and (out / "single" / "metrics.csv").is_file()
+    assert "DPDNet - DPDNet-Single" in proc.stdout
+
+
+def test_root_redirects_every_path(tmp_path):
+    cfg, single = demo.demo_configs(_args("--quick", "--root", str(tmp_path)))
+    for c in (cfg, single):
+        for key in demo.PATH_KEYS:
+            assert c.resolve_path(key).startswith(str(tmp_path) + os.sep), key
+    assert (cfg.input_mode, single.input_mode) == ("dual", "single")
+    assert (cfg.run_name, single.run_name) == ("demo_quick", "demo_quick_single")
+    assert cfg.diff(single, ignore=("input_mode", "run_name")) == []   # the same recipe and budget
+
+
+def test_set_path_wins_over_root(tmp_path):
+    elsewhere = str(tmp_path / "ckpt")
+    cfg, _ = demo.demo_configs(_args("--root", str(tmp_path / "r"), "--set", f"checkpoint_dir={elsewhere}"))
+    assert cfg.checkpoint_dir == elsewhere and cfg.run_name == "demo"
+    assert cfg.results_dir == str(tmp_path / "r" / "results")
+
+
+def test_single_input_mode_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match="input_mode"):
+        demo.demo_configs(_args("--root", str(tmp_path), "--set", "input_mode=single"))
+
+
+def test_demo_presets_leave_the_paper_alone():
+    assert PRESETS["paper"] == {}
+    demo_cfg = make_config("demo")
+    assert demo_cfg.head == "residual" and make_config("paper").head == "sigmoid"
+    assert make_config("demo_single").diff(demo_cfg, ignore=("input_mode", "run_name")) == []
+    assert make_config("demo_single").run_name == "demo_single"
+
+
+def test_pick_scenes_worst_input_one_per_category():
+    rows = [{"name": "a", "category": "indoor", "psnr": 30.0}, {"name": "b", "category": "indoor", "psnr": 20.0},
+            {"name": "c", "category": "outdoor", "psnr": 25.0}, {"name": "d", "category": "outdoor", "psnr": 21.0}]
+    assert demo.pick_scenes(rows, 2) == ["b", "d"]
+    assert demo.pick_scenes(rows, 3) == ["b", "d", "c"]
+    assert demo.pick_scenes(rows[:1], 2) == ["a"]
+
+
+def test_crop_box_finds_the_blurred_region():
+    sharp = np.zeros((64, 96, 3), np.float32)
+    blurry = sharp.copy()
+    blurry[40:56, 10:30] = 0.5
+    x, y, w, h = demo.crop_box(blurry, sharp, 24, 16)
+    assert (w, h) == (24, 16) and 0 <= x <= 96 - 24 and 0 <= y <= 64 - 16
+    assert x <= 10 and x + w >= 30 and y <= 40 and y + h >= 56
+    blurry[:] = 0.0
+    blurry[60:, 90:] = 1.0                                    # at the corner: the window stays inside
+    x, y, w, h = demo.crop_box(blurry, sharp, 24, 16)
+    assert (x, y) == (96 - 24, 64 - 16)
+
+
+def test_comparison_image_layout():
+    rng = np.random.default_rng(0)
+    scene = {"images": [rng.random((52, 80, 3)).astype(np.float32) for _ in range(4)],
+             "labels": ["in", "single", "dual", "sharp"], "title": "scene"}
+    img = demo.comparison_image([scene, scene], zoom=4)
+    assert img.dtype == np.uint8 and img.ndim == 3
+    assert img.shape[1] == 4 * 80 + 3 * 6
+    # per scene: title 24 + (20 + 52) + gap 6 + (20 + 4 * 13); two scenes and a spacer of 18
+    assert img.shape[0] == 2 * (24 + 72 + 6 + 72) + 18
