@@ -272,7 +272,7 @@ def run(args: argparse.Namespace) -> dict:
         print(f"\n[demo] {step} training {label} ({c.epochs} x {c.steps_per_epoch or 'all'} steps) into "
               f"{os.path.join(c.resolve_path('checkpoint_dir'), c.run_name)}", flush=True)
         t0 = time.perf_counter()
-        results[label] = train.train(c, verbose=1 if progress else 2)
+        results[label] = train.train(c, resume=False if args.fresh else None, verbose=1 if progress else 2)
         stage(f"train_{'dual' if c.input_mode == 'dual' else 'single'}", t0)
 
     import dpdd
@@ -347,14 +347,17 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--quick", action="store_true", help="a few scenes and a short budget (about 1-3 min; CI)")
     parser.add_argument("--root", default=None, help="folder for the data, patches, checkpoints and results "
                                                      "(default: the repository)")
+    parser.add_argument("--fresh", action="store_true", help="train both networks from scratch (default: resume "
+                                                              "or reuse the checkpoints of an earlier run)")
     parser.add_argument("--no-lpips", action="store_true", help="skip LPIPS (needs AlexNet weights; n/a offline)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
     add_config_args(parser)
     parser.set_defaults(preset=None)
+    parser._option_string_actions["--preset"].help = "named settings (default: demo, or demo_quick with --quick)"
     args = parser.parse_args(argv)
     import data_prep
     import dpdd
