@@ -159,9 +159,7 @@ class Config:
             raise ConfigError("overlap: leaves a patch stride below one pixel")
         if self.tile and (self.tile % multiple or self.tile <= 2 * self.tile_overlap):
             raise ConfigError(f"tile: must be a multiple of {multiple} and larger than 2*tile_overlap, got {self.tile}")
-        if not self.run_name:
-            pass
-        elif os.sep in self.run_name or self.run_name in (".", ".."):
+        if self.run_name and (os.sep in self.run_name or self.run_name in (".", "..")):
             raise ConfigError(f"run_name: must be a plain name, got {self.run_name!r}")
 
 
