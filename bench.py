@@ -1,5 +1,6 @@
-"""Speed and memory of DPDNet, measured: inference per 1680x1120 image, training patches/s, the FLOP count
-and achieved FLOP/s next to the device's measured matrix rate, plus the data pipeline on the CPU.
+"""Speed and memory of DPDNet, measured: inference per 1680x1120 image, the bare training step and
+train.py's whole loop (its loader, step and callbacks) beside it, train.py's loader alone, the FLOP count and
+achieved FLOP/s next to the device's measured matrix rate, data_prep against PNG decoding, test.py's memory.
 
 `python bench.py` prints one table and writes results/bench/<host>.md and .json. Each figure is the
 median of several timed runs after a warm-up (min and max beside it). The network runs under every
@@ -178,6 +179,9 @@ def network_worker(args) -> list[dict]:
         rows.append({**base, "what": f"inference {w}x{h}, from host array (predict_on_batch)", "unit": "s/image", **t})
         del model
 
+    if "loader" in args.parts or "loop" in args.parts:
+        rows += loop_rows(args, base)
+
     if "train" in args.parts:
         p, b = args.patch, args.batch
         model = build_model(cfg)
@@ -190,6 +194,44 @@ def network_worker(args) -> list[dict]:
         rows.append({**base, "what": f"train step {p}x{p} batch {b}", "unit": "s/step", **t,
                      "patches_per_s": b / t["median"], "flops": flops, "tflops_achieved": flops / t["median"] / 1e12,
                      "paper_run_hours": PAPER_STEPS * t["median"] / 3600})
+    return rows
+
+
+def loop_rows(args, base: dict) -> list[dict]:
+    """train.py's own loader (its PatchStream batches through its read-ahead Batches, asked for in order as Keras
+    does) and its whole training loop, on the data section's store; the loop's steps/s leave out compilation
+    and checkpoint writing."""
+    import concurrent.futures
+    import tempfile
+    import train
+    from data_prep import open_store
+    steps = args.warmup + args.repeats
+    cfg = make_config("paper", {**json.loads(args.store_settings), "precision": args.precision, "xla": args.xla,
+                                "batch_size": args.batch, "epochs": 1, "steps_per_epoch": steps + 2,
+                                "checkpoint_every_steps": 10 ** 9, "select_on": "train", "run_name": "bench"})
+    rows = []
+    for workers in sorted({1, cfg.loader_workers}) if "loader" in args.parts else ():
+        stream = train.PatchStream(open_store(cfg), cfg, cfg.batch_size)
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            batches = train.Batches(stream.train_batch, 0, 8 * steps, pool, 2 * workers)
+            batches[0]
+            t0 = time.perf_counter()
+            for i in range(1, len(batches)):
+                batches[i]
+            rate = (len(batches) - 1) * cfg.batch_size / (time.perf_counter() - t0)
+        rows.append({**base, "what": f"train.py loader: {cfg.patch_size}x{cfg.patch_size} (L, R, target) batches of "
+                                     f"{cfg.batch_size}, {workers} thread(s)", "unit": "patches/s", "n": 1,
+                     "median": rate, "min": rate, "max": rate})
+    if "loop" not in args.parts:
+        return rows
+    with tempfile.TemporaryDirectory(prefix="dpdnet_bench_ckpt_") as ckpt:
+        cfg.checkpoint_dir = ckpt
+        result = train.train(cfg, resume=False, verbose=0)
+    step_s = 1 / result["steps_per_s"]
+    rows.append({**base, "what": f"train.py loop {cfg.patch_size}x{cfg.patch_size} batch {cfg.batch_size} "
+                                 f"(loader, step, callbacks)", "unit": "s/step", "n": steps, "median": step_s,
+                 "min": step_s, "max": step_s, "patches_per_s": cfg.batch_size / step_s,
+                 "paper_run_hours": PAPER_STEPS * step_s / 3600})
     return rows
 
 
@@ -221,8 +263,15 @@ def _decode_scene(paths: list[str]) -> int:
     return sum(read_image(p).nbytes for p in paths)
 
 
+def store_settings(args, workdir: str) -> dict:
+    """The config values of the DPDD-shaped set and patch store that the data section and the loop part use."""
+    return {"dataset_root": os.path.join(workdir, "dpdd_like"), "patch_dir": os.path.join(workdir, "patches"),
+            "working_width": args.width, "working_height": args.height, "patch_size": args.patch,
+            "data_workers": os.cpu_count() or 1}
+
+
 def data_rows(args, workdir: str) -> list[dict]:
-    """data_prep on a generated DPDD-shaped set against the PNG decoding alone, and the loader's patches/s."""
+    """Writes a DPDD-shaped set and builds its patch store: data_prep's time against the PNG decoding alone."""
     from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
     import multiprocessing
     import numpy as np
@@ -230,12 +279,12 @@ def data_rows(args, workdir: str) -> list[dict]:
     import dpdd
     w, h, p = args.width, args.height, args.patch
     workers = os.cpu_count() or 1
-    root, store_dir = os.path.join(workdir, "dpdd_like"), os.path.join(workdir, "patches")
+    settings = store_settings(args, workdir)
+    root = settings["dataset_root"]
     counts = {"train": args.scenes, "val": max(1, args.scenes // 4)}
     print(f"[bench] writing {sum(counts.values())} DPDD-shaped scenes at {w}x{h} ...", flush=True)
     make_dpdd_like(root, counts, w, h)
-    cfg = make_config("paper", {"dataset_root": root, "patch_dir": store_dir, "working_width": w,
-                                "working_height": h, "patch_size": p, "data_workers": workers})
+    cfg = make_config("paper", settings)
     scenes = [sc for split in counts for sc in dpdd.list_scenes(root, split)]
     base = {"backend": "numpy/OpenCV", "precision": "uint16", "xla": False}
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -251,24 +300,6 @@ def data_rows(args, workdir: str) -> list[dict]:
             {**base, "what": f"PNG decode alone (4 files/scene), {workers} workers", "unit": "s/scene",
              "median": decode, "min": decode, "max": decode, "n": 1}]
 
-    store = data_prep.open_store(cfg)
-    n_train, batch = len(store.index["train"]), args.batch
-    rng = np.random.default_rng(0)
-
-    def one_batch(_=None):
-        rows_ = rng.integers(0, n_train, batch)
-        store.gather("train", rows_, slice(0, 6))
-        store.gather("train", rows_, slice(9, 12))
-
-    for threads in sorted({1, workers}):
-        def run(threads=threads):
-            with ThreadPoolExecutor(threads) as ex:
-                list(ex.map(one_batch, range(threads * 8)))
-        t = _timed(run, 1, args.repeats)
-        per = {k: (t[k] / (threads * 8 * batch) if k != "n" else t[k]) for k in t}
-        rows.append({**base, "what": f"loader: {p}x{p} patches (L,R + target) from the store, {threads} thread(s)",
-                     "unit": "patches/s", "n": per["n"], "median": 1 / per["median"], "min": 1 / per["max"],
-                     "max": 1 / per["min"]})
     return rows
 
 
@@ -314,7 +345,8 @@ def _run_worker(backend: str, precision: str, xla: bool, args) -> list[dict]:
     cmd = [sys.executable, os.path.join(REPO_DIR, "bench.py"), "--worker", "--precision", precision,
            "--height", str(args.height), "--width", str(args.width), "--patch", str(args.patch),
            "--batch", str(args.batch), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-           "--parts", ",".join(args.parts), "--matmul", str(args.matmul)] + (["--xla"] if xla else [])
+           "--parts", ",".join(args.parts), "--matmul", str(args.matmul),
+           "--store-settings", args.store_settings] + (["--xla"] if xla else [])
     env = dict(os.environ, KERAS_BACKEND=backend)
     label = f"{backend} {precision}{' xla' if xla else ''}"
     print(f"[bench] {label} ...", flush=True)
@@ -374,15 +406,18 @@ def render(rows: list[dict], meta: dict) -> str:
         goal = "meets" if r["paper_run_hours"] < GOAL_TRAIN_HOURS else f"misses by {r['paper_run_hours'] / GOAL_TRAIN_HOURS:.1f}x"
         lines.append(f"- Training {r['backend']} {r['precision']}: {r['median'] * 1e3:.1f} ms/step{frac}; "
                      f"the paper's 280k steps project to {r['paper_run_hours']:.2f} h (goal 2 h: {goal}).")
-    loaders = [r for r in rows if r.get("what", "").startswith("loader")]
-    if loaders and train:
+    loops = [r for r in rows if r.get("what", "").startswith("train.py loop")]
+    bare = {(r["backend"], r["precision"], r["xla"]): r for r in rows if r.get("what", "").startswith("train step")}
+    for r in loops:
+        step = bare.get((r["backend"], r["precision"], r["xla"]))
+        if step:
+            lines.append(f"- train.py {r['backend']} {r['precision']}: {1 / r['median']:.2f} steps/s against the bare "
+                         f"step's {1 / step['median']:.2f} ({step['median'] / r['median']:.2f}x; goal >= 0.95x).")
+    loaders = [r for r in rows if r.get("what", "").startswith("train.py loader")]
+    if loaders:
         best = max(loaders, key=lambda r: r["median"])
-        for r in train:
-            share = r["patches_per_s"] / best["median"]
-            lines.append(f"- Data loader for {r['backend']} {r['precision']} training: {best['median']:.0f} patches/s "
-                         f"({best['what'].split(', ')[-1]}) against {r['patches_per_s']:.0f} consumed: "
-                         f"{share:.0%} of a step if not overlapped (goal < 5%: "
-                         f"{'meets' if share < 0.05 else 'misses'}); tf.data prefetching overlaps it with the step.")
+        lines.append(f"- train.py's loader: {best['median']:.0f} patches/s ({best['what'].split(', ')[-1]}; goal >= "
+                     f"400 for 512x512 batches of 5 on 2 cores).")
     extra = meta.get("notes") or []
     lines += [f"- {n}" for n in extra]
     return "\n".join(lines) + "\n"
@@ -394,7 +429,9 @@ def main() -> None:
     parser.add_argument("--backends", default="", help="comma list of Keras backends (default: tensorflow if installed, "
                                                        "else jax,torch)")
     parser.add_argument("--precisions", default="", help="comma list; default float32 on CPU, float32,mixed_bfloat16 on GPU")
-    parser.add_argument("--parts", default="infer,train")
+    parser.add_argument("--parts", default="infer,train,loader,loop",
+                        help="of the network section: infer, train (the bare step), loader (train.py's), loop "
+                             "(train.py's whole training loop)")
     parser.add_argument("--sections", default="network,data,test",
                         help="network (every backend), data (data_prep, decode, loader), test (test.py memory)")
     parser.add_argument("--scenes", type=int, default=8, help="train scenes for the data section")
@@ -412,6 +449,7 @@ def main() -> None:
     parser.add_argument("--precision", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--xla", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--store-settings", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.parts = [p for p in args.parts.split(",") if p]
     args.sections = [p for p in args.sections.split(",") if p]
@@ -440,16 +478,17 @@ def main() -> None:
     precisions = args.precisions.split(",") if args.precisions else (
         ["float32", "mixed_bfloat16"] if gpu else ["float32"])
     rows = []
-    if "network" in args.sections:
-        for backend in backends:
-            for precision in precisions:
-                xlas = [False, True] if backend == "tensorflow" and gpu else [False]
-                for xla in xlas:
-                    rows += _run_worker(backend, precision, xla, args)
     import tempfile
     with tempfile.TemporaryDirectory(prefix="dpdnet_bench_") as workdir:
-        if "data" in args.sections:
+        args.store_settings = json.dumps(store_settings(args, workdir))
+        if "data" in args.sections or {"loader", "loop"} & set(args.parts):  # they read the data section's store
             rows += data_rows(args, workdir)
+        if "network" in args.sections:
+            for backend in backends:
+                for precision in precisions:
+                    xlas = [False, True] if backend == "tensorflow" and gpu else [False]
+                    for xla in xlas:
+                        rows += _run_worker(backend, precision, xla, args)
         if "test" in args.sections:
             if "tensorflow" in backends:
                 rows += test_rows(args, workdir)

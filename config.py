@@ -35,6 +35,7 @@ class Config:
     discard_fraction: float = 0.3               # int(0.3*N) least sharp train patches dropped per image
     sobel_ksizes: tuple = (3, 7, 11, 15)
     data_workers: int = 2                       # processes for data_prep
+    loader_workers: int = 2                     # threads that load train.py's batches ahead of the step
 
     # --- network ---
     base_filters: int = 64
@@ -57,8 +58,9 @@ class Config:
     checkpoint_every_steps: int = 500           # `last` is also written every epoch
     steps_per_epoch: int = 0                    # 0: one pass over the patches
     precision: str = "float32"                  # float32, mixed_bfloat16, mixed_float16
-    xla: bool = False
-    strategy: str = "default"                   # default, mirrored (one host, many GPUs), multiworker (TF_CONFIG)
+    xla: bool = False                           # TensorFlow: compile with XLA; JAX always does; not under torch
+    strategy: str = "default"                   # default (one device); mirrored (every device of this host);
+                                                # multiworker (several hosts; JAX only)
     lr_scaling: str = "none"                    # none, or linear: lr *= number of replicas (global batch = batch_size * replicas)
     seed: int = 0
 
@@ -115,6 +117,22 @@ class Config:
         a, b = self.to_dict(), other.to_dict()
         return [k for k in a if k not in ignore and a[k] != b[k]]
 
+    def differences(self, stored: dict, where: str, keys=None, ignore=()) -> list[str]:
+        """'key: OLD <where>, NEW now' for each setting (of `keys`, default all) that differs from a stored
+        config dict; keys it lacks count as their defaults, paths are compared resolved."""
+        now, defaults = self.to_dict(), Config().to_dict()
+        out = []
+        for key in keys or sorted(now):
+            if key in ignore:
+                continue
+            old = stored.get(key, defaults[key])
+            same = old == now[key]
+            if key in _PATH_KEYS and isinstance(old, str):
+                same = _resolve(old) == _resolve(now[key])
+            if not same:
+                out.append(f"{key}: {old!r} {where}, {now[key]!r} now")
+        return out
+
     def validate(self) -> None:
         """Raise ConfigError naming the first bad key."""
         for f in fields(self):
@@ -132,7 +150,7 @@ class Config:
             if getattr(self, key) not in choices:
                 raise ConfigError(f"{key}: must be one of {', '.join(choices)}, got {getattr(self, key)!r}")
         for key in ("working_width", "working_height", "patch_size", "base_filters", "depth", "batch_size",
-                    "epochs", "lr_decay_every", "data_workers", "checkpoint_every_steps"):
+                    "epochs", "lr_decay_every", "data_workers", "loader_workers", "checkpoint_every_steps"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be at least 1, got {getattr(self, key)}")
         for key in ("steps_per_epoch", "tile", "tile_overlap", "seed"):
@@ -181,6 +199,10 @@ _CHOICES = {
     "lr_scaling": ("none", "linear"),
 }
 _PATH_KEYS = ("dataset_root", "patch_dir", "checkpoint_dir", "results_dir")
+
+
+def _resolve(path: str) -> str:
+    return os.path.normpath(path if os.path.isabs(path) else os.path.join(REPO_DIR, path))
 
 # Named presets: overrides on top of the defaults (the defaults are the paper).
 PRESETS: dict[str, dict[str, Any]] = {

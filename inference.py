@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 
+import weakref
+
 import numpy as np
 
 from config import Config
@@ -56,21 +58,25 @@ def network_input(cfg: Config, left: np.ndarray | None = None, right: np.ndarray
     return floats[0] if len(floats) == 1 else np.concatenate(floats, axis=-1)
 
 
+_PREDICT_FNS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> its tf.function
+
+
 def _predict_fn(model):
-    """A compiled forward pass, made once per model: graph mode frees each activation as soon as it is used
-    (Keras' eager functional call keeps all of them, several GB at 1680x1120), and the unknown-size signature
-    means one trace serves every image and tile size."""
+    """A compiled forward pass, made once per model. Under TensorFlow a tf.function with an unknown-size
+    signature: graph mode frees each activation as soon as it is used (Keras' eager functional call keeps all
+    of them, several GB at 1680x1120), and one trace serves every image and tile size. Under JAX and PyTorch,
+    Keras' own compiled predict step."""
     import keras
-    fn = getattr(model, "_dpd_predict_fn", None)
-    if fn is None and keras.backend.backend() != "tensorflow":
-        fn = model._dpd_predict_fn = model.predict_on_batch  # JAX / PyTorch: Keras' own compiled predict step
-    elif fn is None:
+    if keras.backend.backend() != "tensorflow":
+        return model.predict_on_batch
+    fn = _PREDICT_FNS.get(model)
+    if fn is None:
         import tensorflow as tf
-        channels = model.inputs[0].shape[-1]
-        fn = tf.function(lambda x: model(x, training=False),
+        channels, net = model.inputs[0].shape[-1], weakref.ref(model)  # no strong reference: the model can go
+        fn = tf.function(lambda x: net()(x, training=False),
                          input_signature=[tf.TensorSpec((None, None, None, channels), tf.float32)],
                          reduce_retracing=True)
-        model._dpd_predict_fn = fn
+        _PREDICT_FNS[model] = fn
     return fn
 
 

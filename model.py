@@ -4,6 +4,7 @@ TensorFlow, JAX and PyTorch backends of Keras 3."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import keras
@@ -60,6 +61,17 @@ class InputGuard(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "multiple": self.multiple, "channels": self.channels,
                 "input_mode": self.input_mode}
+
+
+@contextlib.contextmanager
+def dtype_policy(precision: str):
+    """Build layers under a Keras dtype policy (float32, mixed_bfloat16, mixed_float16), then restore the old one."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def _conv(filters: int, kernel: int, name: str, activation: str = "relu", **kwargs) -> layers.Conv2D:

@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
-# The test command: sets up .venv if needed, then runs the suite (extra arguments go to pytest).
+# The test command: sets up .venv if needed, runs the suite under TensorFlow (Keras' default backend), then the
+# training tests (marked `backends`) again under JAX. Extra arguments go to both pytest runs.
 source "$(dirname "$0")/env.sh"
-exec python -m pytest tests -q "$@"
+python -m pytest tests -q "$@"
+KERAS_BACKEND=jax python -m pytest tests -q -m backends "$@"

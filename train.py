@@ -1,36 +1,42 @@
-"""Trains DPDNet (or DPDNet-Single) on the patch store with the paper's recipe, resumably, on one device or
-many: Adam, MSE, batch 5, lr halved every 60 epochs, 200 epochs; `last`/`best` checkpoints in
-checkpoints/<run_name>/.
+"""Trains DPDNet (or DPDNet-Single) on the patch store with the paper's recipe (Adam, MSE, batch 5, lr halved
+every 60 epochs, 200 epochs), resumably, under any Keras backend, on one device or several. Checkpoints:
+checkpoints/<run_name>/last.keras (every checkpoint_every_steps and every epoch) and best.keras.
 
-Usage: python train.py [--preset paper|single] [--set key=value ...] [--resume | --fresh] [--benchmark STEPS]
+Usage: [KERAS_BACKEND=tensorflow|jax|torch] python train.py [--preset paper|single] [--set key=value ...]
+                                                          [--resume | --fresh]
+Run the same command again after an interruption (Ctrl-C, kill -9, a crash) and it continues where the last
+checkpoint left off, with the batches and weights an uninterrupted run would have had.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import io
 import json
 import math
 import os
 import shutil
 import sys
+import threading
 import time
 import zipfile
 
+import backends  # before keras: a KERAS_BACKEND that is not installed is a one-line exit
+
 import keras
 import numpy as np
-import tensorflow as tf
 
 from config import Config, ConfigError, add_config_args, config_from_args
-from data_prep import StoreError, open_store
+from data_prep import CHANNELS, StoreError, open_store
 from fileio import atomic_path, atomic_write_json, is_temporary
-from model import build_model
+from model import build_model, dtype_policy
 
 # Settings that may differ between a checkpoint and the run resuming it: the length of training, how often
 # `last` is written, run-time switches that leave the arithmetic of a step unchanged, and where things live
 # (the store itself is checked against its manifest).
-RESUMABLE_KEYS = ("epochs", "checkpoint_every_steps", "xla", "data_workers", "dataset_root", "patch_dir",
-                  "checkpoint_dir", "results_dir", "tile", "tile_overlap")
+RESUMABLE_KEYS = ("epochs", "checkpoint_every_steps", "xla", "data_workers", "loader_workers", "dataset_root",
+                  "patch_dir", "checkpoint_dir", "results_dir", "tile", "tile_overlap")
 STATE_FORMAT = 1
 STATE_JSON = "training_state.json"   # extra entries inside a .keras checkpoint (Keras ignores them on load)
 STATE_ARRAYS = "training_state.npz"
@@ -49,6 +55,75 @@ class TrainError(ValueError):
 
 class NonFiniteLoss(RuntimeError):
     """Raised inside fit when the loss stops being a finite number."""
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true",
+                      help="continue checkpoints/<run>/last.keras (an error if there is none); without --resume "
+                           "or --fresh an existing checkpoint is continued too")
+    mode.add_argument("--fresh", action="store_true", help="start over: delete this run's checkpoints and logs")
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args)
+    try:
+        result = train(cfg, resume=True if args.resume else False if args.fresh else None)
+    except (TrainError, StoreError, ConfigError, backends.BackendError) as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit(130)
+    print(f"done: {result['epochs_done']} epochs, {result['global_step']} steps; last: {result['last']}")
+
+
+def train(cfg: Config, resume: bool | None = None, callbacks=(), verbose: int = 1) -> dict:
+    """Train cfg's model on the patch store and return the run's outcome.
+
+    resume: None resumes checkpoints/<run>/last.keras when it exists, True requires it, False starts over
+    (deleting the run's checkpoints and logs). Raises StoreError/TrainError/BackendError with a one-line
+    message; extra Keras `callbacks` run after the checkpointing (tests use them to interrupt). Returns the
+    paths (run_dir, last, best), epochs_done, global_step, train/val loss, lr, best_value/best_epoch, the
+    replica count and global batch, the history and the measured steps/s.
+    """
+    store = open_store(cfg)
+    devices = backends.replicas(cfg.strategy)
+    jit = backends.jit_compile(cfg.xla)
+    global_batch = cfg.batch_size * devices.count
+    stream = PatchStream(store, cfg, global_batch, devices.count, devices.process)
+    if stream.steps_per_pass < 1:
+        raise TrainError(f"{store.patch_dir}: {stream.num_train} train patches, fewer than one global batch of "
+                         f"{global_batch}; lower batch_size")
+    if not stream.num_val and cfg.select_on == "val":
+        raise TrainError(f"{store.patch_dir}: no val patches to select `best` on; build the val split "
+                         f"(python data_prep.py --split val) or --set select_on=train")
+    steps_per_epoch = cfg.steps_per_epoch or stream.steps_per_pass
+    saved_state = start_state(cfg, resume, stream, steps_per_epoch, global_batch, devices.chief)
+    folder = run_dir(cfg)
+    os.makedirs(folder, exist_ok=True)
+
+    nets = Networks(cfg, steps_per_epoch, devices, jit)
+    run = TrainingRun(cfg, nets, stream, steps_per_epoch, devices.chief)
+    if saved_state is not None:
+        run.restore()
+    if devices.chief:
+        for name in os.listdir(folder):  # what a killed save left behind
+            if is_temporary(name):
+                os.remove(os.path.join(folder, name))
+        cfg.save_json(os.path.join(folder, "config.json"))
+    print(f"{'resuming ' + run.last + ' at' if saved_state else 'training'} {describe(cfg, run, devices)}; "
+          f"checkpoints in {folder}")
+    with devices.scope():
+        fit_all_epochs(run, callbacks, verbose)
+
+    s = run.state
+    if s["best_epoch"] is not None:
+        print(f"best ({cfg.select_on} loss {s['best_value']:.6g}, epoch {s['best_epoch']}): {run.best}")
+    return {"run_dir": folder, "last": run.last, "best": run.best if os.path.isfile(run.best) else None,
+            "epochs_done": s["epoch"], "global_step": s["global_step"], "train_loss": s["train_loss"],
+            "val_loss": s["val_loss"], "lr": s["lr"], "best_value": s["best_value"], "best_epoch": s["best_epoch"],
+            "replicas": devices.count, "global_batch": global_batch, "steps_per_epoch": steps_per_epoch,
+            "history": run.history, "steps_per_s": run.steps_per_s(), **backends.info()}
 
 
 def run_dir(cfg: Config) -> str:
@@ -72,6 +147,63 @@ def read_checkpoint_state(path: str) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- data
+
+
+class PatchStream:
+    """The uint16 (input, target) batches: training batches as a pure function of the global step (so a
+    resumed run sees exactly the batches an uninterrupted one would), validation batches in store order.
+
+    With several processes (JAX on several hosts) each feeds its own rows of every global batch; with several
+    replicas the last validation batch is cut to a multiple of the replica count (at most count-1 patches left
+    out), which every backend can split evenly.
+    """
+
+    def __init__(self, store, cfg: Config, global_batch: int, replicas: int = 1, process: tuple = (0, 1)):
+        self.store, self.cfg, self.global_batch, self.process = store, cfg, global_batch, process
+        self.inputs = slice(0, 6) if cfg.input_mode == "dual" else CHANNELS["source"]
+        self.num_train = len(store.index["train"])
+        num_val = len(store.index.get("val", ()))
+        self.num_val = num_val - num_val % replicas
+        self.steps_per_pass = self.num_train // global_batch
+        self.val_batches = math.ceil(self.num_val / global_batch)
+        self._order = (-1, None)  # (pass number, permutation): the current pass's order, shared by loader threads
+
+    def order(self, pass_number: int) -> np.ndarray:
+        """The shuffled order of the train patches for one pass (one epoch when steps_per_epoch is 0)."""
+        cached = self._order
+        if cached[0] != pass_number:
+            cached = (pass_number, np.random.default_rng([self.cfg.seed, pass_number]).permutation(self.num_train))
+            self._order = cached
+        return cached[1]
+
+    def train_rows(self, step: int) -> np.ndarray:
+        """Store rows of the global batch at a global step: passes follow each other, remainders dropped."""
+        pass_number, k = divmod(step, self.steps_per_pass)
+        return self.order(pass_number)[k * self.global_batch:(k + 1) * self.global_batch]
+
+    def train_batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = self.train_rows(step)
+        transforms = None
+        if self.cfg.augment:
+            choices = TRANSFORMS[self.cfg.input_mode]
+            picks = np.random.default_rng([self.cfg.seed, 1, step]).integers(0, len(choices), len(rows))
+            transforms = [choices[i] for i in picks]
+        return self.gather("train", rows, transforms)
+
+    def val_batch(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.gather("val", np.arange(k * self.global_batch, min((k + 1) * self.global_batch, self.num_val)))
+
+    def gather(self, split: str, rows, transforms=None) -> tuple[np.ndarray, np.ndarray]:
+        """This process's share of `rows`: input and target patches, each transform applied to both."""
+        index, count = self.process
+        share = slice(len(rows) * index // count, len(rows) * (index + 1) // count)
+        rows = rows[share]
+        x = self.store.gather(split, rows, self.inputs)
+        y = self.store.gather(split, rows, CHANNELS["target"])
+        if transforms:
+            for k, name in enumerate(transforms[share]):
+                x[k], y[k] = augment_patch(x[k], y[k], name)
+        return x, y
 
 
 def augment_patch(x: np.ndarray, y: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -100,78 +232,113 @@ def augment_patch(x: np.ndarray, y: np.ndarray, name: str) -> tuple[np.ndarray, 
     return x, y
 
 
-class PatchBatches:
-    """Batches of uint16 (input, target) patches from the store: the training stream is a pure function of the
-    global step (so a resumed run sees exactly the batches it would have seen), validation is in store order."""
+class Batches(keras.utils.PyDataset):
+    """Keras' view of batches first..first+count-1 of a stream, loaded `ahead` batches in advance by a thread
+    pool, on every backend.
 
-    def __init__(self, store, cfg: Config, global_batch: int):
-        self.store, self.cfg, self.global_batch = store, cfg, global_batch
-        self.p = store.patch_size
-        self.in_ch = slice(0, 6) if cfg.input_mode == "dual" else slice(6, 9)
-        self.num_train = len(store.index["train"])
-        self.num_val = len(store.index.get("val", ()))
-        self.steps_per_pass = self.num_train // global_batch
-        self._perm = (-1, None)
+    The read-ahead is ours rather than Keras' workers: a TensorFlow strategy peeks at a dataset's first batch
+    with an iterator it then drops, and Keras' shared worker queue can hand that iterator batches the next one
+    needs (the stream then arrives out of order). Here index i is batch first+i however often it is asked for.
+    """
 
-    def order(self, pass_number: int) -> np.ndarray:
-        """The shuffled order of the train patches for one pass (one epoch when steps_per_epoch is 0)."""
-        if self._perm[0] != pass_number:
-            rng = np.random.default_rng([self.cfg.seed, pass_number])
-            self._perm = (pass_number, rng.permutation(self.num_train))
-        return self._perm[1]
+    def __init__(self, load, first: int, count: int, pool: concurrent.futures.Executor, ahead: int):
+        super().__init__()  # Keras asks for the items in order, one at a time
+        self.load, self.first, self.count, self.pool, self.ahead = load, first, count, pool, ahead
+        self.pending: dict[int, concurrent.futures.Future] = {}
+        self.lock = threading.Lock()
 
-    def train_rows(self, step: int) -> np.ndarray:
-        """Store rows of the training batch at a global step: passes follow each other, remainders dropped."""
-        pass_number, k = divmod(step, self.steps_per_pass)
-        return self.order(pass_number)[k * self.global_batch:(k + 1) * self.global_batch]
+    def __len__(self) -> int:
+        return self.count
 
-    def gather(self, split: str, rows, step: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        p, images, index = self.p, self.store.images[split], self.store.index[split]
-        x = np.empty((len(rows), p, p, self.in_ch.stop - self.in_ch.start), np.uint16)
-        y = np.empty((len(rows), p, p, 3), np.uint16)
-        names = None
-        if step is not None and self.cfg.augment:
-            choices = TRANSFORMS[self.cfg.input_mode]
-            picks = np.random.default_rng([self.cfg.seed, 1, step]).integers(0, len(choices), len(rows))
-            names = [choices[i] for i in picks]
-        for k, i in enumerate(rows):
-            n, r, c = index[int(i)]
-            patch = images[n][r:r + p, c:c + p]
-            if names:
-                x[k], y[k] = augment_patch(patch[..., self.in_ch], patch[..., 9:12], names[k])
-            else:
-                x[k], y[k] = patch[..., self.in_ch], patch[..., 9:12]
-        return x, y
-
-    def train_batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.gather("train", self.train_rows(step), step)
-
-    def val_batch(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.gather("val", np.arange(k * self.global_batch, min((k + 1) * self.global_batch, self.num_val)))
-
-    def dataset(self, split: str, start: int = 0, stop: int | None = None):
-        """tf.data pipeline of uint16 batches (train: global steps start..stop-1; val: all, last batch partial)."""
-        if split == "train":
-            load, n_batch = self.train_batch, self.global_batch
-        else:
-            start, stop = 0, math.ceil(self.num_val / self.global_batch)
-            load, n_batch = self.val_batch, None
-        cin = self.in_ch.stop - self.in_ch.start
-
-        def fetch(k):
-            x, y = tf.numpy_function(lambda v: load(int(v)), [k], (tf.uint16, tf.uint16), stateful=False)
-            x.set_shape((n_batch, self.p, self.p, cin))
-            y.set_shape((n_batch, self.p, self.p, 3))
-            return x, y
-
-        ds = tf.data.Dataset.range(start, stop).map(fetch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        options = tf.data.Options()
-        # Each element is one global batch; under MultiWorkerMirroredStrategy every worker keeps its share of it.
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
+    def __getitem__(self, i: int):
+        with self.lock:
+            for j in range(i, min(i + 1 + self.ahead, self.count)):
+                if j not in self.pending:
+                    self.pending[j] = self.pool.submit(self.load, self.first + j)
+            future = self.pending.pop(i)
+        return future.result()
 
 
 # ---------------------------------------------------------------------------------------------- model
+
+
+class Networks:
+    """The network being trained, its uint16-input training wrapper compiled with the optimizer, and the float32
+    twin that checkpoints are written from (the network itself when it trains in float32 on one device)."""
+
+    def __init__(self, cfg: Config, steps_per_epoch: int, devices: backends.Replicas, jit: bool):
+        self.cfg = cfg
+        keras.utils.set_random_seed(cfg.seed)
+        plain = cfg.precision == "float32" and devices.count == 1 and cfg.strategy == "default"
+        self.export = None if plain else build_model(cfg)  # float32, outside any distribution scope
+        keras.utils.set_random_seed(cfg.seed)  # the same initial weights with or without a twin
+        with devices.scope(), dtype_policy(cfg.precision):
+            self.net = build_model(cfg)
+            inputs = keras.Input((None, None, cfg.in_channels), dtype="uint16", name="patches_uint16")
+            scaled = keras.layers.Rescaling(1 / 65535, dtype="float32", name="to_unit_range")(inputs)
+            self.trainer = keras.Model(inputs, self.net(scaled), name="trainer")
+            schedule = keras.optimizers.schedules.ExponentialDecay(
+                lr_at(cfg, 0, steps_per_epoch, devices.count), decay_steps=cfg.lr_decay_every * steps_per_epoch,
+                decay_rate=cfg.lr_decay_factor, staircase=True)
+            self.optimizer = keras.optimizers.Adam(schedule, beta_1=cfg.adam_beta1, beta_2=cfg.adam_beta2,
+                                                   epsilon=cfg.adam_epsilon)
+            if cfg.precision == "mixed_float16":
+                self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
+            self.trainer.compile(self.optimizer, loss=make_loss(cfg.loss), jit_compile=jit)
+            self.optimizer.build(self.trainer.trainable_variables)  # so a resumed run can load Adam's moments
+        if self.export is None:
+            self.export = self.net
+        weights = {id(v) for v in self.net.weights}
+        self.seed_states = [v for v in self.net.variables if id(v) not in weights]  # dropout's random state
+
+    def current_step(self) -> int:
+        return int(keras.ops.convert_to_numpy(self.optimizer.iterations))
+
+    def sync_export(self) -> bool:
+        """Bring the float32 twin up to date (during fit too); False if any weight is not finite."""
+        backends.sync_state(self.trainer)
+        if self.export is not self.net:
+            for target, source in zip(self.export.weights, self.net.weights):
+                target.assign(keras.ops.convert_to_numpy(source).astype(np.float32))
+        return all(np.isfinite(w).all() for w in self.export.get_weights())
+
+    def save(self, path: str, state: dict, with_optimizer: bool) -> None:
+        """Write a .keras checkpoint atomically: the float32 network, plus the training state inside the zip."""
+        arrays = {f"seed_{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(self.seed_states)}
+        if with_optimizer:
+            arrays.update({f"opt_{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(self.optimizer.variables)})
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        with atomic_path(path) as tmp:
+            self.export.save(tmp)
+            with zipfile.ZipFile(tmp, "a") as z:
+                z.writestr(STATE_JSON, json.dumps(state, indent=1))
+                z.writestr(STATE_ARRAYS, buf.getvalue())
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+
+    def load(self, path: str) -> dict:
+        """Restore network, optimizer and dropout states from a `last` checkpoint; return its training state."""
+        state = read_checkpoint_state(path)
+        self.export.load_weights(path)
+        if self.export is not self.net:
+            for target, source in zip(self.net.weights, self.export.weights):
+                target.assign(keras.ops.convert_to_numpy(source))
+        with zipfile.ZipFile(path) as z:
+            arrays = np.load(io.BytesIO(z.read(STATE_ARRAYS)))
+        opt_keys = sorted((k for k in arrays.files if k.startswith("opt_")), key=lambda k: int(k[4:]))
+        if len(opt_keys) != len(self.optimizer.variables):
+            raise TrainError(f"{path}: holds {len(opt_keys)} optimizer variables, this run has "
+                             f"{len(self.optimizer.variables)} (was precision changed?)")
+        for key, variable in zip(opt_keys, self.optimizer.variables):
+            variable.assign(arrays[key])
+        for i, variable in enumerate(self.seed_states):
+            variable.assign(arrays[f"seed_{i}"])
+        # (equal to global_step except under mixed_float16, whose loss scaling skips steps with inf gradients)
+        if self.current_step() != state["optimizer_iterations"]:
+            raise TrainError(f"{path}: optimizer at step {self.current_step()}, the state says "
+                             f"{state['optimizer_iterations']}; damaged checkpoint")
+        return state
 
 
 def make_loss(kind: str):
@@ -186,256 +353,41 @@ def make_loss(kind: str):
     return loss
 
 
-def make_strategy(cfg: Config):
-    """The tf.distribute strategy for cfg.strategy; `mirrored` without GPUs mirrors over the logical CPUs."""
-    if cfg.strategy == "default":
-        return tf.distribute.get_strategy()
-    if cfg.strategy == "mirrored":
-        devices = [d.name for d in tf.config.list_logical_devices("GPU")]
-        devices = devices or [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(devices)
-    return tf.distribute.MultiWorkerMirroredStrategy()
-
-
-def is_chief(strategy) -> bool:
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return True
-    if resolver.task_type == "chief":
-        return True
-    return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().jobs
-
-
 def lr_at(cfg: Config, step: int, steps_per_epoch: int, replicas: int) -> float:
     """The learning rate at a global step: halved (lr_decay_factor) every lr_decay_every epochs."""
     base = cfg.learning_rate * (replicas if cfg.lr_scaling == "linear" else 1)
     return base * cfg.lr_decay_factor ** (step // (cfg.lr_decay_every * steps_per_epoch))
 
 
-class _Model:
-    """The network, its float32 export twin (what checkpoints hold), and the compiled uint16 training wrapper."""
-
-    def __init__(self, cfg: Config, strategy, steps_per_epoch: int, patch_size: int):
-        keras.utils.set_random_seed(cfg.seed)
-        self.cfg, self.strategy = cfg, strategy
-        replicas = strategy.num_replicas_in_sync
-        plain = cfg.precision == "float32" and replicas == 1 and cfg.strategy == "default"
-        previous = keras.mixed_precision.dtype_policy()
-        keras.mixed_precision.set_dtype_policy("float32")
-        self.export = None if plain else build_model(cfg)
-        keras.mixed_precision.set_dtype_policy(cfg.precision)
-        try:
-            with strategy.scope():
-                keras.utils.set_random_seed(cfg.seed)  # the same He init with or without a twin
-                self.net = build_model(cfg)
-                inputs = keras.Input((None, None, cfg.in_channels), dtype="uint16", name="patches_uint16")
-                scaled = keras.layers.Rescaling(1 / 65535, dtype="float32", name="to_unit_range")(inputs)
-                self.trainer = keras.Model(inputs, self.net(scaled), name="trainer")
-                schedule = keras.optimizers.schedules.ExponentialDecay(
-                    lr_at(cfg, 0, steps_per_epoch, replicas), decay_steps=cfg.lr_decay_every * steps_per_epoch,
-                    decay_rate=cfg.lr_decay_factor, staircase=True)
-                optimizer = keras.optimizers.Adam(schedule, beta_1=cfg.adam_beta1, beta_2=cfg.adam_beta2,
-                                                  epsilon=cfg.adam_epsilon)
-                # Under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer here.
-                self.trainer.compile(optimizer, loss=make_loss(cfg.loss), jit_compile=cfg.xla)
-                self.optimizer = self.trainer.optimizer
-                self.optimizer.build(self.trainer.trainable_variables)
-                self.trainer._symbolic_build(data_batch=(np.zeros((1, patch_size, patch_size, cfg.in_channels),
-                                                                  np.uint16),
-                                                         np.zeros((1, patch_size, patch_size, 3), np.uint16)))
-            # Everything is built now. Keras' fit would otherwise all-reduce a first input batch to build the
-            # model, which MultiWorkerMirroredStrategy cannot do with uint16 batches (Keras 3.15).
-            self.trainer._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
-            if cfg.strategy == "multiworker":
-                self._fix_multiworker_logs()
-        finally:
-            keras.mixed_precision.set_dtype_policy(previous)
-        if self.export is None:
-            self.export = self.net
-        weights = {id(v) for v in self.net.weights}
-        self.extra = [v for v in self.net.variables if id(v) not in weights]  # dropout seed states
-
-    def _fix_multiworker_logs(self) -> None:
-        """Keras 3 averages each replica's logs across workers along axis 0, which fails for scalar losses
-        (tensorflow/tensorflow#72388); hand them over as shape (1,) inside the replicas."""
-        original = self.trainer.get_metrics_result
-
-        def get_metrics_result():
-            result = original()
-            context = tf.distribute.get_replica_context()  # the default one outside strategy.run
-            if context is None or context.strategy is not self.strategy:
-                return result
-            return {k: tf.reshape(v, (1,)) for k, v in result.items()}
-
-        self.trainer.get_metrics_result = get_metrics_result
-
-    def sync_export(self) -> None:
-        if self.export is not self.net:
-            for target, source in zip(self.export.weights, self.net.weights):
-                target.assign(np.asarray(source.numpy()))
-
-    def weights_finite(self) -> bool:
-        return all(np.isfinite(w).all() for w in self.export.get_weights())
-
-    def save(self, path: str, state: dict, with_optimizer: bool) -> None:
-        """Write a .keras checkpoint atomically: the float32 network, plus the training state inside the zip."""
-        with atomic_path(path) as tmp:
-            self.export.save(tmp)
-            arrays = {f"extra_{i}": np.asarray(v.numpy()) for i, v in enumerate(self.extra)}
-            if with_optimizer:
-                arrays.update({f"opt_{i}": np.asarray(v.numpy()) for i, v in enumerate(self.optimizer.variables)})
-            buf = io.BytesIO()
-            np.savez(buf, **arrays)
-            with zipfile.ZipFile(tmp, "a") as z:
-                z.writestr(STATE_JSON, json.dumps(state, indent=1))
-                z.writestr(STATE_ARRAYS, buf.getvalue())
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-
-    def load(self, path: str) -> dict:
-        """Restore network, optimizer and dropout seed states from a `last` checkpoint; return its state."""
-        state = read_checkpoint_state(path)
-        self.export.load_weights(path)
-        if self.export is not self.net:
-            for target, source in zip(self.net.weights, self.export.weights):
-                target.assign(source.numpy())
-        with zipfile.ZipFile(path) as z:
-            arrays = np.load(io.BytesIO(z.read(STATE_ARRAYS)))
-            opt_keys = sorted((k for k in arrays.files if k.startswith("opt_")), key=lambda k: int(k[4:]))
-            if len(opt_keys) != len(self.optimizer.variables):
-                raise TrainError(f"{path}: holds {len(opt_keys)} optimizer variables, this run has "
-                                 f"{len(self.optimizer.variables)} (was precision changed?)")
-            for key, variable in zip(opt_keys, self.optimizer.variables):
-                variable.assign(arrays[key])
-            for i, variable in enumerate(self.extra):
-                variable.assign(arrays[f"extra_{i}"])
-        # (equal to global_step except under mixed_float16, whose loss scaling skips steps with inf gradients)
-        if int(self.optimizer.iterations.numpy()) != state["optimizer_iterations"]:
-            raise TrainError(f"{path}: optimizer at step {int(self.optimizer.iterations.numpy())}, the state says "
-                             f"{state['optimizer_iterations']}; damaged checkpoint")
-        return state
+# ------------------------------------------------------------------------------------------- the run
 
 
-# ------------------------------------------------------------------------------------------ callbacks
+def start_state(cfg: Config, resume, stream: PatchStream, steps_per_epoch: int, global_batch: int,
+                chief: bool) -> dict | None:
+    """The checkpoint state to resume from, or None for a fresh start (which clears the run's folder); a
+    checkpoint made with other settings is refused."""
+    last = checkpoint_path(cfg, "last")
+    if resume is False or (resume is None and not os.path.isfile(last)):
+        if chief:
+            clear_run(run_dir(cfg))  # --fresh, or leftovers of a run stopped before its first checkpoint
+        return None
+    if not os.path.isfile(last):
+        raise TrainError(f"{last}: no checkpoint to resume; run without --resume to start this run")
+    state = read_checkpoint_state(last)
+    diffs = cfg.differences(state.get("config", {}), "in the checkpoint", ignore=RESUMABLE_KEYS + ("run_name",))
+    if diffs:
+        raise TrainError(f"{last}: the checkpoint was trained with other settings ({'; '.join(diffs)}); resume "
+                         f"with the same settings (only {', '.join(RESUMABLE_KEYS)} may change), start over with "
+                         f"--fresh, or use another --set run_name=...")
+    for key, now in (("global_batch", global_batch), ("steps_per_epoch", steps_per_epoch),
+                     ("num_train_patches", stream.num_train)):
+        if state.get(key) != now:
+            raise TrainError(f"{last}: the checkpoint has {key} {state.get(key)}, this run {now} (another number "
+                             f"of replicas or another patch store); resume on the same setup or use --fresh")
+    return state
 
 
-class _Monitor(keras.callbacks.Callback):
-    """Per batch: full-epoch mean loss, lr and patches/s for the progress bar, a finite-loss check, and `last`
-    every checkpoint_every_steps; per epoch: `best` (if improved) then `last`."""
-
-    def __init__(self, run):
-        super().__init__()
-        self.run = run
-
-    def on_epoch_begin(self, epoch, logs=None):
-        r = self.run
-        self.epoch = epoch
-        if epoch == r.state["epoch"] and r.state["step_in_epoch"]:  # the rest of an interrupted epoch
-            self.offset = r.state["step_in_epoch"]
-            self.prev_sum, self.prev_count = r.state["epoch_loss_sum"], r.state["epoch_loss_count"]
-        else:
-            self.offset, self.prev_sum, self.prev_count = 0, 0.0, 0
-        self.lr = float(keras.ops.convert_to_numpy(r.model.optimizer.learning_rate))
-        self.t_begin, self.t_first, self.rate = time.perf_counter(), None, 0.0
-
-    def on_train_batch_end(self, batch, logs=None):
-        r = self.run
-        logs = logs if logs is not None else {}
-        done = batch + 1
-        # Keras reports the mean over this fit call's batches; add what an interrupted run had done before.
-        self.loss_sum = self.prev_sum + float(logs.get("loss", float("nan"))) * done
-        self.loss_count = self.prev_count + done
-        step_in_epoch = self.offset + done
-        global_step = self.epoch * r.spe + step_in_epoch
-        if not math.isfinite(self.loss_sum):
-            raise NonFiniteLoss(f"epoch {self.epoch + 1}, step {step_in_epoch}")
-        now = time.perf_counter()
-        if self.t_first is None:
-            self.t_first = now
-            self.rate = r.global_batch / max(now - self.t_begin, 1e-9)
-        else:
-            self.rate = r.global_batch * batch / max(now - self.t_first, 1e-9)
-        logs.update(loss=self.loss_sum / self.loss_count, lr=self.lr, patches_per_s=self.rate)
-        if global_step % r.cfg.checkpoint_every_steps == 0 and step_in_epoch < r.spe:
-            r.save_last(self.epoch, step_in_epoch, global_step, self.loss_sum, self.loss_count)
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs if logs is not None else {}
-        train_loss = self.loss_sum / self.loss_count
-        val_loss = logs.get("val_loss")
-        logs.update(loss=train_loss, lr=self.lr, patches_per_s=self.rate)
-        if val_loss is not None and not math.isfinite(val_loss):
-            raise NonFiniteLoss(f"validation after epoch {epoch + 1}")
-        self.run.end_epoch(epoch, train_loss, val_loss, self.lr)
-
-
-# ------------------------------------------------------------------------------------------- training
-
-
-class _Run:
-    """State of one training run: paths, counters, and the checkpoint writing."""
-
-    def __init__(self, cfg, model, strategy, batches, spe, chief):
-        self.cfg, self.model, self.strategy, self.batches, self.spe, self.chief = cfg, model, strategy, batches, spe, chief
-        self.replicas = strategy.num_replicas_in_sync
-        self.global_batch = batches.global_batch
-        self.dir = run_dir(cfg)
-        self.last, self.best = checkpoint_path(cfg, "last"), checkpoint_path(cfg, "best")
-        self.state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "epoch_loss_sum": 0.0,
-                      "epoch_loss_count": 0, "best_value": None, "best_epoch": None, "train_loss": None,
-                      "val_loss": None, "lr": None}
-        self.saved = None  # (epoch, step) of the newest `last`
-
-    def base_state(self) -> dict:
-        return {"format": STATE_FORMAT, "steps_per_epoch": self.spe, "global_batch": self.global_batch,
-                "replicas": self.replicas, "num_train_patches": self.batches.num_train,
-                "select_on": self.cfg.select_on, "config": self.cfg.to_dict(),
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-
-    def save_last(self, epoch, step_in_epoch, global_step, loss_sum, loss_count) -> None:
-        self.state.update(epoch=epoch, step_in_epoch=step_in_epoch, global_step=global_step,
-                          epoch_loss_sum=loss_sum, epoch_loss_count=loss_count)
-        if not self.chief:
-            return
-        self.model.sync_export()
-        if not self.model.weights_finite():
-            raise NonFiniteLoss(f"epoch {epoch + 1}, step {step_in_epoch} (weights)")
-        state = {**self.base_state(), "kind": "last", **self.state,
-                 "optimizer_iterations": int(self.model.optimizer.iterations.numpy())}
-        self.model.save(self.last, state, with_optimizer=True)
-        atomic_write_json(os.path.join(self.dir, "last.json"), state)  # a readable copy; last.keras is the truth
-        self.saved = (epoch, step_in_epoch)
-
-    def end_epoch(self, epoch, train_loss, val_loss, lr) -> None:
-        value = val_loss if self.cfg.select_on == "val" else train_loss
-        self.state.update(train_loss=train_loss, val_loss=val_loss, lr=lr)
-        if value is not None and (self.state["best_value"] is None or value < self.state["best_value"]):
-            self.state.update(best_value=value, best_epoch=epoch + 1)
-            if self.chief:
-                self.model.sync_export()
-                if not self.model.weights_finite():
-                    raise NonFiniteLoss(f"end of epoch {epoch + 1} (weights)")
-                state = {**self.base_state(), "kind": "best", **self.state, "epoch": epoch + 1,
-                         "step_in_epoch": 0, "global_step": (epoch + 1) * self.spe}
-                self.model.save(self.best, state, with_optimizer=False)
-                atomic_write_json(os.path.join(self.dir, "best.json"), state)
-        self.save_last(epoch + 1, 0, (epoch + 1) * self.spe, 0.0, 0)
-
-
-def _config_differences(saved: dict, cfg: Config) -> list[str]:
-    now = cfg.to_dict()
-    defaults = Config().to_dict()
-    out = []
-    for key in sorted(set(saved) | set(now)):
-        if key in RESUMABLE_KEYS or key == "run_name":
-            continue
-        old = saved.get(key, defaults.get(key))
-        if old != now.get(key):
-            out.append(f"{key}: {old!r} in the checkpoint, {now.get(key)!r} now")
-    return out
-
-
-def _clear_run(path: str) -> None:
+def clear_run(path: str) -> None:
     if not os.path.isdir(path):
         return
     for name in os.listdir(path):
@@ -447,210 +399,182 @@ def _clear_run(path: str) -> None:
             shutil.rmtree(full)
 
 
-def _start_state(cfg: Config, resume, batches, spe, global_batch, chief) -> tuple[dict | None, str]:
-    """Decide between a fresh start and resuming; refuse a checkpoint made with other settings."""
-    last = checkpoint_path(cfg, "last")
-    if resume is False:
-        if chief:
-            _clear_run(run_dir(cfg))
-        return None, "fresh"
-    if not os.path.isfile(last):
-        if resume is True:
-            raise TrainError(f"{last}: no checkpoint to resume; run without --resume to start this run")
-        if chief:
-            _clear_run(run_dir(cfg))  # leftovers of a run stopped before its first checkpoint
-        return None, "fresh"
-    state = read_checkpoint_state(last)
-    diffs = _config_differences(state.get("config", {}), cfg)
-    if diffs:
-        raise TrainError(f"{last}: the checkpoint was trained with other settings ({'; '.join(diffs)}); resume "
-                         f"with the same settings (only {', '.join(RESUMABLE_KEYS)} may change), start over with "
-                         f"--fresh, or use another --set run_name=...")
-    for key, now in (("global_batch", global_batch), ("steps_per_epoch", spe),
-                     ("num_train_patches", batches.num_train)):
-        if state.get(key) != now:
-            raise TrainError(f"{last}: the checkpoint has {key} {state.get(key)}, this run {now} (another number "
-                             f"of replicas or another patch store); resume on the same setup or use --fresh")
-    return state, "resume"
+class TrainingRun:
+    """One run's counters and checkpoints: `last` (with the optimizer, for resuming) and `best` (by val or
+    train loss), each written atomically with a readable JSON copy of its state."""
 
+    def __init__(self, cfg: Config, nets: Networks, stream: PatchStream, steps_per_epoch: int, chief: bool):
+        self.cfg, self.nets, self.stream, self.steps_per_epoch, self.chief = cfg, nets, stream, steps_per_epoch, chief
+        self.dir = run_dir(cfg)
+        self.last, self.best = checkpoint_path(cfg, "last"), checkpoint_path(cfg, "best")
+        self.state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "epoch_loss_sum": 0.0,
+                      "epoch_loss_count": 0, "best_value": None, "best_epoch": None, "train_loss": None,
+                      "val_loss": None, "lr": None}
+        self.saved = None  # (epoch, step) of the newest `last`
+        self.history: list[dict] = []
+        self.step_times: list[float] = []
 
-def train(cfg: Config, resume: bool | None = None, callbacks=(), verbose: int = 1) -> dict:
-    """Train cfg's model on the patch store and return the run's outcome.
+    def restore(self) -> None:
+        loaded = self.nets.load(self.last)
+        self.state.update({k: loaded[k] for k in self.state if k in loaded})
+        self.saved = (loaded["epoch"], loaded["step_in_epoch"])
+        if os.path.isfile(self.best):  # `best` may be newer than `last` if a kill fell between the two writes
+            best = read_checkpoint_state(self.best)
+            if best.get("best_value") is not None and (self.state["best_value"] is None or
+                                                       best["best_value"] < self.state["best_value"]):
+                self.state.update(best_value=best["best_value"], best_epoch=best["best_epoch"])
 
-    resume: None resumes checkpoints/<run>/last.keras when it exists, True requires it, False starts over
-    (deleting the run's checkpoints and logs). Raises StoreError/TrainError with a one-line message; extra
-    Keras `callbacks` run after the checkpointing (tests use them to interrupt). Returns a dict with the paths
-    (run_dir, last, best), epochs_done, global_step, train_loss, val_loss, lr, best_value, best_epoch.
-    """
-    store = open_store(cfg)
-    strategy = make_strategy(cfg)
-    replicas = strategy.num_replicas_in_sync
-    global_batch = cfg.batch_size * replicas
-    batches = PatchBatches(store, cfg, global_batch)
-    if batches.steps_per_pass < 1:
-        raise TrainError(f"{store.patch_dir}: {batches.num_train} train patches, fewer than one global batch of "
-                         f"{global_batch}; lower batch_size")
-    if not batches.num_val and cfg.select_on == "val":
-        raise TrainError(f"{store.patch_dir}: no val patches to select `best` on; build the val split "
-                         f"(python data_prep.py --split val) or --set select_on=train")
-    spe = cfg.steps_per_epoch or batches.steps_per_pass
-    chief = is_chief(strategy)
-    saved_state, mode = _start_state(cfg, resume, batches, spe, global_batch, chief)
-    folder = run_dir(cfg)
-    os.makedirs(folder, exist_ok=True)
+    def lr(self, global_step: int) -> float:
+        return lr_at(self.cfg, global_step, self.steps_per_epoch, self.stream.global_batch // self.cfg.batch_size)
 
-    model = _Model(cfg, strategy, spe, batches.p)
-    run = _Run(cfg, model, strategy, batches, spe, chief)
-    if saved_state is not None:
-        loaded = model.load(run.last)
-        run.state.update({k: loaded[k] for k in run.state if k in loaded})
-        run.saved = (loaded["epoch"], loaded["step_in_epoch"])
-        if os.path.isfile(run.best):  # `best` may be newer than `last` if a kill fell between the two writes
-            best_state = read_checkpoint_state(run.best)
-            if best_state.get("best_value") is not None and (run.state["best_value"] is None or
-                                                              best_state["best_value"] < run.state["best_value"]):
-                run.state.update(best_value=best_state["best_value"], best_epoch=best_state["best_epoch"])
-    if chief:
-        for name in os.listdir(folder):  # what a killed save left behind
-            if is_temporary(name):
-                os.remove(os.path.join(folder, name))
-        cfg.save_json(os.path.join(folder, "config.json"))
+    def base_state(self) -> dict:
+        return {"format": STATE_FORMAT, "steps_per_epoch": self.steps_per_epoch,
+                "global_batch": self.stream.global_batch, "replicas": self.stream.global_batch // self.cfg.batch_size,
+                "num_train_patches": self.stream.num_train, "select_on": self.cfg.select_on,
+                "config": self.cfg.to_dict(), **backends.info(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
-    epoch, step = run.state["epoch"], run.state["step_in_epoch"]
-    describe = (f"{cfg.input_mode} DPDNet on {batches.num_train} train / {batches.num_val} val patches "
-                f"({batches.p}x{batches.p}), global batch {global_batch} ({replicas} replica(s)), {spe} steps per "
-                f"epoch, {cfg.epochs} epochs, precision {cfg.precision}{', XLA' if cfg.xla else ''}")
-    if mode == "resume":
-        print(f"resuming {run.last} at epoch {epoch + 1}, step {step} of {spe} (global step {run.state['global_step']}"
-              f", lr {lr_at(cfg, run.state['global_step'], spe, replicas):.4g}): {describe}")
-    else:
-        print(f"training {describe}; checkpoints in {folder}")
-
-    cbs = [_Monitor(run)]
-    if chief:
-        cbs += [keras.callbacks.CSVLogger(os.path.join(folder, "log.csv"), append=True),
-                keras.callbacks.TensorBoard(os.path.join(folder, "tensorboard"), write_graph=False)]
-    cbs += list(callbacks)
-    val = batches.dataset("val") if batches.num_val else None
-    history: list[dict] = []
-
-    def fit(first_epoch, last_epoch, steps, start_step):
-        stop = first_epoch * spe + start_step + steps * (last_epoch - first_epoch)
-        h = model.trainer.fit(batches.dataset("train", first_epoch * spe + start_step, stop),
-                              initial_epoch=first_epoch, epochs=last_epoch, steps_per_epoch=steps,
-                              validation_data=val, callbacks=cbs, verbose=verbose, shuffle=False)
-        history.extend({k: v[i] for k, v in h.history.items()} for i in range(len(h.epoch)))
-
-    try:
-        if epoch >= cfg.epochs:
-            print(f"{folder}: already trained for {epoch} epochs; raise epochs (--set epochs=N) to go on")
-        else:
-            if step:
-                fit(epoch, epoch + 1, spe - step, step)
-                epoch += 1
-            if epoch < cfg.epochs:
-                fit(epoch, cfg.epochs, spe, 0)
-    except NonFiniteLoss as e:
-        raise TrainError(f"loss is not a finite number at {e}: training stopped; {_kept(run)}; lower "
-                         f"learning_rate or check the patch store") from None
-    except (tf.errors.ResourceExhaustedError, tf.errors.InternalError) as e:
-        if isinstance(e, tf.errors.InternalError) and "RESOURCE_EXHAUSTED" not in str(e) and "OOM" not in str(e):
-            raise
-        raise TrainError(f"out of device memory with batch_size={cfg.batch_size} ({global_batch} per step) and "
-                         f"{batches.p}x{batches.p} patches: lower batch_size (--set batch_size=N), or use a "
-                         f"smaller patch_size (needs a new patch store from data_prep.py); {_kept(run)}") from None
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: {_kept(run)}; run the same command again to resume", file=sys.stderr)
-        raise
-
-    s = run.state
-    if s["best_epoch"] is not None:
-        print(f"best ({cfg.select_on} loss {s['best_value']:.6g}, epoch {s['best_epoch']}): {run.best}")
-    return {"run_dir": folder, "last": run.last, "best": run.best if os.path.isfile(run.best) else None,
-            "epochs_done": s["epoch"], "global_step": s["global_step"], "train_loss": s["train_loss"],
-            "val_loss": s["val_loss"], "lr": s["lr"],
-            "best_value": s["best_value"], "best_epoch": s["best_epoch"], "replicas": replicas,
-            "global_batch": global_batch, "steps_per_epoch": spe, "history": history}
-
-
-def _kept(run: _Run) -> str:
-    if run.saved is None:
-        return "no checkpoint was written"
-    epoch, step = run.saved
-    where = f"end of epoch {epoch}" if step == 0 else f"epoch {epoch + 1}, step {step}"
-    return f"the last good checkpoint ({where}) is kept in {run.last}"
-
-
-# ------------------------------------------------------------------------------------------ benchmark
-
-
-def benchmark(cfg: Config, steps: int = 5, warmup: int = 2) -> dict:
-    """Time the data loader alone and full training steps (after warm-up) on the patch store; writes nothing."""
-    store = open_store(cfg)
-    strategy = make_strategy(cfg)
-    global_batch = cfg.batch_size * strategy.num_replicas_in_sync
-    batches = PatchBatches(store, cfg, global_batch)
-    n = warmup + steps
-
-    ds = batches.dataset("train", 0, n)
-    it = iter(ds)
-    next(it)
-    t0 = time.perf_counter()
-    for _ in range(n - 1):
-        next(it)
-    loader_s = (time.perf_counter() - t0) / (n - 1)
-    t0 = time.perf_counter()
-    for g in range(n):
-        batches.train_batch(g)
-    gather_s = (time.perf_counter() - t0) / n
-
-    model = _Model(cfg, strategy, batches.steps_per_pass, batches.p)
-    times = []
-
-    class Timer(keras.callbacks.Callback):
-        def on_train_batch_begin(self, batch, logs=None):
-            self.t = time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            times.append(time.perf_counter() - self.t)
-
-    model.trainer.fit(batches.dataset("train", 0, n), epochs=1, steps_per_epoch=n, callbacks=[Timer()], verbose=0,
-                      shuffle=False)
-    step_s = float(np.mean(times[warmup:]))
-    return {"patch_size": batches.p, "global_batch": global_batch, "precision": cfg.precision, "xla": cfg.xla,
-            "step_s": step_s, "steps_per_s": 1 / step_s, "patches_per_s": global_batch / step_s,
-            "loader_batch_s": loader_s, "loader_patches_per_s": global_batch / loader_s,
-            "gather_batch_s": gather_s, "loader_share": gather_s / step_s}
-
-
-# ----------------------------------------------------------------------------------------------- main
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser)
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--resume", action="store_true",
-                      help="continue checkpoints/<run>/last.keras (an error if there is none); without --resume "
-                           "or --fresh an existing checkpoint is continued too")
-    mode.add_argument("--fresh", action="store_true", help="start over: delete this run's checkpoints and logs")
-    mode.add_argument("--benchmark", type=int, metavar="STEPS",
-                      help="time STEPS training steps and the data loader on the patch store; writes nothing")
-    args = parser.parse_args(argv)
-    cfg = config_from_args(args)
-    try:
-        if args.benchmark:
-            result = benchmark(cfg, steps=args.benchmark)
-            for key, value in result.items():
-                print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
+    def save_last(self, epoch, step_in_epoch, global_step, loss_sum, loss_count) -> None:
+        self.state.update(epoch=epoch, step_in_epoch=step_in_epoch, global_step=global_step,
+                          epoch_loss_sum=loss_sum, epoch_loss_count=loss_count)
+        if not self.chief:
             return
-        result = train(cfg, resume=True if args.resume else False if args.fresh else None)
-    except (TrainError, StoreError, ConfigError) as e:
-        sys.exit(f"error: {e}")
+        if not self.nets.sync_export():
+            raise NonFiniteLoss(f"epoch {epoch + 1}, step {step_in_epoch} (weights)")
+        state = {**self.base_state(), "kind": "last", **self.state,
+                 "optimizer_iterations": self.nets.current_step()}
+        self.nets.save(self.last, state, with_optimizer=True)
+        atomic_write_json(os.path.join(self.dir, "last.json"), state)  # a readable copy; last.keras is the truth
+        self.saved = (epoch, step_in_epoch)
+
+    def end_epoch(self, epoch, train_loss, val_loss, lr) -> None:
+        value = val_loss if self.cfg.select_on == "val" else train_loss
+        self.state.update(train_loss=train_loss, val_loss=val_loss, lr=lr)
+        if value is not None and (self.state["best_value"] is None or value < self.state["best_value"]):
+            self.state.update(best_value=value, best_epoch=epoch + 1)
+            if self.chief:
+                if not self.nets.sync_export():
+                    raise NonFiniteLoss(f"end of epoch {epoch + 1} (weights)")
+                state = {**self.base_state(), "kind": "best", **self.state, "epoch": epoch + 1,
+                         "step_in_epoch": 0, "global_step": (epoch + 1) * self.steps_per_epoch}
+                self.nets.save(self.best, state, with_optimizer=False)
+                atomic_write_json(os.path.join(self.dir, "best.json"), state)
+        self.save_last(epoch + 1, 0, (epoch + 1) * self.steps_per_epoch, 0.0, 0)
+
+    def kept(self) -> str:
+        if self.saved is None:
+            return "no checkpoint was written"
+        epoch, step = self.saved
+        where = f"end of epoch {epoch}" if step == 0 else f"epoch {epoch + 1}, step {step}"
+        return f"the last good checkpoint ({where}) is kept in {self.last}"
+
+    def steps_per_s(self) -> float | None:
+        """Steps per second of this process's fit calls, leaving out each call's first two (compilation)."""
+        return 1 / float(np.median(self.step_times)) if self.step_times else None
+
+
+def describe(cfg: Config, run: TrainingRun, devices) -> str:
+    s, stream = run.state, run.stream
+    where = f"epoch {s['epoch'] + 1}, step {s['step_in_epoch']} of {run.steps_per_epoch} (global step " \
+            f"{s['global_step']}, lr {run.lr(s['global_step']):.4g}): " if s["global_step"] else ""
+    return (f"{where}{cfg.input_mode} DPDNet on {stream.num_train} train / {stream.num_val} val patches "
+            f"({cfg.patch_size}x{cfg.patch_size}), global batch {stream.global_batch} over {devices.count} "
+            f"replica(s) ({devices.name}), {run.steps_per_epoch} steps per epoch, {cfg.epochs} epochs, "
+            f"precision {cfg.precision}, Keras on {backends.name()}{', XLA' if cfg.xla else ''}")
+
+
+def fit_all_epochs(run: TrainingRun, callbacks, verbose: int) -> None:
+    """Keras fit from the run's state to cfg.epochs (the rest of an interrupted epoch first); each failure becomes
+    a one-line TrainError that says which checkpoint is kept."""
+    cfg, stream, nets, per_epoch = run.cfg, run.stream, run.nets, run.steps_per_epoch
+    cbs = [Monitor(run)]
+    if run.chief:
+        cbs.append(keras.callbacks.CSVLogger(os.path.join(run.dir, "log.csv"), append=True))
+        if backends.name() == "tensorflow":  # Keras writes TensorBoard logs through tf.summary
+            cbs.append(keras.callbacks.TensorBoard(os.path.join(run.dir, "tensorboard"), write_graph=False))
+    cbs += list(callbacks)
+    epoch, step = run.state["epoch"], run.state["step_in_epoch"]
+    if epoch >= cfg.epochs:
+        print(f"{run.dir}: already trained for {epoch} epochs; raise epochs (--set epochs=N) to go on")
+        return
+    pool = concurrent.futures.ThreadPoolExecutor(cfg.loader_workers, thread_name_prefix="loader")
+    ahead = 2 * cfg.loader_workers
+    val = Batches(stream.val_batch, 0, stream.val_batches, pool, ahead) if stream.num_val else None
+    try:
+        # One fit call per epoch (Monitor ends each): Keras restarts a PyDataset at its first batch every epoch,
+        # and the stream's batches are numbered by global step, so each epoch gets its own slice of it.
+        for epoch in range(epoch, cfg.epochs):
+            batches = Batches(stream.train_batch, epoch * per_epoch + step, per_epoch - step, pool, ahead)
+            h = nets.trainer.fit(batches, initial_epoch=epoch, epochs=cfg.epochs, validation_data=val,
+                                 callbacks=cbs, verbose=verbose, shuffle=False)
+            run.history.extend({k: v[i] for k, v in h.history.items()} for i in range(len(h.epoch)))
+            step = 0
+    except NonFiniteLoss as e:
+        raise TrainError(f"loss is not a finite number at {e}: training stopped; {run.kept()}; lower "
+                         f"learning_rate or check the patch store") from None
     except KeyboardInterrupt:
-        sys.exit(130)
-    print(f"done: {result['epochs_done']} epochs, {result['global_step']} steps; last: {result['last']}")
+        print(f"\ninterrupted: {run.kept()}; run the same command again to resume", file=sys.stderr)
+        raise
+    except Exception as e:
+        if not backends.is_out_of_memory(e):
+            raise
+        raise TrainError(f"out of device memory with batch_size={cfg.batch_size} ({stream.global_batch} per step) "
+                         f"and {cfg.patch_size}x{cfg.patch_size} patches: lower batch_size (--set batch_size=N), "
+                         f"or use a smaller patch_size (needs a new patch store from data_prep.py); "
+                         f"{run.kept()}") from None
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+class Monitor(keras.callbacks.Callback):
+    """Per batch: full-epoch mean loss, lr and patches/s for the progress bar, a finite-loss check, and `last`
+    every checkpoint_every_steps; per epoch: `best` (if improved) then `last`."""
+
+    def __init__(self, run: TrainingRun):
+        super().__init__()
+        self.run = run
+
+    def on_epoch_begin(self, epoch, logs=None):
+        r = self.run
+        self.epoch = epoch
+        if epoch == r.state["epoch"] and r.state["step_in_epoch"]:  # the rest of an interrupted epoch
+            self.offset = r.state["step_in_epoch"]
+            self.prev_sum, self.prev_count = r.state["epoch_loss_sum"], r.state["epoch_loss_count"]
+        else:
+            self.offset, self.prev_sum, self.prev_count = 0, 0.0, 0
+        self.lr = r.lr(epoch * r.steps_per_epoch + self.offset)
+        self.t_begin, self.t_last, self.rate = time.perf_counter(), None, 0.0
+
+    def on_train_batch_end(self, batch, logs=None):
+        r = self.run
+        logs = logs if logs is not None else {}
+        done = batch + 1
+        # Keras reports the mean over this fit call's batches; add what an interrupted run had done before.
+        self.loss_sum = self.prev_sum + float(logs.get("loss", float("nan"))) * done
+        self.loss_count = self.prev_count + done
+        step_in_epoch = self.offset + done
+        global_step = self.epoch * r.steps_per_epoch + step_in_epoch
+        if not math.isfinite(self.loss_sum):
+            raise NonFiniteLoss(f"epoch {self.epoch + 1}, step {step_in_epoch}")
+        now = time.perf_counter()
+        if self.t_last is not None and batch >= 2:
+            r.step_times.append(now - self.t_last)
+        self.t_last = now
+        self.rate = r.stream.global_batch * done / max(now - self.t_begin, 1e-9)
+        logs.update(loss=self.loss_sum / self.loss_count, lr=self.lr, patches_per_s=self.rate)
+        if global_step % r.cfg.checkpoint_every_steps == 0 and step_in_epoch < r.steps_per_epoch:
+            r.save_last(self.epoch, step_in_epoch, global_step, self.loss_sum, self.loss_count)
+            self.t_last = time.perf_counter()  # the checkpoint's time is not a step's
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        train_loss = self.loss_sum / self.loss_count
+        val_loss = logs.get("val_loss")
+        val_loss = None if val_loss is None else float(val_loss)
+        logs.update(loss=train_loss, lr=self.lr, patches_per_s=self.rate)
+        if val_loss is not None and not math.isfinite(val_loss):
+            raise NonFiniteLoss(f"validation after epoch {epoch + 1}")
+        self.run.end_epoch(epoch, train_loss, val_loss, self.lr)
+        self.model.stop_training = True  # fit_all_epochs calls fit once per epoch
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
-"""train.py on a tiny DPDD-layout set made here: loss goes down, the lr halving schedule, exact resume after an
-interruption or SIGKILL, two-replica MirroredStrategy, and each fail-fast message."""
+"""train.py on a tiny DPDD-layout set made here, under the Keras backend of this process (run_tests.sh runs this
+module under TensorFlow and again under JAX): loss goes down, the lr halving schedule, exact resume after an
+interruption or SIGKILL, two replicas against one, checkpoints and batches across backends, each fail-fast
+message."""
 
 import csv
 import json
@@ -15,6 +17,10 @@ import pytest
 
 from config import REPO_DIR, make_config
 from images import write_image
+
+pytestmark = pytest.mark.backends
+BACKEND = os.environ["KERAS_BACKEND"]
+OTHER_BACKEND = "jax" if BACKEND == "tensorflow" else "tensorflow"
 
 H, W = 128, 192  # working size; 64x64 patches at stride 32 -> 15 candidates per train scene, 11 kept
 
@@ -69,15 +75,18 @@ def _same_weights(a, b, atol=0.0):
 
 
 class _StopAt:
-    """A callback that raises `error` once the optimizer has made `step` steps (the checkpoint of that step, if
-    any, is written by then: train.py's own callback runs first)."""
+    """A callback that raises `error` after the `step`-th training step of a fresh run (the checkpoint of that
+    step, if any, is written by then: train.py's own callback runs first)."""
 
     def __new__(cls, step, error):
         import keras
 
         class Stop(keras.callbacks.Callback):
+            done = 0
+
             def on_train_batch_end(self, batch, logs=None):
-                if self.model.optimizer.iterations.numpy() >= step:
+                self.done += 1
+                if self.done >= step:
                     raise error
 
         return Stop()
@@ -87,7 +96,7 @@ def test_loss_decreases_and_lr_halves_on_schedule(store, tmp_path):
     import keras
     from train import read_checkpoint_state, train
     _, root, patches = store
-    cfg = _cfg(root, patches, str(tmp_path), epochs=6, steps_per_epoch=4, lr_decay_every=2, learning_rate=2e-3,
+    cfg = _cfg(root, patches, str(tmp_path), epochs=6, steps_per_epoch=8, lr_decay_every=2, learning_rate=2e-3,
                dropout=0.0)
     result = train(cfg, verbose=0)
     rows = _log(result)
@@ -95,17 +104,20 @@ def test_loss_decreases_and_lr_halves_on_schedule(store, tmp_path):
     assert [float(r["lr"]) for r in rows] == pytest.approx([2e-3, 2e-3, 1e-3, 1e-3, 5e-4, 5e-4], rel=1e-6)
     losses = [float(r["loss"]) for r in rows]
     val = [float(r["val_loss"]) for r in rows]
-    assert losses[-1] < 0.85 * losses[0] and val[-1] < 0.85 * val[0], (losses, val)
-    assert result["epochs_done"] == 6 and result["global_step"] == 24
+    # epoch 1's mean already includes most of the easy gain, so the later epochs' drop is the smaller one
+    assert losses[-1] < 0.85 * losses[0] and val[-1] < 0.95 * val[0], (losses, val)
+    assert result["epochs_done"] == 6 and result["global_step"] == 48
     assert result["lr"] == pytest.approx(5e-4, rel=1e-6)
     assert result["best_epoch"] == int(np.argmin(val)) + 1 and result["best_value"] == pytest.approx(min(val))
 
     run = result["run_dir"]
     assert json.load(open(os.path.join(run, "config.json")))["lr_decay_every"] == 2
-    assert any(f.startswith("events") for _, _, fs in os.walk(os.path.join(run, "tensorboard")) for f in fs)
+    if BACKEND == "tensorflow":  # Keras writes TensorBoard logs through tf.summary
+        assert any(f.startswith("events") for _, _, fs in os.walk(os.path.join(run, "tensorboard")) for f in fs)
     state = read_checkpoint_state(result["last"])
-    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (6, 0, 24)
-    assert json.load(open(os.path.join(run, "last.json")))["global_step"] == 24
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (6, 0, 48)
+    assert state["backend"] == result["backend"] == BACKEND and state["backend_version"]
+    assert json.load(open(os.path.join(run, "last.json")))["global_step"] == 48
     # `best` is the plain float-input network that test.py loads
     net = keras.models.load_model(result["best"], compile=False)
     x = np.random.default_rng(1).random((1, 64, 64, 6), dtype=np.float32)
@@ -183,9 +195,10 @@ def test_killed_process_resumes_to_the_same_weights(store, reference):
 
 _STRATEGY_SCRIPT = """
 import json, os, sys
-import tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+if os.environ["KERAS_BACKEND"] == "tensorflow":  # JAX gets its two CPU devices from XLA_FLAGS
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 sys.path.insert(0, {repo!r})
 from config import make_config
 from train import train
@@ -227,16 +240,17 @@ def _assert_matches_one_replica(result, one_replica):
 
 
 def test_two_replica_mirrored_strategy_matches_one_replica(store, one_replica, tmp_path):
-    """Two logical CPUs as two replicas of batch 2: the same global batch of 4 as one replica of batch 4, so
-    (without dropout) the same weights up to float summation order; with dropout and lr_scaling=linear it
-    trains too."""
+    """Two CPU devices (TensorFlow logical CPUs, or XLA's forced host device count under JAX) as two replicas of
+    batch 2: the same global batch of 4 as one replica of batch 4, so (without dropout) the same weights up to
+    float summation order; with dropout and lr_scaling=linear it trains too."""
     _, root, patches = store
     common = _strategy_settings(root, patches, str(tmp_path))
     runs = [dict(common, strategy="mirrored", batch_size=2, dropout=0.0, run_name="mirrored"),
             dict(common, strategy="mirrored", batch_size=2, run_name="mirrored_dropout", select_on="train",
                  lr_scaling="linear")]
     script = _STRATEGY_SCRIPT.format(repo=REPO_DIR)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     done = subprocess.run([sys.executable, "-c", script, json.dumps(runs)], env=env, capture_output=True,
                           text=True, timeout=300)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -248,45 +262,24 @@ def test_two_replica_mirrored_strategy_matches_one_replica(store, one_replica, t
     assert np.isfinite(with_dropout["train_loss"]) and os.path.isfile(with_dropout["last"])
 
 
-_WORKER_SCRIPT = """
-import json, sys
-sys.path.insert(0, {repo!r})
-from config import make_config
-from train import train
-r = train(make_config("paper", json.loads(sys.argv[1])), verbose=0)
-print("RESULT " + json.dumps({{k: r[k] for k in ("replicas", "global_batch", "epochs_done", "global_step",
-                                               "train_loss", "val_loss", "last")}}))
-"""
-
-
-def test_two_worker_multiworker_strategy_matches_one_replica(store, one_replica, tmp_path):
-    """Two processes on localhost (TF_CONFIG) with MultiWorkerMirroredStrategy, batch 2 each; only the chief
-    (worker 0) writes checkpoints."""
-    import socket
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="runs each backend in a subprocess; once is enough")
+def test_strategies_a_backend_cannot_do_are_one_line_errors(store, tmp_path):
+    """Several hosts under TensorFlow (Keras 3's fit cannot), several devices or XLA under PyTorch (which never
+    imports TensorFlow on the way)."""
     _, root, patches = store
-    ports = []
-    for _ in range(2):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    values = dict(_strategy_settings(root, patches, str(tmp_path)), strategy="multiworker", batch_size=2,
-                  dropout=0.0, run_name="multiworker")
-    procs = []
-    for i in range(2):
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
-               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
-        procs.append(subprocess.Popen([sys.executable, "-c", _WORKER_SCRIPT.format(repo=REPO_DIR),
-                                       json.dumps(values)], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
-    outputs = [p.communicate(timeout=300) for p in procs]
-    results = []
-    for p, (out, err) in zip(procs, outputs):
-        lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
-        assert p.returncode == 0 and lines, err[-3000:]
-        results.append(json.loads(lines[-1][7:]))
-    assert results[0]["train_loss"] == results[1]["train_loss"]
-    _assert_matches_one_replica(results[0], one_replica)
+    cases = [("tensorflow", "strategy=multiworker", ["KERAS_BACKEND=jax", "keras-team/keras#20585", "mirrored"]),
+             ("torch", "strategy=mirrored", ["KERAS_BACKEND=jax or tensorflow", "strategy=default"]),
+             ("torch", "xla=true", ["KERAS_BACKEND=tensorflow or jax", "xla=false"])]
+    for backend, setting, words in cases:
+        args = [sys.executable, os.path.join(REPO_DIR, "train.py")]
+        for kv in _sets(root, patches, str(tmp_path)) + [setting]:
+            args += ["--set", kv]
+        done = subprocess.run(args, env={**os.environ, "KERAS_BACKEND": backend}, capture_output=True, text=True,
+                              timeout=300)
+        last = done.stderr.strip().splitlines()[-1]
+        assert done.returncode == 1 and last.startswith(f"error: {setting}"), (backend, done.stderr[-2000:])
+        assert all(w in last for w in words) and "Traceback" not in done.stderr, last
+    assert not os.path.exists(tmp_path / "failing" / "last.keras")
 
 
 def _main_error(capsys, *sets, extra=()):
@@ -343,11 +336,22 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(store, tmp_path):
     assert all(np.isfinite(w).all() for w in _weights(last))
 
 
+def _out_of_memory_error():
+    """The error each backend raises when the device runs out of memory."""
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+        return tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+    if BACKEND == "jax":
+        import jax
+        return jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.2GiB")
+    import torch
+    return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.20 GiB")
+
+
 def test_out_of_memory_names_batch_and_patch_size(store, tmp_path):
-    import tensorflow as tf
     from train import TrainError, train
     _, root, patches = store
-    oom = tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+    oom = _out_of_memory_error()
     with pytest.raises(TrainError) as exc:
         train(_cfg(root, patches, str(tmp_path)), callbacks=[_StopAt(1, oom)], verbose=0)
     message = str(exc.value)
@@ -383,3 +387,51 @@ def test_augmentation_keeps_dual_pixel_geometry():
     outs = [augment_patch(x[..., :3], y, t) for t in TRANSFORMS["single"]]
     assert len({o[0].tobytes() for o in outs}) == 8
     assert all(np.array_equal(o[0], o[1]) for o in (augment_patch(y, y, t) for t in TRANSFORMS["single"]))
+
+
+_OTHER_BACKEND_SCRIPT = """
+import json, sys
+sys.path.insert(0, {repo!r})
+import numpy as np
+import keras
+from config import Config
+from data_prep import open_store
+from train import PatchStream
+values, checkpoint, x_path = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+cfg = Config.from_dict(values)
+stream = PatchStream(open_store(cfg), cfg, cfg.batch_size)
+np.savez(x_path + ".batches.npz", *[a for step in range(12) for a in stream.train_batch(step)])
+np.save(x_path + ".out.npy", keras.models.load_model(checkpoint, compile=False).predict(np.load(x_path), verbose=0))
+print("RESULT " + keras.backend.backend())
+"""
+
+
+def test_checkpoint_and_batches_agree_across_backends(store, reference, tmp_path):
+    """The reference run's checkpoint, written under this backend, gives the same outputs under the other one;
+    the loader's batches (augmentation included) are the same bytes under both."""
+    import keras
+    from config import Config
+    from data_prep import open_store
+    from train import PatchStream
+    base, root, patches = store
+    result = reference[0]
+    values = _cfg(root, patches, str(base / "ckpt"), run_name="reference", **RESUME_SETTINGS).to_dict()
+    x = np.random.default_rng(5).random((2, 64, 96, 6), dtype=np.float32)
+    x_path = str(tmp_path / "x.npy")
+    np.save(x_path, x)
+    env = {**os.environ, "KERAS_BACKEND": OTHER_BACKEND, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-c", _OTHER_BACKEND_SCRIPT.format(repo=REPO_DIR), json.dumps(values),
+                           result["last"], x_path], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and f"RESULT {OTHER_BACKEND}" in done.stdout, done.stderr[-3000:]
+
+    mine = keras.models.load_model(result["last"], compile=False).predict(x, verbose=0)
+    theirs = np.load(x_path + ".out.npy")
+    assert mine.shape == theirs.shape == (2, 64, 96, 3)
+    assert np.abs(mine - theirs).max() < 1e-5 and mine.std() > 1e-3
+
+    cfg = Config.from_dict(values)
+    stream = PatchStream(open_store(cfg), cfg, cfg.batch_size)
+    ours = [a for step in range(12) for a in stream.train_batch(step)]
+    other = np.load(x_path + ".batches.npz")
+    assert len(other.files) == len(ours) == 24
+    assert all(a.dtype == np.uint16 and np.array_equal(a, other[f"arr_{i}"]) for i, a in enumerate(ours))
