@@ -216,27 +216,28 @@ def load_keras2_hdf5(path: str, cfg: Config, bgr: bool = True):
     and the output layer's channels are reversed per view, so the model takes and returns RGB.
     """
     import keras
-    k2 = read_keras2_hdf5(path)
-    if k2.in_channels not in BGR_PERM:
-        raise WeightsError(f"{path}: first layer takes {k2.in_channels} channels; DPDNet takes 6 (dual) or 3 (single)")
-    arch = {"input_mode": "dual" if k2.in_channels == 6 else "single", "base_filters": k2.base_filters,
-            "depth": k2.depth, "head": "sigmoid"}
+    saved = read_keras2_hdf5(path)
+    if saved.in_channels not in BGR_PERM:
+        raise WeightsError(f"{path}: first layer takes {saved.in_channels} channels; DPDNet takes 6 (dual) or 3 "
+                           f"(single)")
+    arch = {"input_mode": "dual" if saved.in_channels == 6 else "single", "base_filters": saved.base_filters,
+            "depth": saved.depth, "head": "sigmoid"}
     model_cfg = _with_arch(cfg, arch)
     model = _build(model_cfg)
     ours = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
-    if len(ours) != len(k2.convs):
-        raise WeightsError(f"{path}: {len(k2.convs)} conv layers, our {mode_name(model_cfg.input_mode)} of depth "
+    if len(ours) != len(saved.convs):
+        raise WeightsError(f"{path}: {len(saved.convs)} conv layers, our {mode_name(model_cfg.input_mode)} of depth "
                            f"{model_cfg.depth} has {len(ours)}")
-    for layer, (name, kernel, bias) in zip(ours, k2.convs):
+    for layer, (name, kernel, bias) in zip(ours, saved.convs):
         want = (tuple(layer.kernel.shape), tuple(layer.bias.shape))
         if (kernel.shape, bias.shape) != want:
             raise WeightsError(f"{path}: layer {name} has kernel {kernel.shape} and bias {bias.shape}, but our "
                                f"{layer.name} needs {want[0]} and {want[1]}: not a DPDNet of this shape")
     if bgr:
-        first, last = k2.convs[0], k2.convs[-1]
-        k2.convs[0] = (first[0], first[1][:, :, BGR_PERM[k2.in_channels], :], first[2])
-        k2.convs[-1] = (last[0], last[1][..., BGR_PERM[3]], last[2][BGR_PERM[3]])
-    for layer, (_, kernel, bias) in zip(ours, k2.convs):
+        first, last = saved.convs[0], saved.convs[-1]
+        saved.convs[0] = (first[0], first[1][:, :, BGR_PERM[saved.in_channels], :], first[2])
+        saved.convs[-1] = (last[0], last[1][..., BGR_PERM[3]], last[2][BGR_PERM[3]])
+    for layer, (_, kernel, bias) in zip(ours, saved.convs):
         layer.set_weights([kernel, bias])
     return model, model_cfg
 

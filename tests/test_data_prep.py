@@ -3,6 +3,7 @@ pixels (pass-through, rotation, area downscaling, 8-bit), bad input, idempotence
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 
 import data_prep
 from config import make_config
+from fileio import is_temporary
 from images import write_image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -315,6 +317,12 @@ def test_mixed_bit_depths_are_refused(tmp_path):
     write_image(str(root / "train_l/source/train01_L.png"), textured(rng, 150, 230), 8)
     msg = run_main(root, store, **SMALL)
     assert "train01_L.png: 8-bit, but" in msg and "train01.png is 16-bit" in msg
+    # An 8-bit split beside a 16-bit split kept from the store.
+    make_scene(root, "train", "train01", 150, 230, rng)
+    assert run_main(root, store, **SMALL) is None
+    make_scene(root, "val", "val00", 150, 230, rng, bits=8)
+    msg = run_main(root, store, **SMALL)
+    assert msg.startswith("error: the dataset mixes bit depths") and "val00.png is 8-bit" in msg
 
 
 def test_missing_root_exits_1_without_tensorflow(tmp_path):
@@ -373,24 +381,25 @@ def test_bad_input_names_the_file(tmp_path, case, workers):
         data_prep.open_store(cfg_for(root, store, **SMALL))
 
 
-def test_rerun_reuses_and_rebuilds_changed_scenes(tmp_path, capsys):
+def test_rerun_keeps_an_up_to_date_store_and_rebuilds_a_changed_split(tmp_path, capsys):
     root, store = tmp_path / "data", tmp_path / "store"
     scenes = make_dataset(root, 3, 1, 150, 230)
     assert run_main(root, store, **SMALL) is None
     first = snapshot(store)
-    mtimes = {p: os.stat(store / p).st_mtime_ns for p in first if p.endswith(".npy")}
+    mtimes = {p: os.stat(store / p).st_mtime_ns for p in first}
     capsys.readouterr()
     assert run_main(root, store, **SMALL) is None
-    assert "4 scenes already complete, 0 to build" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "4 scenes kept from the store, 0 to build" in out and "the patch store is up to date" in out
     assert snapshot(store) == first
-    assert {p: os.stat(store / p).st_mtime_ns for p in mtimes} == mtimes
-    # A changed dataset image: only that scene is rebuilt, and its new content is stored.
+    assert {p: os.stat(store / p).st_mtime_ns for p in mtimes} == mtimes  # nothing was rewritten
+    # A changed dataset image: its split is rebuilt (the other split is kept), with the new content.
     time.sleep(0.01)
     new_target = textured(np.random.default_rng(42), 150, 230)
     write_image(scenes["train/train01"]["target"][0], new_target)
     assert run_main(root, store, **SMALL) is None
-    assert "3 scenes already complete, 1 to build" in capsys.readouterr().out
-    assert os.stat(store / "train/train00.npy").st_mtime_ns == mtimes["train/train00.npy"]
+    assert "1 scenes kept from the store, 3 to build" in capsys.readouterr().out
+    assert os.stat(store / "val/val00.npy").st_mtime_ns == mtimes["val/val00.npy"]
     png = cv2.imread(scenes["train/train01"]["target"][0], cv2.IMREAD_UNCHANGED)[:, :, ::-1]
     np.testing.assert_array_equal(stored(store, "train", "train01")[:, :, 9:12], png)
     # A scene removed from the dataset leaves the store.
@@ -441,7 +450,7 @@ def test_open_store_refuses_damage(tmp_path):
         f.truncate(1000)
     with pytest.raises(data_prep.StoreError, match="train01.npy: missing or not the size"):
         data_prep.open_store(cfg)
-    # data_prep notices the damaged scene and rebuilds it.
+    # data_prep notices the damage and rebuilds the store.
     data_prep.build_store(cfg, progress=False)
     assert data_prep.open_store(cfg).index["train"].shape == (56, 3)
 
@@ -454,8 +463,10 @@ def test_split_option_builds_one_split_at_a_time(tmp_path, capsys):
     opened = data_prep.open_store(cfg_for(root, store, **SMALL))
     assert len(opened.index["train"]) == 56 and len(opened.index["val"]) == 0
     capsys.readouterr()
+    train_mtime = os.stat(store / "train/train00.npy").st_mtime_ns
     assert run_main(root, store, "--split", "val", **SMALL) is None
-    assert "2 scenes already complete, 2 to build" in capsys.readouterr().out
+    assert "2 scenes kept from the store, 2 to build" in capsys.readouterr().out
+    assert os.stat(store / "train/train00.npy").st_mtime_ns == train_mtime  # the train split was kept as it was
     opened = data_prep.open_store(cfg_for(root, store, **SMALL))
     assert len(opened.index["train"]) == 56 and len(opened.index["val"]) == 24
 
@@ -466,10 +477,10 @@ def test_interrupted_runs_resume_to_the_clean_store(tmp_path, monkeypatch):
     overrides = {**SMALL, "working_width": 360, "working_height": 240, "data_workers": 2}
     assert run_main(root, store, **overrides) is None
     clean = snapshot(store)
-    assert {"index.csv", "manifest.json", "config.json", "train/train09.npy", "val/val03.json"} <= set(clean)
+    assert {"index.csv", "manifest.json", "config.json", "train/train09.npy", "val/val03.npy"} <= set(clean)
 
     # Ctrl-C in the middle of writing the 5th scene (one process, so the interruption is deterministic).
-    data_prep.clear_store(str(store))
+    shutil.rmtree(store)
     calls = []
     real_save = np.save
 
@@ -494,20 +505,20 @@ def test_interrupted_runs_resume_to_the_clean_store(tmp_path, monkeypatch):
 
     # Ctrl-C in a terminal (SIGINT to the process group), then SIGKILL of the group, while the workers write.
     for sig in (signal.SIGINT, signal.SIGKILL):
-        data_prep.clear_store(str(store))
+        shutil.rmtree(store)
         proc = subprocess.Popen([sys.executable, "data_prep.py"] + argv_for(root, store, **overrides), cwd=REPO,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
         deadline = time.time() + 60
-        while time.time() < deadline and not (os.path.isdir(store / "train") and
-                                              any(n.endswith(".json") for n in os.listdir(store / "train"))):
+        while time.time() < deadline and not (os.path.isdir(store / "train") and any(
+                n.endswith(".npy") and not is_temporary(n) for n in os.listdir(store / "train"))):
             time.sleep(0.005)
         os.killpg(proc.pid, sig)
         err = proc.communicate(timeout=60)[1]
         left = snapshot(store)
         assert "manifest.json" not in left and any(p.endswith(".npy") for p in left)
-        assert len([p for p in left if p.endswith(".json") and "/" in p]) < 14
+        assert len([p for p in left if p.endswith(".npy")]) < 14
         if sig == signal.SIGINT:
-            assert proc.returncode == 130 and "interrupted: completed scenes are kept" in err
+            assert proc.returncode == 130 and "interrupted: the store is incomplete" in err
             assert "Traceback" not in err and not [p for p in left if "tmp" in p]
         with pytest.raises(data_prep.StoreError):
             data_prep.open_store(cfg_for(root, store, **overrides))
