@@ -65,15 +65,10 @@ def describe_model(model, path: str = "model") -> dict:
 
 
 def _build(cfg: Config):
-    """Our model for cfg under cfg.precision's dtype policy (restoring the global policy afterwards)."""
-    import keras
-    from model import build_model
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(cfg.precision)
-    try:
+    """Our model for cfg under cfg.precision's dtype policy."""
+    from model import build_model, dtype_policy
+    with dtype_policy(cfg.precision):
         return build_model(cfg)
-    finally:
-        keras.config.set_dtype_policy(previous)
 
 
 def _with_arch(cfg: Config, arch: dict) -> Config:
