@@ -74,17 +74,20 @@ def dtype_policy(precision: str):
         keras.config.set_dtype_policy(previous)
 
 
-def _conv(filters: int, kernel: int, name: str, activation: str = "relu", **kwargs) -> layers.Conv2D:
+def _conv(filters: int, kernel: int, name: str, seed: int, activation: str = "relu", **kwargs) -> layers.Conv2D:
     return layers.Conv2D(filters, kernel, padding="same", activation=activation,
-                         kernel_initializer="he_normal", name=name, **kwargs)
+                         kernel_initializer=keras.initializers.HeNormal(seed), name=name, **kwargs)
 
 
 def build_model(cfg: Config, height: int | None = None, width: int | None = None) -> keras.Model:
     """The DPDNet Keras model for `cfg`; fully convolutional unless height/width are given.
 
     Width (base_filters) and depth come from the config. Under a mixed-precision policy the
-    output layer still computes and returns float32.
+    output layer still computes and returns float32. Every initializer and dropout layer is seeded from
+    cfg.seed, so the same config gives the same network on every backend without Keras' global seed (whose
+    setter imports TensorFlow wherever it is installed, also under PyTorch).
     """
+    seeds = iter(range(cfg.seed * 1000, cfg.seed * 1000 + 1000))
     check_input_shape((height, width, cfg.in_channels), cfg)
     inputs = keras.Input((height, width, cfg.in_channels), name="dp_views" if cfg.input_mode == "dual" else "image")
     x = InputGuard(2 ** cfg.depth, cfg.in_channels, cfg.input_mode, name="input_guard")(inputs)
@@ -92,31 +95,32 @@ def build_model(cfg: Config, height: int | None = None, width: int | None = None
     skips = []
     for level in range(1, cfg.depth + 1):
         filters = cfg.base_filters * 2 ** (level - 1)
-        x = _conv(filters, 3, f"enc{level}_conv1")(x)
-        x = _conv(filters, 3, f"enc{level}_conv2")(x)
+        x = _conv(filters, 3, f"enc{level}_conv1", next(seeds))(x)
+        x = _conv(filters, 3, f"enc{level}_conv2", next(seeds))(x)
         if level == cfg.depth:
-            x = layers.Dropout(cfg.dropout, name=f"enc{level}_dropout")(x)
+            x = layers.Dropout(cfg.dropout, seed=next(seeds), name=f"enc{level}_dropout")(x)
         skips.append(x)
         x = layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
 
     filters = cfg.base_filters * 2 ** cfg.depth
-    x = _conv(filters, 3, "bottleneck_conv1")(x)
-    x = _conv(filters, 3, "bottleneck_conv2")(x)
-    x = layers.Dropout(cfg.dropout, name="bottleneck_dropout")(x)
+    x = _conv(filters, 3, "bottleneck_conv1", next(seeds))(x)
+    x = _conv(filters, 3, "bottleneck_conv2", next(seeds))(x)
+    x = layers.Dropout(cfg.dropout, seed=next(seeds), name="bottleneck_dropout")(x)
 
     for level in range(cfg.depth, 0, -1):
         filters = cfg.base_filters * 2 ** (level - 1)
         x = layers.UpSampling2D(2, interpolation="nearest", name=f"dec{level}_upsample")(x)
-        x = _conv(filters, 2, f"dec{level}_upconv")(x)
+        x = _conv(filters, 2, f"dec{level}_upconv", next(seeds))(x)
         x = layers.Concatenate(name=f"dec{level}_concat")([skips[level - 1], x])
-        x = _conv(filters, 3, f"dec{level}_conv1")(x)
-        x = _conv(filters, 3, f"dec{level}_conv2")(x)
+        x = _conv(filters, 3, f"dec{level}_conv1", next(seeds))(x)
+        x = _conv(filters, 3, f"dec{level}_conv2", next(seeds))(x)
 
     # The residual head's correction is linear in the decoder features: behind a 3-channel ReLU (the paper's
     # head_conv) it often died early in training (all three units negative, the network stuck at its input).
-    x = _conv(3, 3, "head_conv", activation="relu" if cfg.head == "sigmoid" else None)(x)
+    x = _conv(3, 3, "head_conv", next(seeds), activation="relu" if cfg.head == "sigmoid" else None)(x)
     if cfg.head == "sigmoid":
-        outputs = layers.Conv2D(3, 1, activation="sigmoid", kernel_initializer="glorot_uniform",
+        outputs = layers.Conv2D(3, 1, activation="sigmoid",
+                                kernel_initializer=keras.initializers.GlorotUniform(next(seeds)),
                                 name="output", dtype="float32")(x)
     else:
         # Demo option: the mean of the input views plus a correction that starts at zero, so the
