@@ -130,7 +130,7 @@ def render_page(run_dir: str, rows: list[dict], summary: dict, dual: bool, page_
         cells = "".join(f"<td class=num>{_num(r.get(m), m)}<br><span class=gain>{_num(gain(r, m), m, True)}</span></td>"
                         for m in METRICS)
         views = (f"<div class=views>{img(t['left'], 'view', 'left view')}{img(t['right'], 'view', 'right view')}"
-                 f"<br>left / right views</div>" if dual else "")
+                 f"left / right views</div>" if dual else "")
         figures = "".join(f"<figure>{img(t[role], 'thumb', role)}<figcaption>{caption}</figcaption>"
                           f"{img(t['crop_' + role], 'crop', role + ' crop')}</figure>"
                           for role, caption in (("input", "blurry input"), ("output", "output"),
@@ -150,7 +150,8 @@ table.summary td {{ text-align: right; }} .num {{ text-align: right; white-space
 .gain {{ color: #07a; font-size: 90%; }} th.sortable {{ cursor: pointer; background: #eef; }}
 figure {{ display: inline-block; margin: 0 4px; text-align: center; }} figcaption {{ font-size: 90%; }}
 img.thumb {{ width: {THUMB_WIDTH}px; display: block; }} img.crop {{ display: block; image-rendering: pixelated; margin: 2px auto; }} img.view {{ width: {VIEW_WIDTH}px; margin: 1px; }}
-.views {{ display: inline-block; vertical-align: top; text-align: center; font-size: 90%; }}
+.views {{ display: inline-block; vertical-align: top; text-align: center; font-size: 90%; white-space: normal; }}
+td.imgs {{ white-space: nowrap; }} img.view {{ display: block; }} figure {{ vertical-align: top; }}
 </style></head><body>
 <h1>{html.escape(summary['model'])} on {summary['images']} test images</h1>
 {('<p>' + link_html + '</p>') if link_html else ''}
