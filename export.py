@@ -2,7 +2,7 @@
 LiteRT (TFLite) file plus its float16 and dynamic-range int8 variants, or ONNX (both at a fixed size). Each file
 is run once on a random dual-pixel input before success is reported: largest difference to Keras, size, latency.
 
-    python export.py --weights checkpoints/demo/best.keras --preset demo --format onnx --out demo.onnx --height 208 --width 320
+    python export.py --weights checkpoints/demo/best.keras --format onnx --out demo.onnx --height 208 --width 320
     python export.py --weights dpdnet.hdf5 --format litert --out dpdnet.tflite           # 1120x1680
     python export.py --weights dpdnet.hdf5 --format saved_model --out dpdnet_savedmodel  # any multiple of 16
 
@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-import backends  # noqa: F401  (before keras: one line if KERAS_BACKEND is not installed)
+import backends  # before keras: one line if KERAS_BACKEND is not installed
 from config import Config, add_config_args, config_from_args
 from fileio import atomic_dir, atomic_path
 
@@ -64,7 +64,8 @@ def parse_args(argv):
     parser.add_argument("--width", type=int, default=1680, help="input width (default 1680)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per latency (median; default 3)")
     parser.add_argument("--tolerance", type=float, default=FLOAT32_TOLERANCE,
-                        help=f"largest |difference| to Keras accepted for float32 files (default {FLOAT32_TOLERANCE:g})")
+                        help=f"largest |difference| to Keras accepted for float32 files "
+                             f"(default {FLOAT32_TOLERANCE:g})")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     add_config_args(parser)
     return parser.parse_args(argv)
@@ -136,6 +137,7 @@ def export_model(model, model_cfg: Config, fmt: str, out: str, height: int, widt
     net = deployable(model, model_cfg, None if dynamic else height, None if dynamic else width)
     shape = (None, None, None) if dynamic else (1, height, width)
     signature = [tf.TensorSpec(shape + (model_cfg.in_channels,), tf.float32, name=net.inputs[0].name)]
+    reference = keras_reference(model, height, width, model_cfg.in_channels, repeats)
     report = []
     for path, variant in zip(paths, LITERT_VARIANTS if fmt == "litert" else [""]):
         kwargs = {}
@@ -145,8 +147,7 @@ def export_model(model, model_cfg: Config, fmt: str, out: str, height: int, widt
             kwargs["target_spec"] = {"supported_types": [tf.float16]}
         with (atomic_dir if dynamic else atomic_path)(path) as tmp:
             net.export(tmp, format=KERAS_FORMAT[fmt], input_signature=signature, verbose=False, **kwargs)
-            r = {**check_export(model, tmp, fmt, height, width, model_cfg, repeats), "path": path,
-                 "quantised": bool(variant)}
+            r = {**check_export(tmp, fmt, reference, repeats), "path": path, "quantised": bool(variant)}
             if not variant and r["max_abs_diff"] > tolerance:
                 raise ExportError(f"{path}: differs from the Keras model by up to {r['max_abs_diff']:.2e} (more "
                                   f"than {tolerance:g}); not written")
@@ -217,22 +218,27 @@ def file_size(path: str) -> int:
     return os.path.getsize(path)
 
 
-def check_export(model, path: str, fmt: str, height: int, width: int, model_cfg: Config, repeats: int = 3) -> dict:
-    """Run the exported file and the Keras model on the same random input: differences, size, latencies."""
+def keras_reference(model, height: int, width: int, channels: int, repeats: int = 3) -> dict:
+    """The check's random input, the Keras model's clamped output on it and the Keras latency."""
     from inference import forward
-    x = random_input(height, width, model_cfg.in_channels)
-    keras_s, want = median_seconds(lambda v: np.clip(forward(model, v[0]), 0.0, 1.0)[None], x, repeats)
+    x = random_input(height, width, channels)
+    seconds, y = median_seconds(lambda v: np.clip(forward(model, v[0]), 0.0, 1.0)[None], x, repeats)
+    return {"x": x, "y": y, "seconds": seconds}
+
+
+def check_export(path: str, fmt: str, reference: dict, repeats: int = 3) -> dict:
+    """Run the exported file on the reference input: its differences to Keras, size and latency beside Keras'."""
     try:
-        run = runner(path, fmt)
-        got_s, got = median_seconds(run, x, repeats)
+        got_s, got = median_seconds(runner(path, fmt), reference["x"], repeats)
     except Exception as e:  # the runtime's own message, on one line
-        raise ExportError(f"{path}: the exported file does not run ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
-    got = np.asarray(got, dtype=np.float32)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExportError(f"{path}: the exported file does not run ({first})") from None
+    got, want = np.asarray(got, dtype=np.float32), reference["y"]
     if got.shape != want.shape:
         raise ExportError(f"{path}: returns shape {got.shape}, Keras {want.shape}")
     diff = np.abs(got - want)
-    return {"path": path, "format": fmt, "bytes": file_size(path), "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-            "seconds": got_s, "keras_seconds": keras_s, "in_range": bool(got.min() >= 0 and got.max() <= 1)}
+    return {"path": path, "format": fmt, "bytes": file_size(path), "max_abs_diff": float(diff.max()),
+            "mean_abs_diff": float(diff.mean()), "seconds": got_s, "keras_seconds": reference["seconds"]}
 
 
 def print_report(report: list[dict], model_cfg: Config, height: int, width: int) -> None:

@@ -25,7 +25,8 @@ CROP_HEIGHT = 120     # at least 160 px wide, enlarged by nearest neighbour
 
 def thumbnail_names(name: str, dual: bool) -> dict[str, str]:
     """The page/ files of one scene, by role."""
-    roles = ["input", "output", "target", "crop_input", "crop_output", "crop_target"] + (["left", "right"] if dual else [])
+    roles = ["input", "output", "target", "crop_input", "crop_output", "crop_target"]
+    roles += ["left", "right"] if dual else []
     return {role: f"page/{name}_{role}.png" for role in roles}
 
 
@@ -97,12 +98,14 @@ def _summary_table(summary: dict) -> str:
 
 
 def _notes(summary: dict) -> list[str]:
-    run = summary.get("run", {})
-    notes = [f"Weights: {summary['weights']}" + (f" (SHA-256 {run['weights_sha256']})" if run.get("weights_sha256") else ""),
-             f"Backend: {run.get('backend', '?')} {run.get('backend_version', '')}, precision {run.get('precision', '?')}, "
-             + (f"tiles of {summary['tile']} px overlapping by {summary['tile_overlap']} px" if summary.get("tile")
-                else "whole image in one pass"),
-             f"LPIPS: {summary['lpips']['status']}" + (f" ({summary['lpips']['reason']})" if summary['lpips'].get('reason') else ""),
+    run, lp = summary.get("run", {}), summary["lpips"]
+    sha = f" (SHA-256 {run['weights_sha256']})" if run.get("weights_sha256") else ""
+    tiling = (f"tiles of {summary['tile']} px overlapping by {summary['tile_overlap']} px" if summary.get("tile")
+              else "whole image in one pass")
+    notes = [f"Weights: {summary['weights']}{sha}",
+             f"Backend: {run.get('backend', '?')} {run.get('backend_version', '')}, "
+             f"precision {run.get('precision', '?')}, {tiling}",
+             f"LPIPS: {lp['status']}" + (f" ({lp['reason']})" if lp.get("reason") else ""),
              f"Indoor/outdoor labels: {summary['categories_note']}"]
     notes += summary.get("categories_disagreements", [])
     return notes + list(summary.get("protocol_notes", []))
@@ -138,18 +141,21 @@ def render_page(run_dir: str, rows: list[dict], summary: dict, dual: bool, page_
         trs.append(f"<tr {data}><td>{rank}</td><td><b>{html.escape(r['name'])}</b><br>{html.escape(r['category'])}"
                    f"<br><a href=\"{html.escape(prefix + 'images/' + r['name'] + '.png')}\">16-bit output</a>"
                    f"</td>{cells}<td class=imgs>{views}{figures}</td></tr>")
-    link_html = " · ".join(f'<a href="{html.escape(href)}">{html.escape(text)}</a>' for text, href in (links or {}).items())
+    link_html = " · ".join(f'<a href="{html.escape(href)}">{html.escape(text)}</a>'
+                           for text, href in (links or {}).items())
+    title = f"{summary['model']}: {os.path.basename(os.path.normpath(run_dir))}"
     head_cells = "".join(f'<th class=sortable data-key="{m}">{m.upper()}<br><span class=gain>gain</span></th>'
                          for m in METRICS)
     page = f"""<!DOCTYPE html>
-<html lang=en><head><meta charset=utf-8><title>{html.escape(summary['model'])}: {html.escape(os.path.basename(os.path.normpath(run_dir)))}</title>
+<html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>
 <style>
 body {{ font: 14px sans-serif; margin: 1em; color: #222; }}
 table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 3px 6px; vertical-align: top; }}
 table.summary td {{ text-align: right; }} .num {{ text-align: right; white-space: nowrap; }}
 .gain {{ color: #07a; font-size: 90%; }} th.sortable {{ cursor: pointer; background: #eef; }}
 figure {{ display: inline-block; margin: 0 4px; text-align: center; }} figcaption {{ font-size: 90%; }}
-img.thumb {{ width: {THUMB_WIDTH}px; display: block; }} img.crop {{ display: block; image-rendering: pixelated; margin: 2px auto; }} img.view {{ width: {VIEW_WIDTH}px; margin: 1px; }}
+img.thumb {{ width: {THUMB_WIDTH}px; display: block; }} img.view {{ width: {VIEW_WIDTH}px; margin: 1px; }}
+img.crop {{ display: block; image-rendering: pixelated; margin: 2px auto; }}
 .views {{ display: inline-block; vertical-align: top; text-align: center; font-size: 90%; white-space: normal; }}
 td.imgs {{ white-space: nowrap; }} img.view {{ display: block; }} figure {{ vertical-align: top; }}
 </style></head><body>
@@ -162,7 +168,8 @@ for every metric). Rows are ordered by PSNR gain; click a column to sort by its 
 Thumbnails and crops are 8-bit; the crop (marked in yellow) is where the input differs most from the ground truth,
 enlarged without interpolation.</p>
 <ul>{''.join('<li>' + html.escape(n) + '</li>' for n in _notes(summary))}</ul>
-<table id=images><thead><tr><th>#</th><th>Scene</th>{head_cells}<th>input · output · ground truth, crops below</th></tr></thead>
+<table id=images><thead><tr><th>#</th><th>Scene</th>{head_cells}
+<th>input · output · ground truth, crops below</th></tr></thead>
 <tbody>
 {chr(10).join(trs)}
 </tbody></table>
