@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import metrics
+import results_page
 from config import make_config
 from evalkit import TINY, load_script, make_test_split, save_checkpoint, tiny_model
 from images import read_image, to_float
@@ -112,3 +113,14 @@ def test_page_structure_numbers_and_files(tmp_path, mode):
     assert by_label["Blurry input"][8] == f"{summary['input_groups']['combined']['psnr']:.2f}"
     assert summary["input_groups"]["combined"]["psnr"] == pytest.approx(
         np.mean([float(c["input_psnr"]) for c in csv_rows.values()]), abs=1e-12)
+
+    # a page written elsewhere (demo.py's results/demo/index.html) links into the run's folder
+    rows, _ = T.read_rows(os.path.join(out, "metrics.csv"))
+    elsewhere = results_page.render_page(out, rows, summary, mode == "dual", str(tmp_path / "index.html"),
+                                         links={"other run": "single/index.html"})
+    moved = Page()
+    with open(elsewhere) as f:
+        moved.feed(f.read())
+    local = [r for r in moved.refs if r != "single/index.html"]
+    assert len(local) == len(page.refs) and all(os.path.isfile(tmp_path / r) for r in local)
+    assert all(r.startswith(os.path.relpath(out, str(tmp_path)) + "/") for r in local)
