@@ -8,7 +8,8 @@ itself, and save a Table-1-style summary and a picture. A toy-scale demonstratio
 
 Writes, under the repository (or --root): synthetic_demo/ (the data, DPDD layout), patches/demo/, checkpoints/
 demo/ and checkpoints/demo_single/, and results/demo/: summary.md, summary.json, comparison.png, config.json,
-and test.py's per-image results in dual/ and single/ (with --quick: *_quick names). A rerun reuses what is done.
+index.html (the results page) and test.py's per-image results in dual/ and single/ (with --quick: *_quick names).
+A rerun reuses what is done.
 """
 
 from __future__ import annotations
@@ -315,6 +316,9 @@ def run(args: argparse.Namespace) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     save_comparison(os.path.join(out_dir, "comparison.png"), {s.source: s for s in scenes}, names, per_image, out_dirs)
     stage("picture", t0)
+    import results_page  # results/demo/index.html: DPDNet's per-image page, with a link to DPDNet-Single's
+    results_page.render_page(out_dirs["DPDNet"], rows["DPDNet"], summaries["DPDNet"], dual=True,
+                             page_path=os.path.join(out_dir, "index.html"), links={"DPDNet-Single": "single/index.html"})
     seconds["total"] = time.perf_counter() - t_start
 
     steps = {label: results[label]["global_step"] for label in results}

@@ -115,11 +115,79 @@ def compare_with_official(split: str, scenes: list[Scene]) -> list[str]:
     return warnings
 
 
-def test_categories(root: str | None = None) -> dict[str, str]:
-    """Test scene source name -> 'indoor' / 'outdoor'; the dataset's own test_categories.csv wins over the
-    shipped DPDD labels."""
-    path = TEST_CATEGORIES_CSV
+AUTHOR_LABEL_FILES = {"indoor": "indoor_labels.npy", "outdoor": "outdoor_labels.npy"}
+SHIPPED_LABELS_NOTE = ("data/dpdd_test_categories.csv, a third-party copy of the DPDD test labels (37 indoor / 39 "
+                       "outdoor, consistent with the paper) that has not been checked against the authors' own label "
+                       "arrays; the per-category means depend on it, the combined mean does not.")
+
+
+@dataclass(frozen=True)
+class Labels:
+    categories: dict   # test scene source name -> 'indoor' / 'outdoor'
+    source: str        # the file(s) they came from
+    note: str          # one sentence for result summaries
+    disagreements: list  # per scene, where the authors' arrays and the CSV they replace differ
+
+
+def load_test_labels(root: str | None = None) -> Labels:
+    """The test set's indoor/outdoor labels and where they came from. The authors' indoor_labels.npy and
+    outdoor_labels.npy in the dataset root win; then the dataset's own test_categories.csv; then the shipped copy.
+    Where the authors' arrays win, each scene the CSV labels otherwise is listed in `disagreements`."""
+    csv_path = TEST_CATEGORIES_CSV
     if root and os.path.isfile(os.path.join(root, "test_categories.csv")):
-        path = os.path.join(root, "test_categories.csv")
-    with open(path, newline="") as f:
-        return {row["source"]: row["category"] for row in csv.DictReader(f)}
+        csv_path = os.path.join(root, "test_categories.csv")
+    with open(csv_path, newline="") as f:
+        from_csv = {row["source"]: row["category"] for row in csv.DictReader(f)}
+    csv_note = (f"{csv_path} (the dataset's own)." if csv_path != TEST_CATEGORIES_CSV else SHIPPED_LABELS_NOTE)
+    authors = read_author_labels(root) if root else None
+    if authors is None:
+        return Labels(from_csv, csv_path, csv_note, [])
+    disagreements = [f"{name}: {cat} in the authors' arrays, {from_csv[name]} in {os.path.basename(csv_path)}"
+                     for name, cat in sorted(authors.items()) if name in from_csv and from_csv[name] != cat]
+    files = " and ".join(os.path.join(root, n) for n in AUTHOR_LABEL_FILES.values())
+    note = (f"{files}, the authors' own label arrays ({sum(c == 'indoor' for c in authors.values())} indoor / "
+            f"{sum(c == 'outdoor' for c in authors.values())} outdoor); "
+            + (f"{len(disagreements)} scene(s) labelled otherwise in {csv_path}." if disagreements
+               else f"they agree with {csv_path} on every scene both label."))
+    return Labels(authors, files, note, disagreements)
+
+
+def read_author_labels(root: str) -> dict[str, str] | None:
+    """{source: category} from the authors' label arrays in `root`, or None when neither file is there.
+
+    Their format, as their test script (and Restormer's) uses it: each .npy holds a 1-D integer array of 1-based
+    indices into the test scenes sorted by name (metric[indoor_labels - 1] are the indoor images)."""
+    paths = {cat: os.path.join(root, name) for cat, name in AUTHOR_LABEL_FILES.items()}
+    present = [p for p in paths.values() if os.path.isfile(p)]
+    if not present:
+        return None
+    if len(present) == 1:
+        missing = [p for p in paths.values() if p not in present][0]
+        raise DatasetError(f"{missing}: missing beside {present[0]} (the authors' label files come as a pair)")
+    import numpy as np
+    scenes = list_scenes(root, "test")
+    out: dict[str, str] = {}
+    for cat, path in paths.items():
+        try:
+            indices = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise DatasetError(f"{path}: not a NumPy array of scene indices ({str(e).splitlines()[0]})") from None
+        indices = np.asarray(indices).ravel()
+        if indices.dtype.kind == "f" and np.all(indices == np.round(indices)):
+            indices = indices.astype(np.int64)
+        if indices.dtype.kind not in "iu":
+            raise DatasetError(f"{path}: holds {indices.dtype} values; expected 1-based integer scene indices")
+        for i in indices.tolist():
+            if not 1 <= i <= len(scenes):
+                raise DatasetError(f"{path}: index {i} is outside 1..{len(scenes)} (1-based indices into the "
+                                   f"{len(scenes)} name-sorted test scenes)")
+            name = scenes[i - 1].source
+            if out.get(name, cat) != cat:
+                raise DatasetError(f"{path}: scene {i} ({name}) is also in {paths[out[name]]}")
+            out[name] = cat
+    return out
+
+
+def test_categories(root: str | None = None) -> dict[str, str]:
+    """Test scene source name -> 'indoor' / 'outdoor', from the source load_test_labels() picks."""
+    return load_test_labels(root).categories

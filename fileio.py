@@ -7,6 +7,7 @@ import contextlib
 import csv
 import json
 import os
+import shutil
 import tempfile
 
 _UMASK = os.umask(0)
@@ -64,3 +65,25 @@ def atomic_write_csv(path: str, header: list[str], rows: list[list]) -> None:
 def is_temporary(name: str) -> bool:
     """True for the leftovers of atomic_path (a killed process cannot clean up after itself)."""
     return os.path.basename(name).startswith(".") and ".tmp" in os.path.basename(name)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str):
+    """Yield a temporary folder path next to `path` (not yet created); on success move it onto `path` (replacing
+    an older folder), on failure remove it. For outputs that are folders, such as a SavedModel."""
+    parent = os.path.dirname(os.path.abspath(path)) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.normpath(path))}.", suffix=".tmp", dir=parent)
+    os.rmdir(tmp)  # writers such as Keras' export create the folder themselves
+    try:
+        yield tmp
+        if os.path.isdir(path):
+            old = tmp + ".old"
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -4,8 +4,11 @@ output clamped to [0, 1], PSNR/SSIM/MAE/LPIPS on floats per image, then indoor/o
     python test.py --weights checkpoints/dpdnet/best.keras        # or the authors' .hdf5
     python test.py --preset single --weights dpdnet_single.hdf5
 
-Writes results/<run_name>/: images/<scene>.png (16-bit), metrics.csv, summary.md, summary.json, config.json.
-Images are streamed (the next scene is read while the current one runs), so memory does not grow with the
+Writes results/<run_name>/: images/<scene>.png (16-bit), metrics.csv (each image's metrics and its blurry
+input's), summary.md, summary.json, config.json, run_info.json, and index.html, the results page (thumbnails in
+page/). Indoor/outdoor labels: the authors' indoor_labels.npy/outdoor_labels.npy in the dataset root if there,
+else test_categories.csv there, else the copy in data/. Images are streamed (the next scene is read while the
+current one runs), so memory does not grow with the
 number of test images; a re-run resumes where an interrupted one stopped.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import json
 import math
@@ -31,9 +35,11 @@ from images import ImageError, max_value, read_image, to_float, write_image
 from inference import add_tile_args, prefer_low_memory_cpu, tile_overrides
 
 prefer_low_memory_cpu()  # before TensorFlow is imported
+import backends  # noqa: E402  (after the line above, before keras)
 
 METRICS = ("psnr", "ssim", "mae", "lpips")
-CSV_HEADER = ["name", "category"] + list(METRICS)
+COLUMNS = METRICS + tuple("input_" + m for m in METRICS)  # the output's metrics, then the blurry input's
+CSV_HEADER = ["name", "category"] + list(COLUMNS)
 GROUPS = ("indoor", "outdoor", "combined")
 # Table 1 of the paper, 16-bit protocol (protocol.md, "Targets").
 PAPER_TABLE1 = {
@@ -43,10 +49,6 @@ PAPER_TABLE1 = {
                       "combined": (24.34, 0.747, 0.044, 0.277)},
 }
 PAPER_COUNTS = {"indoor": 37, "outdoor": 39, "combined": 76}
-SHIPPED_LABELS_NOTE = ("Indoor/outdoor labels: data/dpdd_test_categories.csv, a third-party copy of the DPDD test "
-                       "labels (37 indoor / 39 outdoor, consistent with the paper) that has not been checked against "
-                       "the authors' own label arrays; the per-category means depend on it, the combined mean does not.")
-
 
 class EvalError(ValueError):
     """A problem with the results folder or the run's inputs; one line for the user."""
@@ -57,21 +59,26 @@ class EvalError(ValueError):
 def load_scene(scene: dpdd.Scene, cfg: Config) -> dict:
     """Read one test scene and build the network input and the float ground truth (runs in the prefetch thread)."""
     from inference import network_input
-    target = read_image(scene.target_path)
+    target, combined = read_image(scene.target_path), read_image(scene.source_path)
     if cfg.input_mode == "dual":
         left, right = read_image(scene.left_path), read_image(scene.right_path)
         x = network_input(cfg, left, right, names=(scene.left_path, scene.right_path))
-        inputs, depth = [(scene.left_path, left)], {left.dtype, right.dtype}
+        path, ref = scene.left_path, left
     else:
-        combined = read_image(scene.source_path)
         x = network_input(cfg, combined=combined)
-        inputs, depth = [(scene.source_path, combined)], {combined.dtype}
-    path, ref = inputs[0]
-    if target.shape != ref.shape:
-        raise ImageError(f"{scene.target_path} is {target.shape[1]}x{target.shape[0]} but {path} is "
-                         f"{ref.shape[1]}x{ref.shape[0]}: a scene's images must have the same size")
-    return {"x": x, "gt": to_float(target), "bits": sorted(8 if d == np.uint8 else 16 for d in depth),
+        path, ref = scene.source_path, combined
+    for p, img in ((path, ref), (scene.source_path, combined)):
+        if target.shape != img.shape:
+            raise ImageError(f"{scene.target_path} is {target.shape[1]}x{target.shape[0]} but {p} is "
+                             f"{img.shape[1]}x{img.shape[0]}: a scene's images must have the same size")
+    return {"x": x, "gt": to_float(target), "blurry": to_float(combined),
+            "bits": input_bits([left, right] if cfg.input_mode == "dual" else [combined]),
             "size": (target.shape[1], target.shape[0])}
+
+
+def input_bits(images: list) -> list[int]:
+    """The bit depths of the network's input images (not the target's), as the summary reports them."""
+    return sorted({8 if max_value(img) == 255 else 16 for img in images})
 
 
 class Prefetcher:
@@ -100,7 +107,7 @@ class Prefetcher:
 
 def format_row(name: str, category: str, values: dict) -> str:
     """One metrics.csv line; floats in repr form so a resumed run reproduces them exactly."""
-    cells = [name, category] + [("" if values.get(k) is None else repr(float(values[k]))) for k in METRICS]
+    cells = [name, category] + [("" if values.get(k) is None else repr(float(values[k]))) for k in COLUMNS]
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerow(cells)
     return buf.getvalue()
@@ -117,8 +124,8 @@ def read_rows(path: str) -> tuple[list[dict], int]:
     tail = lines.pop()          # '' when the file ends with a newline, else a torn line
     dropped = 1 if tail else 0
     if not lines or lines[0].strip().split(",") != CSV_HEADER:
-        raise EvalError(f"{path}: not a metrics.csv written by test.py (header {lines[0][:60] if lines else ''!r}); "
-                        f"move it away or rerun with --overwrite")
+        raise EvalError(f"{path}: not a metrics.csv of this version of test.py (header "
+                        f"{lines[0][:60] if lines else ''!r}); move it away or rerun with --overwrite")
     rows = []
     for line in lines[1:]:
         try:
@@ -126,7 +133,7 @@ def read_rows(path: str) -> tuple[list[dict], int]:
             if len(cells) != len(CSV_HEADER):
                 raise ValueError
             row = {"name": cells[0], "category": cells[1]}
-            for key, cell in zip(METRICS, cells[2:]):
+            for key, cell in zip(COLUMNS, cells[2:]):
                 row[key] = float(cell) if cell else None
             rows.append(row)
         except (ValueError, StopIteration):
@@ -223,7 +230,12 @@ def summary_markdown(summary: dict) -> str:
         lines.append(f"- LPIPS: n/a ({lp['reason']})")
     else:
         lines.append("- LPIPS: not computed (--no-lpips).")
-    lines.append(f"- {summary['categories_note']}")
+    run = summary["run"]
+    lines.append(f"- Backend: {run['backend']} {run['backend_version']}, precision {run['precision']}"
+                 + (f"; weights SHA-256 {run['weights_sha256']}" if run.get("weights_sha256") else ""))
+    lines.append(f"- Indoor/outdoor labels: {summary['categories_note']}")
+    for line in summary["categories_disagreements"]:
+        lines.append(f"  - label differs: {line}")
     for note in summary["protocol_notes"]:
         lines.append(f"- {note}")
     return "\n".join(lines) + "\n"
@@ -231,10 +243,12 @@ def summary_markdown(summary: dict) -> str:
 
 def build_summary(rows: list[dict], info: dict) -> dict:
     groups = summarize(rows)
+    blurry = summarize([{"name": r["name"], "category": r["category"], **{m: r.get("input_" + m) for m in METRICS}}
+                        for r in rows])
     paper = PAPER_TABLE1[info["model"]]
     diff = {g: {m: (None if groups[g][m] is None else groups[g][m] - paper[g][i]) for i, m in enumerate(METRICS)}
             for g in GROUPS}
-    return {**info, "groups": groups, "paper": paper, "difference": diff}
+    return {**info, "groups": groups, "input_groups": blurry, "paper": paper, "difference": diff}
 
 
 # --------------------------------------------------------------------------------------------- evaluation
@@ -257,7 +271,12 @@ def _start_lpips(mode: str):
 
 def _weights_stamp(path: str) -> dict:
     st = os.stat(path)
-    return {"weights": os.path.abspath(path), "weights_size": st.st_size, "weights_mtime": int(st.st_mtime)}
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"weights": os.path.abspath(path), "weights_size": st.st_size, "weights_mtime": int(st.st_mtime),
+            "weights_sha256": digest.hexdigest()}
 
 
 def evaluate(cfg: Config, weights_path: str | None = None, out_dir: str | None = None, overwrite: bool = False,
@@ -279,8 +298,9 @@ def evaluate(cfg: Config, weights_path: str | None = None, out_dir: str | None =
     total_scenes = len(scenes)
     if limit:
         scenes = scenes[:limit]
-    categories = dpdd.test_categories(root)
-    own_labels = os.path.isfile(os.path.join(root, "test_categories.csv"))
+    labels = dpdd.load_test_labels(root)
+    for line in labels.disagreements:
+        print(f"warning: labels differ: {line}", file=sys.stderr)
     out_dir = out_dir or os.path.join(cfg.resolve_path("results_dir"), cfg.run_name)
 
     if model is None:
@@ -296,6 +316,7 @@ def evaluate(cfg: Config, weights_path: str | None = None, out_dir: str | None =
     # resume bookkeeping: refuse to mix results of different weights or inference settings
     run_info = {**(_weights_stamp(weights_path) if os.path.isfile(weights_path) else {"weights": weights_path}),
                 "input_mode": model_cfg.input_mode, "tile": model_cfg.tile, "tile_overlap": model_cfg.tile_overlap,
+                "precision": model_cfg.precision, **backends.info(),
                 "dataset_root": root, "lpips_random": lpips == "random"}
     csv_path, info_path = os.path.join(out_dir, "metrics.csv"), os.path.join(out_dir, "run_info.json")
     img_dir = os.path.join(out_dir, "images")
@@ -322,7 +343,8 @@ def evaluate(cfg: Config, weights_path: str | None = None, out_dir: str | None =
         for name in os.listdir(img_dir):  # leftovers of a killed atomic write
             if is_temporary(name):
                 os.remove(os.path.join(img_dir, name))
-        atomic_write_json(info_path, run_info)
+        atomic_write_json(info_path, {**run_info, "lpips": lp_status, "lpips_reason": lp_reason,
+                                      "categories_source": labels.source})
         model_cfg.save_json(os.path.join(out_dir, "config.json"))
         writer = ResultsWriter(csv_path, rows_in_order)
     except BaseException:
@@ -337,10 +359,12 @@ def evaluate(cfg: Config, weights_path: str | None = None, out_dir: str | None =
     bits, sizes, seconds = set(), set(), []
 
     def flush(block: bool):
-        while pending and (block or lp_client is None or pending[0]["name"] in lp_client.collect()):
+        while pending and (block or lp_client is None or {pending[0]["name"], (pending[0]["name"], "input")}
+                           <= lp_client.collect().keys()):
             row = pending.popleft()
             if lp_client is not None:
                 row["lpips"] = lp_client.result(row["name"])
+                row["input_lpips"] = lp_client.result((row["name"], "input"))
             writer.append(row["name"], row["category"], row)
             rows_in_order.append(row)
 
@@ -352,13 +376,15 @@ def evaluate(cfg: Config, weights_path: str | None = None, out_dir: str | None =
             pred = predict_image(model, data["x"], model_cfg)
             seconds.append(time.perf_counter() - t0)
             values = image_metrics(data["gt"], pred)
+            blurry = {"input_" + k: v for k, v in image_metrics(data["gt"], data["blurry"]).items()}
             write_image(os.path.join(img_dir, scene.source + ".png"), pred, bits=16)
             if lp_client is not None:
                 lp_client.submit(scene.source, data["gt"], pred)
+                lp_client.submit((scene.source, "input"), data["gt"], data["blurry"])
             bits.update(data["bits"])
             sizes.add(data["size"])
-            pending.append({"name": scene.source, "category": categories.get(scene.source, "unlabelled"),
-                            **values, "lpips": None})
+            pending.append({"name": scene.source, "category": labels.categories.get(scene.source, "unlabelled"),
+                            **values, "lpips": None, **blurry, "input_lpips": None})
             del data, pred
             flush(block=False)
             bar.update(1)
@@ -382,25 +408,29 @@ def evaluate(cfg: Config, weights_path: str | None = None, out_dir: str | None =
     if current != final:
         atomic_write_text(csv_path, final)
 
-    for s in scenes:  # sizes and bit depths of resumed images, for the notes
+    for s in scenes:  # sizes and bit depths of resumed images, for the notes: the inputs', as for new images
         if s.source in done:
-            img = read_image(s.target_path)
-            sizes.add((img.shape[1], img.shape[0]))
-            bits.add(8 if max_value(img) == 255 else 16)
+            views = [read_image(s.left_path), read_image(s.right_path)] if model_cfg.input_mode == "dual" \
+                else [read_image(s.source_path)]
+            sizes.add((views[0].shape[1], views[0].shape[0]))
+            bits.update(input_bits(views))
     notes = protocol_notes(len(scenes), total_scenes, sizes, bits, model_cfg, scenes)
     model_name = W.mode_name(model_cfg.input_mode)
     info = {"model": model_name, "weights": weights_path, "dataset_root": root, "images": len(scenes),
             "input_bits": sorted(bits), "image_sizes": [f"{w}x{h}" for w, h in sorted(sizes)],
             "tile": model_cfg.tile, "tile_overlap": model_cfg.tile_overlap,
             "lpips": {"status": lp_status, "reason": lp_reason},
-            "categories_source": os.path.join(root, "test_categories.csv") if own_labels else dpdd.TEST_CATEGORIES_CSV,
-            "categories_note": (f"Indoor/outdoor labels: {os.path.join(root, 'test_categories.csv')} (the dataset's own)."
-                                if own_labels else SHIPPED_LABELS_NOTE),
+            "categories_source": labels.source, "categories_note": labels.note,
+            "categories_disagreements": labels.disagreements,
+            "run": {k: run_info.get(k) for k in ("precision", "backend", "backend_version", "weights_sha256")},
             "protocol_notes": notes,
             "seconds_per_image": float(np.mean(seconds)) if seconds else None}
     summary = build_summary(rows_in_order, info)
     atomic_write_json(os.path.join(out_dir, "summary.json"), _json_safe(summary))
     atomic_write_text(os.path.join(out_dir, "summary.md"), summary_markdown(summary))
+    import results_page
+    results_page.make_thumbnails(out_dir, rows_in_order, {s.source: s for s in scenes}, model_cfg.input_mode == "dual")
+    results_page.render_page(out_dir, rows_in_order, _json_safe(summary), model_cfg.input_mode == "dual")
     return summary
 
 

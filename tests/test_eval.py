@@ -398,3 +398,67 @@ def test_command_line_exit_status(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("error: dataset not found")
     assert "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------ labels, run record
+
+def test_authors_label_arrays_win_and_disagreements_are_listed(tmp_path, dual):
+    _, _, ckpt = dual
+    root = str(tmp_path / "ds")
+    make_test_split(root, n=5, categories=["indoor", "outdoor", "indoor", "indoor", "outdoor"])
+    # the authors' format: 1-based indices into the name-sorted test scenes, int64 arrays as np.save writes them
+    np.save(os.path.join(root, "indoor_labels.npy"), np.array([1, 2, 5]))
+    np.save(os.path.join(root, "outdoor_labels.npy"), np.array([3, 4]))
+    summary = T.evaluate(eval_cfg(root, tmp_path), ckpt, lpips="off", progress=False)
+    rows = read_csv(tmp_path / "dpdnet" / "metrics.csv")
+    assert [r["category"] for r in rows] == ["indoor", "indoor", "outdoor", "outdoor", "indoor"]
+    assert summary["groups"]["indoor"]["count"] == 3 and summary["groups"]["outdoor"]["count"] == 2
+    csv_path = os.path.join(root, "test_categories.csv")
+    assert summary["categories_source"] == (f"{os.path.join(root, 'indoor_labels.npy')} and "
+                                            f"{os.path.join(root, 'outdoor_labels.npy')}")
+    assert summary["categories_disagreements"] == [
+        "S001: indoor in the authors' arrays, outdoor in test_categories.csv",
+        "S002: outdoor in the authors' arrays, indoor in test_categories.csv",
+        "S003: outdoor in the authors' arrays, indoor in test_categories.csv",
+        "S004: indoor in the authors' arrays, outdoor in test_categories.csv"]
+    md = (tmp_path / "dpdnet" / "summary.md").read_text()
+    assert "the authors' own label arrays (3 indoor / 2 outdoor); 4 scene(s) labelled otherwise in " + csv_path in md
+    assert md.count("  - label differs: S00") == 4
+
+    # the run record: everything that changes the numbers
+    import hashlib
+    import importlib.metadata
+    with open(tmp_path / "dpdnet" / "run_info.json") as f:
+        info = json.load(f)
+    with open(ckpt, "rb") as f:
+        sha = hashlib.sha256(f.read()).hexdigest()
+    assert {k: info[k] for k in ("precision", "backend", "backend_version", "weights_sha256", "tile", "lpips")} == {
+        "precision": "float32", "backend": "tensorflow", "backend_version": importlib.metadata.version("tensorflow"),
+        "weights_sha256": sha, "tile": 0, "lpips": "off"}
+    assert summary["run"] == {"precision": "float32", "backend": "tensorflow",
+                              "backend_version": info["backend_version"], "weights_sha256": sha}
+    assert f"precision float32; weights SHA-256 {sha}" in md
+
+    # label files that are not the authors' format: one line each
+    np.save(os.path.join(root, "outdoor_labels.npy"), np.array([0, 4]))
+    with pytest.raises(dpdd.DatasetError, match=r"outdoor_labels.npy: index 0 is outside 1..5 \(1-based"):
+        dpdd.load_test_labels(root)
+    np.save(os.path.join(root, "outdoor_labels.npy"), np.array([2, 4]))
+    with pytest.raises(dpdd.DatasetError, match=r"scene 2 \(S001\) is also in .*indoor_labels.npy"):
+        dpdd.load_test_labels(root)
+    os.remove(os.path.join(root, "outdoor_labels.npy"))
+    with pytest.raises(dpdd.DatasetError, match="outdoor_labels.npy: missing beside"):
+        dpdd.load_test_labels(root)
+
+
+def test_input_bit_depth_is_the_inputs_for_new_and_resumed_images(tmp_path, dual):
+    _, _, ckpt = dual
+    root = str(tmp_path / "ds")
+    make_test_split(root, n=2, bits=8)
+    for name in os.listdir(os.path.join(root, "test_c", "target")):  # 8-bit views, 16-bit ground truth
+        path = os.path.join(root, "test_c", "target", name)
+        write_image(path, to_float(read_image(path)), bits=16)
+    first = T.evaluate(eval_cfg(root, tmp_path), ckpt, lpips="off", progress=False)
+    resumed = T.evaluate(eval_cfg(root, tmp_path), ckpt, lpips="off", progress=False)  # every image done
+    assert first["input_bits"] == resumed["input_bits"] == [8]
+    assert "8-bit input" in " ".join(resumed["protocol_notes"])
