@@ -1,12 +1,15 @@
 """Synthetic dual-pixel defocus data in the DPDD layout, made offline: layered scenes with depth, a thin-lens
-camera, half-aperture left/right PSFs and occlusion-aware compositing (see README, 'Synthetic data').
+camera, left/right PSFs and occlusion-aware compositing, with the camera randomised per scene (domain
+randomisation: PSF family and aperture, DSLR or phone blur, left/right gain, ISO noise, tone curve, bit depth,
+one-channel data; see Domain, and README, 'Synthetic data').
 
     python synthesize.py --out synthetic_dpdd --train 100 --val 10 --test 20 --width 560 --height 368 --seed 0
+    python synthesize.py --out syn_a --psf-families butterworth,ramp --tones srgb --noise-levels low   # fewer families
 
 Writes {split}_c/source/NAME.png (blurry combined), {split}_c/target/TARGET.png (all-in-focus),
 {split}_l/source/NAME_L.png and {split}_r/source/NAME_R.png (the two views), 16-bit PNG, plus
-test_categories.csv (indoor/outdoor by depth range), scenes.csv (camera and blur per scene) and
-synthesize.json (the settings). Deterministic for a seed, resumable, parallel (--workers).
+test_categories.csv (indoor/outdoor by depth range), scenes.csv (camera, PSF family, ISO, tone, bits and blur
+per scene) and synthesize.json (the settings, the Domain included). Deterministic for a seed, resumable, parallel (--workers).
 """
 
 from __future__ import annotations
@@ -328,9 +331,10 @@ TONES = ("srgb", "gamma", "linear")
 class Sensor:
     """What the sensor and the camera pipeline do after the optics, per scene.
 
-    imbalance: log of the left/right brightness ratio (L x e^(+i/2), R x e^(-i/2)); vignetting: a smooth
-    left/right gain field of either sign, exp(+-v * f(x, y)), f rising along direction `vig_angle` with a
-    quadratic part `vig_curve` (on phones the views differ by tens of percent). tone: how linear light is
+    imbalance: log of the left/right brightness ratio; vignetting: a smooth field of either sign added to it,
+    v * f(x, y), f rising along direction `vig_angle` with a quadratic part `vig_curve` (on phones the views
+    differ by tens of percent). The two photodiodes share the pixel's light, so the gains are 2w and 2(1 - w)
+    with w = sigmoid(imbalance + v f): the ratio L/R is e^(imbalance + v f) and (L + R) / 2 is unchanged. tone: how linear light is
     stored: srgb (the IEC 61966-2-1 curve), gamma (linear ** (1 / gamma)) or linear (raw, as phones
     store it). bits: the levels the views and the combined image are quantised to (8, 10, 12, 16). grey:
     one-channel data (the content is one channel and the noise is shared by R, G and B).
@@ -352,12 +356,13 @@ class Sensor:
             return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1 / 2.4) - 0.055).astype(np.float32)
         return np.power(x, 1.0 / self.gamma, dtype=np.float32)
 
-    def gain_field(self, h: int, w: int) -> np.ndarray:
-        """The left view's gain (H, W, 1); the right view gets its inverse."""
+    def gains(self, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        """The left and right views' gains (H, W, 1) each; they average to 1 everywhere."""
         y, x = np.mgrid[0:h, 0:w].astype(np.float32)
         xn, yn = x / max(w - 1, 1) * 2 - 1, y / max(h - 1, 1) * 2 - 1
         f = math.cos(self.vig_angle) * xn + math.sin(self.vig_angle) * yn + self.vig_curve * (xn ** 2 + yn ** 2)
-        return np.exp(self.imbalance / 2 + self.vignetting * f)[..., None].astype(np.float32)
+        share = 1.0 / (1.0 + np.exp(-(self.imbalance + self.vignetting * f)))
+        return (2 * share)[..., None].astype(np.float32), (2 * (1 - share))[..., None].astype(np.float32)
 
 
 def _quantise(img: np.ndarray, bits: int) -> np.ndarray:
@@ -447,9 +452,9 @@ def render_views(layers: list[Layer], camera: Camera, noise: Noise | None = None
             out_r *= 1.0 + vignetting * ramp
     else:
         encode = sensor.encode
-        gain = sensor.gain_field(h, w)
-        out_l *= gain
-        out_r /= gain
+        gain_l, gain_r = sensor.gains(h, w)
+        out_l *= gain_l
+        out_r *= gain_r
     if noise is not None and (noise.shot > 0 or noise.read > 0):
         rng = rng if rng is not None else np.random.default_rng(0)
         grey = sensor is not None and sensor.grey
@@ -856,7 +861,7 @@ class Domain:
     bits: the quantisation levels allowed (DSLR scenes draw 8 or 16, phone scenes 10 or 12; either falls back
       to any allowed value).
     imbalance / vignetting: the largest |log L/R brightness ratio| and signed gain-field strength of DSLR
-      scenes (phones: phone_imbalance / phone_vignetting).
+      scenes (phones: phone_imbalance / phone_vignetting); see Sensor.
     asymmetry: the right PSF's size within 1 +- this of the left's (phones; half of it on a DSLR).
     cats_eye: the largest fraction of the aperture cut off (drawn in 30% of scenes).
     chroma: the largest relative blur difference of red and blue against green (drawn in half the scenes).
@@ -1017,7 +1022,8 @@ def scene_paths(root: str, split: str, index: int) -> dict[str, str]:
 
 def make_scene(seed: int, split: str, index: int, width: int, height: int, max_coc_px: float,
                render: bool = True, domain: Domain = Domain()) -> tuple[dict[str, np.ndarray], dict]:
-    """Sample and (if `render`) render one scene: images {source, target, left, right} and its metadata."""
+    """Sample and (if `render`) render one scene: images {source, target, left, right, defocus (|CoC| in px
+    per pixel)} and its metadata."""
     category = ("indoor", "outdoor")[index % 2]         # alternate, so every split is balanced
     scene = sample_scene(scene_rng(seed, split, index), width, height, max_coc_px, category, domain)
     coc = visible_coc(scene.layers, scene.camera)
@@ -1036,7 +1042,8 @@ def make_scene(seed: int, split: str, index: int, width: int, height: int, max_c
     left, right, combined, sharp = render_views(scene.layers, scene.camera, scene.noise, scene.vignetting,
                                                 scene.psf, rng=scene_rng(seed, split, index, stream=1),
                                                 sensor=scene.sensor)
-    return {"source": combined, "target": sharp, "left": left, "right": right}, meta
+    return {"source": combined, "target": sharp, "left": left, "right": right,
+            "defocus": np.abs(coc).astype(np.float32)}, meta
 
 
 def _scene_task(args) -> tuple[dict, bool]:
