@@ -6,6 +6,8 @@
     python deblur.py --weights W --left top.png --right bottom.png --rotate --out sharp.png
 
 Bit depth is read from each file (8-bit divided by 255, 16-bit by 65535) and the output has the input's depth.
+One-channel (grey) views, as phones often store dual-pixel data (one green channel), are copied into R, G and
+B for the network; the output is then one channel too, the mean of the network's three, and deblur.py says so.
 --rotate turns top/bottom views of vertical dual-pixel sensors by 90 degrees so that the disparity is
 horizontal, as in the training data, and turns the result back.
 """
@@ -61,19 +63,44 @@ def check_output_path(out: str, inputs: list[str]) -> None:
             raise DeblurError(f"{out}: the output would overwrite an input")
 
 
+def channel_count(*images: np.ndarray, names: tuple[str, ...] = ()) -> int:
+    """1 or 3: the channel count shared by the input files (a grey view with an RGB one is an error)."""
+    channels = [img.shape[2] for img in images]
+    if len(set(channels)) > 1:
+        raise ImageError(f"{names[0]} has {channels[0]} channel(s) but {names[1]} has {channels[1]}: "
+                         f"the views of a pair must both be RGB or both be one channel")
+    return channels[0]
+
+
+def to_rgb(img: np.ndarray) -> np.ndarray:
+    """A one-channel image copied into R, G and B (the network takes RGB); RGB unchanged."""
+    return np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
+
+
 def deblur_file(model, model_cfg: Config, out: str, left: str = "", right: str = "", single: str = "",
-                rotate: int = 0) -> int:
-    """Read the input file(s), deblur, write `out` atomically with the input's bit depth; returns that depth."""
+                rotate: int = 0) -> tuple[int, int]:
+    """Read the input file(s), deblur, write `out` atomically with the input's bit depth and channel count
+    (one-channel inputs: the mean of the three output channels); returns (bits, channels)."""
     if model_cfg.input_mode == "dual":
-        imgs = [read_image(left), read_image(right)]
+        imgs = [read_image(left, allow_grey=True), read_image(right, allow_grey=True)]
         bits = output_bits(*imgs, names=(left, right))
-        y = deblur_arrays(model, model_cfg, left=imgs[0], right=imgs[1], rotate=rotate, names=(left, right))
+        channels = channel_count(*imgs, names=(left, right))
+        y = deblur_arrays(model, model_cfg, left=to_rgb(imgs[0]), right=to_rgb(imgs[1]), rotate=rotate,
+                          names=(left, right))
     else:
-        img = read_image(single)
-        bits = output_bits(img)
-        y = deblur_arrays(model, model_cfg, combined=img, rotate=rotate)
+        img = read_image(single, allow_grey=True)
+        bits, channels = output_bits(img), img.shape[2]
+        y = deblur_arrays(model, model_cfg, combined=to_rgb(img), rotate=rotate)
+    if channels == 1:
+        y = y.mean(axis=2, keepdims=True)
     write_image(out, y, bits=bits)
-    return bits
+    return bits, channels
+
+
+def describe(bits: int, channels: int) -> str:
+    if channels == 1:
+        return f"{bits}-bit, one channel: the grey input was copied into R, G and B and the output is their mean"
+    return f"{bits}-bit RGB"
 
 
 def find_pairs(folder: str) -> list[tuple[str, str, str]]:
@@ -137,25 +164,25 @@ def run(args, cfg: Config) -> list[str]:
 
     if not folder_mode:
         check_output_path(args.out, [p for p in (args.left, args.right, args.single) if p])
-        bits = deblur_file(model, model_cfg, args.out, args.left, args.right, args.single, args.rotate)
+        bits, channels = deblur_file(model, model_cfg, args.out, args.left, args.right, args.single, args.rotate)
         model_cfg.save_json(os.path.splitext(args.out)[0] + ".config.json")
-        print(f"wrote {args.out} ({bits}-bit)")
+        print(f"wrote {args.out} ({describe(bits, channels)})")
         return [args.out]
 
     jobs = ([(name, {"single": path}) for name, path in find_singles(args.input_dir)] if single_inputs else
             [(name, {"left": left, "right": right}) for name, left, right in find_pairs(args.input_dir)])
     os.makedirs(args.out_dir, exist_ok=True)
     model_cfg.save_json(os.path.join(args.out_dir, "config.json"))
-    written = []
+    written, kinds = [], set()
     for name, inputs in tqdm(jobs, desc="deblur", unit="img"):
         out = os.path.join(args.out_dir, name + ".png")
         check_output_path(out, list(inputs.values()))
         if os.path.exists(out) and not args.overwrite:
             continue
-        deblur_file(model, model_cfg, out, rotate=args.rotate, **inputs)
+        kinds.add(describe(*deblur_file(model, model_cfg, out, rotate=args.rotate, **inputs)))
         written.append(out)
     skipped = len(jobs) - len(written)
-    print(f"wrote {len(written)} image(s) to {args.out_dir}" +
+    print(f"wrote {len(written)} image(s) to {args.out_dir}" + (f" ({'; '.join(sorted(kinds))})" if kinds else "") +
           (f"; {skipped} already there (--overwrite to redo them)" if skipped else ""))
     return written
 

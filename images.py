@@ -17,8 +17,9 @@ class ImageError(ValueError):
     """An image that cannot be used; the message names the file and what is wrong."""
 
 
-def read_image(path: str) -> np.ndarray:
-    """Read an RGB image unchanged: uint8 or uint16 (H, W, 3). Grayscale, alpha or other depths are errors."""
+def read_image(path: str, allow_grey: bool = False) -> np.ndarray:
+    """Read an RGB image unchanged: uint8 or uint16 (H, W, 3). Grayscale (returned as (H, W, 1) when
+    allow_grey), alpha or other depths are errors."""
     if not os.path.isfile(path):
         raise ImageError(f"{path}: file not found")
     img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
@@ -26,6 +27,8 @@ def read_image(path: str) -> np.ndarray:
         raise ImageError(f"{path}: unreadable or truncated image (OpenCV could not decode it)")
     if img.dtype not in (np.uint8, np.uint16):
         raise ImageError(f"{path}: unsupported pixel type {img.dtype} (expected 8- or 16-bit)")
+    if allow_grey and img.ndim == 2:
+        return img[:, :, None].copy()
     if img.ndim != 3 or img.shape[2] != 3:
         channels = 1 if img.ndim == 2 else img.shape[2]
         raise ImageError(f"{path}: has {channels} channel(s), expected 3 (RGB)")

@@ -1,17 +1,21 @@
 """Synthetic dual-pixel defocus data in the DPDD layout, made offline: layered scenes with depth, a thin-lens
-camera, half-aperture left/right PSFs and occlusion-aware compositing (see README, 'Synthetic data').
+camera, left/right PSFs and occlusion-aware compositing, with the camera randomised per scene (domain
+randomisation: PSF family and aperture, DSLR or phone blur, left/right gain, ISO noise, tone curve, bit depth,
+one-channel data; see Domain, and README, 'Synthetic data').
 
     python synthesize.py --out synthetic_dpdd --train 100 --val 10 --test 20 --width 560 --height 368 --seed 0
+    python synthesize.py --out syn_a --psf-families butterworth,ramp --tones srgb --noise-levels low   # fewer families
 
 Writes {split}_c/source/NAME.png (blurry combined), {split}_c/target/TARGET.png (all-in-focus),
 {split}_l/source/NAME_L.png and {split}_r/source/NAME_R.png (the two views), 16-bit PNG, plus
-test_categories.csv (indoor/outdoor by depth range), scenes.csv (camera and blur per scene) and
-synthesize.json (the settings). Deterministic for a seed, resumable, parallel (--workers).
+test_categories.csv (indoor/outdoor by depth range), scenes.csv (camera, PSF family, ISO, tone, bits and blur
+per scene) and synthesize.json (the settings, the Domain included). Deterministic for a seed, resumable, parallel (--workers).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import math
@@ -30,7 +34,7 @@ from images import write_image
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 SPLITS = ("train", "val", "test")
-FORMAT_VERSION = 1                # bump when the same seed would give different images
+FORMAT_VERSION = 2                # bump when the same seed would give different images
 
 # Canon EOS 5D Mark IV (the DPDD camera): 6720 x 4480 pixels of 5.36 um. A synthetic image `width` pixels
 # wide shows the full sensor width, so it is downscaled by 6720 / width (DPDD itself: 4x, 1680 wide).
@@ -82,21 +86,57 @@ class Camera:
 
 # ----------------------------------------------------------------------------------------------- PSFs
 
+PSF_FAMILIES = ("butterworth", "ramp", "soft", "polygon")
+
+
 @dataclass(frozen=True)
 class PsfShape:
-    """Soft half-aperture PSF shape (Abuolaim et al., ICCV 2021): Butterworth high-pass shading rescaled to
-    [beta, 1] (rim brighter than centre), cut-off at `cutoff` times the radius, Gaussian window ~ size/`smooth`."""
+    """Shape of the left/right dual-pixel PSFs for one scene (sizes come from the CoC; this is everything else).
+
+    family: butterworth: the shaded half-disc of Abuolaim et al. (ICCV 2021): a Butterworth high-pass
+        shading rescaled to [beta, 1] (rim brighter than centre), cut-off at `cutoff` times the radius,
+        a linear ramp across the disc, Gaussian window ~ size/`smooth`; right = left mirrored.
+      ramp: Punnappurath et al. (ICCP 2020): a flat disc whose brightness rises linearly across each row.
+      soft: a centre-bright (apodised) disc split between the views by a soft step of width `split`
+        times the radius, blurred by `blur` times the radius (a soft, uneven phone PSF).
+      polygon: an aperture of `blades` straight blades turned by `rotation` radians, shaded like `soft`
+        (highlights show the blade shape).
+    cats_eye: the fraction of the aperture cut off by the lens barrel (0: round; near the frame's corners
+        real apertures look like a cat's eye), along direction `cats_angle`.
+    right_scale, right_blur: the right PSF's size and extra softness relative to the left (phone halves
+        are not exact mirror images). chroma: red blur (1 + chroma), blue (1 - chroma) times the green one
+        (longitudinal chromatic aberration).
+    """
     beta: float = 0.15
     order: int = 4
     cutoff: float = 0.8
     smooth: float = 7.0
+    family: str = "butterworth"
+    blades: int = 0
+    rotation: float = 0.0
+    split: float = 0.3
+    apodize: float = 0.0
+    blur: float = 0.0
+    cats_eye: float = 0.0
+    cats_angle: float = 0.0
+    right_scale: float = 1.0
+    right_blur: float = 0.0
+    chroma: float = 0.0
+
+    def symmetric(self) -> bool:
+        """True when the right PSF is exactly the left one mirrored (and all channels share one PSF)."""
+        return (self.family in ("butterworth", "ramp") and self.cats_eye == 0 and self.right_scale == 1.0
+                and self.right_blur == 0 and self.chroma == 0)
 
 
-@functools.lru_cache(maxsize=512)
-def _dp_kernels_cached(c: float, shape: PsfShape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if abs(c) < 1e-6:
-        delta = np.ones((1, 1), np.float32)
-        return delta, delta.copy(), delta.copy()
+def _gauss_smooth(k: np.ndarray, sigma: float) -> np.ndarray:
+    if sigma < 0.3:
+        return k
+    return cv2.GaussianBlur(k, (0, 0), sigma, borderType=cv2.BORDER_CONSTANT)
+
+
+def _butterworth_left(c: float, shape: PsfShape) -> np.ndarray:
+    """The butterworth family's left PSF (unnormalised) for a signed CoC c != 0."""
     radius = abs(c) / 2.0
     half_disc = int(math.ceil(radius + 0.5))
     window = max(1, int(round((2 * half_disc + 1) / shape.smooth)))
@@ -105,28 +145,101 @@ def _dp_kernels_cached(c: float, shape: PsfShape) -> tuple[np.ndarray, np.ndarra
     y, x = np.mgrid[-half:half + 1, -half:half + 1].astype(np.float64)
     r = np.hypot(x, y)
     disc = np.clip(radius + 0.5 - r, 0.0, 1.0)                     # anti-aliased disc of diameter |c|
-    t = (r / (shape.cutoff * radius)) ** (2 * shape.order)
-    shading = shape.beta + (1.0 - shape.beta) * t / (1.0 + t)
+    if shape.family == "ramp":
+        shading = np.ones_like(r)
+    else:
+        t = (r / (shape.cutoff * radius)) ** (2 * shape.order)
+        shading = shape.beta + (1.0 - shape.beta) * t / (1.0 + t)
     ramp = np.clip((1.0 - x / (radius + 0.5)) / 2.0, 0.0, 1.0)    # across the disc: 1 at its left edge, 0 at its right
     left = disc * shading * (ramp if c > 0 else ramp[:, ::-1])     # behind focus: left half; in front: swapped
-    if window > 1:
+    if window > 1 and shape.family == "butterworth":
         sigma = 0.3 * ((window - 1) * 0.5 - 1) + 0.8               # OpenCV's default for this window
         left = cv2.GaussianBlur(left, (window, window), sigma, borderType=cv2.BORDER_CONSTANT)
-    left = left / left.sum()
-    right = np.ascontiguousarray(left[:, ::-1])
-    combined = (left + right) / 2.0
-    return left.astype(np.float32), right.astype(np.float32), combined.astype(np.float32)
+    return left
+
+
+def _general_half(c: float, shape: PsfShape, side: int, scale: float, extra_blur: float) -> np.ndarray:
+    """One view's PSF (unnormalised) for c > 0 of any family: aperture x shading x split, smoothed.
+    side -1: the left view (the left part of the aperture), +1: the right view."""
+    radius = max(abs(c) / 2.0 * scale, 0.25)
+    sigma = (shape.blur + extra_blur) * radius
+    half = int(math.ceil(radius + 1.0 + 3.0 * sigma))
+    y, x = np.mgrid[-half:half + 1, -half:half + 1].astype(np.float64)
+    r = np.hypot(x, y)
+    if shape.family == "polygon" and shape.blades >= 3:
+        n = shape.blades
+        angles = shape.rotation + 2 * np.pi * np.arange(n) / n
+        proj = np.max([x * np.cos(a) + y * np.sin(a) for a in angles], axis=0)
+        aperture = np.clip(radius * math.cos(math.pi / n) + 0.5 - proj, 0.0, 1.0)
+    else:
+        aperture = np.clip(radius + 0.5 - r, 0.0, 1.0)
+    if shape.cats_eye > 0:
+        d = radius * shape.cats_eye            # two discs d apart, centred on the chief ray: a lens-shaped cut
+        ox, oy = d * math.cos(shape.cats_angle), d * math.sin(shape.cats_angle)
+        aperture = (np.clip(radius + 0.5 - np.hypot(x - ox, y - oy), 0.0, 1.0)
+                    * np.clip(radius + 0.5 - np.hypot(x + ox, y + oy), 0.0, 1.0))
+    if shape.family in ("butterworth", "ramp"):
+        split = np.clip((1.0 + side * x / (radius + 0.5)) / 2.0, 0.0, 1.0)
+        if shape.family == "butterworth":
+            t = (r / (shape.cutoff * radius)) ** (2 * shape.order)
+            aperture = aperture * (shape.beta + (1.0 - shape.beta) * t / (1.0 + t))
+    else:
+        aperture = aperture * np.exp(-shape.apodize * (r / radius) ** 2)
+        split = 1.0 / (1.0 + np.exp(np.clip(-side * x / (shape.split * radius + 0.3), -50, 50)))
+    k = aperture * split
+    if shape.family == "butterworth":
+        sigma = max(sigma, 0.3 * radius / shape.smooth * 2)
+    return _gauss_smooth(k, sigma)
+
+
+def _normalise(k: np.ndarray) -> np.ndarray:
+    return (k / k.sum()).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=2048)
+def _view_kernels_cached(c: float, shape: PsfShape, channel_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    if abs(c * channel_scale) < 1e-6:
+        delta = np.ones((1, 1), np.float32)
+        return delta, delta.copy()
+    c = c * channel_scale
+    if shape.symmetric():
+        left = _normalise(_butterworth_left(c, shape))
+        return left, np.ascontiguousarray(left[:, ::-1])
+    left = _general_half(abs(c), shape, -1, 1.0, 0.0)
+    right = _general_half(abs(c), shape, +1, shape.right_scale, shape.right_blur)
+    size = max(left.shape[0], right.shape[0])
+    left, right = (np.pad(k, (size - k.shape[0]) // 2) for k in (left, right))
+    if c < 0:                               # in front of the focal plane the aperture's image is turned over
+        left, right = left[::-1, ::-1], right[::-1, ::-1]
+    return _normalise(np.ascontiguousarray(left)), _normalise(np.ascontiguousarray(right))
+
+
+def view_kernels(signed_coc_px: float, shape: PsfShape = PsfShape()) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per colour channel (R, G, B) the left and right PSFs (odd square, each summing to 1) for a signed CoC.
+
+    The channels share one PSF unless shape.chroma != 0. Behind the focal plane (c > 0) the left view's PSF
+    lies left of centre, in front of it right of centre; c = 0 is a 1x1 delta.
+    """
+    c = float(signed_coc_px)
+    scales = (1.0 + shape.chroma, 1.0, 1.0 - shape.chroma) if shape.chroma else (1.0, 1.0, 1.0)
+    pairs = [_view_kernels_cached(c, shape, s) for s in scales]
+    if not shape.chroma:
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+    size = max(k.shape[0] for p in pairs for k in p)           # one size, so every channel blurs the same box
+    pad = lambda k: np.pad(k, (size - k.shape[0]) // 2)
+    return [pad(p[0]) for p in pairs], [pad(p[1]) for p in pairs]
 
 
 def dp_kernels(signed_coc_px: float, shape: PsfShape = PsfShape()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Left, right and combined PSFs (point images, odd square, each summing to 1) for a signed CoC diameter.
+    """Left, right and combined PSFs (point images, odd square, each summing to 1) of the green channel.
 
-    Right is the left mirrored horizontally; combined = (left + right) / 2 is the full shaded disc. Behind the
-    focal plane (c > 0) the left view sees the left half of the disc, in front of it the right half; c = 0 is
-    a 1x1 delta.
+    For the butterworth and ramp families on a round aperture the right PSF is the left mirrored
+    horizontally; combined = (left + right) / 2. Behind the focal plane (c > 0) the left view sees the left
+    half of the aperture, in front of it the right half; c = 0 is a 1x1 delta.
     """
-    left, right, combined = _dp_kernels_cached(float(signed_coc_px), shape)
-    return left.copy(), right.copy(), combined.copy()
+    lefts, rights = view_kernels(signed_coc_px, shape)
+    left, right = lefts[1].copy(), rights[1].copy()
+    return left, right, (left + right) / 2.0
 
 
 def centroid_x(kernel: np.ndarray) -> float:
@@ -211,18 +324,95 @@ def to_display(linear: np.ndarray, gamma: float = GAMMA) -> np.ndarray:
     return np.power(np.clip(linear, 0.0, 1.0), 1.0 / gamma, dtype=np.float32)
 
 
+TONES = ("srgb", "gamma", "linear")
+
+
+@dataclass(frozen=True)
+class Sensor:
+    """What the sensor and the camera pipeline do after the optics, per scene.
+
+    imbalance: log of the left/right brightness ratio; vignetting: a smooth field of either sign added to it,
+    v * f(x, y), f rising along direction `vig_angle` with a quadratic part `vig_curve` (on phones the views
+    differ by tens of percent). The two photodiodes share the pixel's light, so the gains are 2w and 2(1 - w)
+    with w = sigmoid(imbalance + v f): the ratio L/R is e^(imbalance + v f) and (L + R) / 2 is unchanged. tone: how linear light is
+    stored: srgb (the IEC 61966-2-1 curve), gamma (linear ** (1 / gamma)) or linear (raw, as phones
+    store it). bits: the levels the views and the combined image are quantised to (8, 10, 12, 16). grey:
+    one-channel data (the content is one channel and the noise is shared by R, G and B).
+    """
+    imbalance: float = 0.0
+    vignetting: float = 0.0
+    vig_angle: float = 0.0
+    vig_curve: float = 0.0
+    tone: str = "gamma"
+    gamma: float = GAMMA
+    bits: int = 16
+    grey: bool = False
+
+    def encode(self, linear: np.ndarray) -> np.ndarray:
+        x = np.clip(linear, 0.0, 1.0).astype(np.float32)
+        if self.tone == "linear":
+            return x
+        if self.tone == "srgb":
+            return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1 / 2.4) - 0.055).astype(np.float32)
+        return np.power(x, 1.0 / self.gamma, dtype=np.float32)
+
+    def gains(self, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        """The left and right views' gains (H, W, 1) each; they average to 1 everywhere."""
+        y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+        xn, yn = x / max(w - 1, 1) * 2 - 1, y / max(h - 1, 1) * 2 - 1
+        f = math.cos(self.vig_angle) * xn + math.sin(self.vig_angle) * yn + self.vig_curve * (xn ** 2 + yn ** 2)
+        share = 1.0 / (1.0 + np.exp(-(self.imbalance + self.vignetting * f)))
+        return (2 * share)[..., None].astype(np.float32), (2 * (1 - share))[..., None].astype(np.float32)
+
+
+def _quantise(img: np.ndarray, bits: int) -> np.ndarray:
+    peak = float(2 ** bits - 1)
+    return (np.rint(np.clip(img, 0.0, 1.0) * peak) / peak).astype(np.float32)
+
+
+def _blur_views(make_stack, nonzero, c: float, psf: PsfShape, shared: int):
+    """Blur a stack of colour (3 channels) and `shared` coverage channels with both views' PSFs.
+
+    Returns the box and, per view, an array of colour (3) followed by each shared channel once per colour
+    channel (3 * shared), since with chromatic aberration every colour has its own PSF and so its own coverage.
+    """
+    kls, krs = view_kernels(c, psf)
+    if kls[0] is kls[1] is kls[2] and krs[0] is krs[1] is krs[2]:
+        box, (bl, br) = _blur_region(make_stack, nonzero, [kls[0], krs[0]])
+        if box is None:
+            return None, []
+        rep = lambda b: np.concatenate([b[..., :3]] + [np.repeat(b[..., 3 + j:4 + j], 3, axis=2)
+                                                      for j in range(shared)], axis=2)
+        return box, [rep(bl), rep(br)]
+    outs = []
+    for ch in range(3):
+        pick = lambda rows, cols, ch=ch: make_stack(rows, cols)[..., [ch] + list(range(3, 3 + shared))]
+        box, blurred = _blur_region(pick, nonzero, [kls[ch], krs[ch]])
+        if box is None:
+            return None, []
+        outs.append(blurred)
+    views = []
+    for v in range(2):
+        parts = [np.stack([outs[ch][v][..., 0] for ch in range(3)], axis=2)]
+        parts += [np.stack([outs[ch][v][..., 1 + j] for ch in range(3)], axis=2) for j in range(shared)]
+        views.append(np.concatenate(parts, axis=2))
+    return box, views
+
+
 def render_views(layers: list[Layer], camera: Camera, noise: Noise | None = None, vignetting: float = 0.0,
                  psf: PsfShape = PsfShape(), rng: np.random.Generator | None = None, gamma: float = GAMMA,
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                 sensor: Sensor | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Render the left and right DP views, the combined image and the sharp image of layers given back to front.
 
-    Each layer is split into slabs of equal quantised CoC. Slabs are blurred with their L/R PSFs as
-    premultiplied colour and alpha and composited over what lies behind with (1 - blurred alpha), so defocused
-    edges of near layers reveal the layers behind them. Inside one layer with a depth map a slab also covers
-    the nearer parts of the same layer (which nearer slabs then replace), so no background leaks through the
-    seams. Vignetting (L darker to the right, R to the left, by up to `vignetting`) and noise act in linear
-    light; combined = (L + R) / 2 there. All outputs are display-encoded float32 (H, W, 3) in [0, 1]; the
-    sharp image is noise-free.
+    Each layer is split into slabs of equal quantised CoC. Slabs are blurred with their L/R PSFs (one per
+    colour channel) as premultiplied colour and alpha and composited over what lies behind with (1 - blurred
+    alpha), so defocused edges of near layers reveal the layers behind them. Inside one layer with a depth map
+    a slab also covers the nearer parts of the same layer (which nearer slabs then replace), so no background
+    leaks through the seams. Colours are decoded with `gamma`. Without `sensor`: vignetting (L darker to the
+    right, R to the left, by up to `vignetting`) and noise act in linear light, combined = (L + R) / 2 there
+    and everything is encoded with `gamma`. With `sensor`: its gain field, noise, tone curve and quantisation
+    instead (the sharp image gets the tone curve, at 16 bits). All outputs are float32 (H, W, 3) in [0, 1];
+    the sharp image is noise-free.
     """
     h, w = layers[0].alpha.shape
     out_l = np.zeros((h, w, 3), np.float32)
@@ -238,8 +428,8 @@ def render_views(layers: list[Layer], camera: Camera, noise: Noise | None = None
             out_l, out_r = _composite_slab(premult, alpha, float(cq), psf, out_l, out_r)
             continue
         # a layer with a depth map: accumulate it on its own (premultiplied colour, alpha), then composite
-        acc_l = np.zeros((h, w, 4), np.float32)
-        acc_r = np.zeros((h, w, 4), np.float32)
+        acc_l = np.zeros((h, w, 6), np.float32)
+        acc_r = np.zeros((h, w, 6), np.float32)
         visible = alpha > 0
         for value in sorted(np.unique(cq[visible]), reverse=True):   # far (large c) to near
             own = (cq <= value) & visible
@@ -248,23 +438,35 @@ def render_views(layers: list[Layer], camera: Camera, noise: Noise | None = None
                 o = own[rows, cols].astype(np.float32)[..., None]
                 return np.concatenate([premult[rows, cols] * o, alpha[rows, cols, None] * o, o], axis=2)
 
-            kl, kr, _ = dp_kernels(value, psf)
-            box, (bl, br) = _blur_region(make_stack, own, [kl, kr])
+            box, (bl, br) = _blur_views(make_stack, own, float(value), psf, shared=2)
             for acc, b in ((acc_l, bl), (acc_r, br)):
-                acc[box] = b[..., :4] + (1.0 - b[..., 4:5]) * acc[box]
+                keep = 1.0 - b[..., 6:9]
+                acc[box] = b[..., :6] + np.concatenate([keep, keep], axis=2) * acc[box]
         for out, acc in ((out_l, acc_l), (out_r, acc_r)):
-            out[:] = acc[..., :3] + (1.0 - acc[..., 3:4]) * out
-    if vignetting:
-        ramp = np.linspace(-1.0, 1.0, w, dtype=np.float32)[None, :, None]
-        out_l *= 1.0 - vignetting * ramp
-        out_r *= 1.0 + vignetting * ramp
+            out[:] = acc[..., :3] + (1.0 - acc[..., 3:6]) * out
+    if sensor is None:
+        encode = functools.partial(to_display, gamma=gamma)
+        if vignetting:
+            ramp = np.linspace(-1.0, 1.0, w, dtype=np.float32)[None, :, None]
+            out_l *= 1.0 - vignetting * ramp
+            out_r *= 1.0 + vignetting * ramp
+    else:
+        encode = sensor.encode
+        gain_l, gain_r = sensor.gains(h, w)
+        out_l *= gain_l
+        out_r *= gain_r
     if noise is not None and (noise.shot > 0 or noise.read > 0):
         rng = rng if rng is not None else np.random.default_rng(0)
+        grey = sensor is not None and sensor.grey
         for out in (out_l, out_r):
             var = 2.0 * noise.shot * np.maximum(out, 0.0) + 2.0 * noise.read ** 2
-            out += np.sqrt(var) * rng.standard_normal(out.shape, dtype=np.float32)
+            z = rng.standard_normal((h, w, 1) if grey else out.shape, dtype=np.float32)
+            out += np.sqrt(var) * z
     combined = (out_l + out_r) / 2.0
-    return to_display(out_l, gamma), to_display(out_r, gamma), to_display(combined, gamma), to_display(sharp, gamma)
+    views = [encode(out_l), encode(out_r), encode(combined)]
+    if sensor is not None and sensor.bits < 16:
+        views = [_quantise(v, sensor.bits) for v in views]
+    return views[0], views[1], views[2], encode(sharp)
 
 
 def _composite_slab(premult, alpha, c, psf, out_l, out_r):
@@ -272,13 +474,12 @@ def _composite_slab(premult, alpha, c, psf, out_l, out_r):
     if c == 0.0:
         a = alpha[..., None]
         return premult + (1.0 - a) * out_l, premult + (1.0 - a) * out_r
-    kl, kr, _ = dp_kernels(c, psf)
-    box, blurred = _blur_region(lambda rows, cols: np.concatenate([premult[rows, cols], alpha[rows, cols, None]], axis=2),
-                                alpha > 0, [kl, kr])
+    box, blurred = _blur_views(lambda rows, cols: np.concatenate([premult[rows, cols], alpha[rows, cols, None]], axis=2),
+                               alpha > 0, c, psf, shared=1)
     if box is not None:
         bl, br = blurred
-        out_l[box] = bl[..., :3] + (1.0 - bl[..., 3:4]) * out_l[box]
-        out_r[box] = br[..., :3] + (1.0 - br[..., 3:4]) * out_r[box]
+        out_l[box] = bl[..., :3] + (1.0 - bl[..., 3:6]) * out_l[box]
+        out_r[box] = br[..., :3] + (1.0 - br[..., 3:6]) * out_r[box]
     return out_l, out_r
 
 
@@ -535,6 +736,9 @@ class Scene:
     vignetting: float
     psf: PsfShape
     depth_range_m: tuple[float, float]
+    sensor: Sensor = Sensor()
+    camera_kind: str = "dslr"
+    iso: float = 100.0
 
 
 def _log_uniform(rng, lo, hi):
@@ -637,12 +841,112 @@ def _draw_camera(rng, focus_range, downscale, accept=lambda cam: True, tries=50)
     return best
 
 
+CAMERA_KINDS = ("dslr", "phone")
+NOISE_LEVELS = {"low": (100.0, 800.0), "high": (800.0, 6400.0)}   # ISO ranges
+
+
+@dataclass(frozen=True)
+class Domain:
+    """What synthesize.py draws per scene (domain randomisation) and from which families; the defaults are the
+    widest ranges, which train the model that travels best between cameras. The out-of-distribution check
+    (ood_check.py) trains on some families and validates on the ones held back.
+
+    psf_families: PSF shapes drawn uniformly (PsfShape.family): butterworth, ramp, soft, polygon.
+    cameras: dslr (the thin-lens 5D Mark IV range, blur up to --max-coc) and phone (the largest blur of the
+      scene log-uniform in phone_blur_px, views up to `phone_imbalance` apart, noisier, often linear,
+      one-channel and 10/12-bit); a scene is a phone one with probability phone_fraction.
+    noise_levels: low (ISO 100-800) and high (ISO 800-6400): shot variance 1e-5 x ISO/100 and read noise
+      2.5e-4 x sqrt(ISO/100) in linear light (x4 and x2 on phones).
+    tones: srgb, gamma (gamma_range) or linear (raw).
+    bits: the quantisation levels allowed (DSLR scenes draw 8 or 16, phone scenes 10 or 12; either falls back
+      to any allowed value).
+    imbalance / vignetting: the largest |log L/R brightness ratio| and signed gain-field strength of DSLR
+      scenes (phones: phone_imbalance / phone_vignetting); see Sensor.
+    asymmetry: the right PSF's size within 1 +- this of the left's (phones; half of it on a DSLR).
+    cats_eye: the largest fraction of the aperture cut off (drawn in 30% of scenes).
+    chroma: the largest relative blur difference of red and blue against green (drawn in half the scenes).
+    grey_fraction: DSLR scenes drawn one-channel (phones: half of them).
+    """
+    psf_families: tuple = PSF_FAMILIES
+    cameras: tuple = CAMERA_KINDS
+    noise_levels: tuple = tuple(NOISE_LEVELS)
+    tones: tuple = TONES
+    bits: tuple = (8, 10, 12, 16)
+    phone_fraction: float = 0.3
+    phone_blur_px: tuple = (0.5, 6.0)
+    gamma_range: tuple = (1.8, 2.6)
+    imbalance: float = 0.1
+    vignetting: float = 0.12
+    phone_imbalance: float = 0.4
+    phone_vignetting: float = 0.25
+    asymmetry: float = 0.15
+    cats_eye: float = 0.35
+    chroma: float = 0.08
+    grey_fraction: float = 0.05
+
+    def validate(self) -> None:
+        for name, allowed in (("psf_families", PSF_FAMILIES), ("cameras", CAMERA_KINDS),
+                              ("noise_levels", tuple(NOISE_LEVELS)), ("tones", TONES), ("bits", (8, 10, 12, 16))):
+            values = getattr(self, name)
+            if not values or any(v not in allowed for v in values):
+                raise SynthesisError(f"{name}: must be a non-empty choice of {', '.join(map(str, allowed))}, "
+                                     f"got {', '.join(map(str, values)) or 'nothing'}")
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def _draw_psf(rng, domain: Domain, phone: bool) -> PsfShape:
+    family = str(rng.choice(domain.psf_families))
+    kw = {"family": family}
+    if family == "butterworth":
+        kw.update(beta=float(rng.uniform(0.1, 0.2)), order=int(rng.integers(3, 10)), cutoff=float(rng.uniform(0.8, 1.0)))
+    elif family in ("soft", "polygon"):
+        kw.update(split=float(rng.uniform(0.1, 0.6)), apodize=float(rng.uniform(-0.7, 1.5)),
+                  blur=float(rng.uniform(0.02, 0.2)))
+        if family == "polygon":
+            kw.update(blades=int(rng.integers(5, 10)), rotation=float(rng.uniform(0, np.pi)))
+    if rng.random() < 0.3:
+        kw.update(cats_eye=float(rng.uniform(0, domain.cats_eye)), cats_angle=float(rng.uniform(0, 2 * np.pi)))
+    asym = domain.asymmetry if phone else domain.asymmetry / 2
+    if rng.random() < (0.8 if phone else 0.4):
+        kw.update(right_scale=float(rng.uniform(1 - asym, 1 + asym)), right_blur=float(rng.uniform(0, 0.1)))
+    if rng.random() < 0.5:
+        kw.update(chroma=float(rng.uniform(-domain.chroma, domain.chroma)))
+    return PsfShape(**kw)
+
+
+def _draw_sensor(rng, domain: Domain, phone: bool) -> Sensor:
+    imb, vig = (domain.phone_imbalance, domain.phone_vignetting) if phone else (domain.imbalance, domain.vignetting)
+    tones = list(domain.tones)
+    if phone and "linear" in tones and rng.random() < 0.6:
+        tone = "linear"                                   # phone dual-pixel data is mostly raw
+    else:
+        tone = str(rng.choice(tones))
+    preferred = [b for b in ((10, 12) if phone else (8, 16)) if b in domain.bits] or list(domain.bits)
+    bits = int(rng.choice(preferred, p=None if phone or len(preferred) != 2 else [0.3, 0.7]))
+    return Sensor(imbalance=float(rng.uniform(-imb, imb)), vignetting=float(rng.uniform(-vig, vig)),
+                  vig_angle=float(rng.normal(0, 0.3)), vig_curve=float(rng.uniform(-0.5, 0.5)), tone=tone,
+                  gamma=float(rng.uniform(*domain.gamma_range)), bits=bits,
+                  grey=bool(rng.random() < (0.5 if phone else domain.grey_fraction)))
+
+
+def _draw_noise(rng, domain: Domain, phone: bool) -> tuple[Noise, float]:
+    lo, hi = NOISE_LEVELS[str(rng.choice(domain.noise_levels))]
+    iso = _log_uniform(rng, lo, hi)
+    shot, read = 1e-5 * iso / 100, 2.5e-4 * math.sqrt(iso / 100)
+    if phone:
+        shot, read = 4 * shot, 2 * read
+    return Noise(shot=shot, read=read), iso
+
+
 def sample_scene(rng: np.random.Generator, width: int, height: int, max_coc_px: float,
-                 category: str | None = None) -> Scene:
-    """Draw one scene: content and layout, a camera over a DSLR range (35-85 mm, f/1.8-f/5.6, focus 1-10 m,
-    5D Mark IV pitch) focused on one of its surfaces, depths that keep every blur within max_coc_px, noise
-    and PSF shape. Outdoor scenes need a camera whose blur at 20 m fits; the real-depth motorcycle scene
-    draws cameras until its depth range fits, and as a last resort pulls depths towards the focal plane.
+                 category: str | None = None, domain: Domain = Domain()) -> Scene:
+    """Draw one scene: the camera kind (DSLR or phone, see Domain), content and layout, a camera over a DSLR
+    range (35-85 mm, f/1.8-f/5.6, focus 1-10 m, 5D Mark IV pitch) focused on one of its surfaces, depths that
+    keep every blur within max_coc_px (a phone scene: within its own, smaller limit), noise, PSF shape and
+    sensor. Outdoor scenes need a camera whose blur at 20 m fits; the real-depth motorcycle scene draws
+    cameras until its depth range fits, and as a last resort pulls depths towards the focal plane.
     `category` (indoor: backgrounds within 8 m; outdoor: 20 m or more) is drawn when None."""
     h, w = height, width
     downscale = SENSOR_WIDTH_PX / width
@@ -650,6 +954,9 @@ def sample_scene(rng: np.random.Generator, width: int, height: int, max_coc_px: 
         category = "outdoor" if rng.random() < 0.5 else "indoor"
     if category not in ("indoor", "outdoor"):
         raise ValueError(f"category must be indoor or outdoor, got {category!r}")
+    phone = "phone" in domain.cameras and ("dslr" not in domain.cameras or rng.random() < domain.phone_fraction)
+    if phone:
+        max_coc_px = min(max_coc_px, _log_uniform(rng, *domain.phone_blur_px))
     kinds = ["motorcycle", "layers", "leaves", "planes"]   # the motorcycle's real depth is indoors, 2-5 m
     kind = str(rng.choice(kinds, p=[0.3, 0.3, 0.2, 0.2] if category == "indoor" else [0.0, 0.4, 0.3, 0.3]))
     if kind == "motorcycle":
@@ -684,10 +991,12 @@ def sample_scene(rng: np.random.Generator, width: int, height: int, max_coc_px: 
                              if np.ndim(l.depth_m) else [l.depth_m] for l in layers])
     near, far = float(np.min(depths)), float(np.max(depths))
     category = "outdoor" if far >= OUTDOOR_MIN_FAR_M else "indoor"
-    noise = Noise(shot=_log_uniform(rng, 1e-5, 1e-4), read=_log_uniform(rng, 2e-4, 1e-3))
-    psf = PsfShape(beta=float(rng.uniform(0.1, 0.2)), order=int(rng.integers(3, 10)),
-                   cutoff=float(rng.uniform(0.8, 1.0)))
-    return Scene(kind, category, layers, cam, noise, float(rng.uniform(0.0, 0.1)), psf, (near, far))
+    noise, iso = _draw_noise(rng, domain, phone)
+    psf = _draw_psf(rng, domain, phone)
+    sensor = _draw_sensor(rng, domain, phone)
+    if sensor.grey:                                # one-channel data: the green channel everywhere
+        layers = [dataclasses.replace(l, colour=np.repeat(l.colour[..., 1:2], 3, axis=2)) for l in layers]
+    return Scene(kind, category, layers, cam, noise, 0.0, psf, (near, far), sensor, "phone" if phone else "dslr", iso)
 
 
 # ----------------------------------------------------------------------------------------------- dataset
@@ -712,10 +1021,11 @@ def scene_paths(root: str, split: str, index: int) -> dict[str, str]:
 
 
 def make_scene(seed: int, split: str, index: int, width: int, height: int, max_coc_px: float,
-               render: bool = True) -> tuple[dict[str, np.ndarray], dict]:
-    """Sample and (if `render`) render one scene: images {source, target, left, right} and its metadata."""
+               render: bool = True, domain: Domain = Domain()) -> tuple[dict[str, np.ndarray], dict]:
+    """Sample and (if `render`) render one scene: images {source, target, left, right, defocus (|CoC| in px
+    per pixel)} and its metadata."""
     category = ("indoor", "outdoor")[index % 2]         # alternate, so every split is balanced
-    scene = sample_scene(scene_rng(seed, split, index), width, height, max_coc_px, category)
+    scene = sample_scene(scene_rng(seed, split, index), width, height, max_coc_px, category, domain)
     coc = visible_coc(scene.layers, scene.camera)
     src, tgt = scene_names(split, index)
     meta = {"split": split, "index": index, "source": src, "target": tgt, "category": scene.category,
@@ -723,19 +1033,24 @@ def make_scene(seed: int, split: str, index: int, width: int, height: int, max_c
             "f_number": round(scene.camera.f_number, 2), "focus_m": round(scene.camera.focus_m, 3),
             "near_m": round(scene.depth_range_m[0], 3), "far_m": round(scene.depth_range_m[1], 3),
             "max_abs_coc_px": round(float(np.abs(coc).max()), 2),
-            "defocused_fraction": round(float((np.abs(coc) >= DEFOCUS_VISIBLE_PX).mean()), 4)}
+            "defocused_fraction": round(float((np.abs(coc) >= DEFOCUS_VISIBLE_PX).mean()), 4),
+            "camera": scene.camera_kind, "psf": scene.psf.family, "iso": round(scene.iso),
+            "tone": scene.sensor.tone, "bits": scene.sensor.bits, "grey": int(scene.sensor.grey),
+            "lr_ratio": round(math.exp(scene.sensor.imbalance), 3)}
     if not render:
         return {}, meta
     left, right, combined, sharp = render_views(scene.layers, scene.camera, scene.noise, scene.vignetting,
-                                                scene.psf, rng=scene_rng(seed, split, index, stream=1))
-    return {"source": combined, "target": sharp, "left": left, "right": right}, meta
+                                                scene.psf, rng=scene_rng(seed, split, index, stream=1),
+                                                sensor=scene.sensor)
+    return {"source": combined, "target": sharp, "left": left, "right": right,
+            "defocus": np.abs(coc).astype(np.float32)}, meta
 
 
 def _scene_task(args) -> tuple[dict, bool]:
-    root, seed, split, index, width, height, max_coc_px = args
+    root, seed, split, index, width, height, max_coc_px, domain = args
     paths = scene_paths(root, split, index)
     done = all(os.path.isfile(p) for p in paths.values())
-    images, meta = make_scene(seed, split, index, width, height, max_coc_px, render=not done)
+    images, meta = make_scene(seed, split, index, width, height, max_coc_px, render=not done, domain=domain)
     for key in ("target", "left", "right", "source"):
         if not done:
             write_image(paths[key], images[key], bits=16)
@@ -752,14 +1067,14 @@ def default_max_coc(width: int) -> float:
     return 24.0 * width / 560.0
 
 
-def settings(seed: int, width: int, height: int, max_coc_px: float) -> dict:
+def settings(seed: int, width: int, height: int, max_coc_px: float, domain: Domain = Domain()) -> dict:
     return {"generator": "synthesize.py", "format_version": FORMAT_VERSION, "seed": seed, "width": width,
-            "height": height, "max_coc_px": max_coc_px}
+            "height": height, "max_coc_px": max_coc_px, "domain": domain.to_dict()}
 
 
 def synthesize(out_root: str, n_train: int = 100, n_val: int = 10, n_test: int = 20, width: int = 560,
                height: int = 368, seed: int = 0, workers: int = 2, max_coc_px: float | None = None,
-               progress: bool = True) -> dict:
+               progress: bool = True, domain: Domain = Domain()) -> dict:
     """Write (or complete) a synthetic DP dataset in the DPDD layout under out_root and return a summary.
 
     Scenes whose four files exist are kept, so an interrupted run resumes; settings other than the counts must
@@ -778,8 +1093,9 @@ def synthesize(out_root: str, n_train: int = 100, n_val: int = 10, n_test: int =
     max_coc_px = float(default_max_coc(width) if max_coc_px is None else max_coc_px)
     if max_coc_px <= 0:
         raise SynthesisError(f"--max-coc: must be positive, got {max_coc_px}")
+    domain.validate()
     root = os.path.abspath(out_root)
-    want = settings(int(seed), int(width), int(height), max_coc_px)
+    want = settings(int(seed), int(width), int(height), max_coc_px, domain)
     manifest = os.path.join(root, "synthesize.json")
     if os.path.isfile(manifest):
         with open(manifest) as f:
@@ -804,7 +1120,7 @@ def synthesize(out_root: str, n_train: int = 100, n_val: int = 10, n_test: int =
             if is_temporary(name):
                 os.remove(os.path.join(folder, name))
     atomic_write_json(manifest, {**want, "counts": counts})
-    tasks = [(root, int(seed), split, i, int(width), int(height), max_coc_px)
+    tasks = [(root, int(seed), split, i, int(width), int(height), max_coc_px, domain)
              for split in SPLITS for i in range(counts[split])]
     from tqdm import tqdm
     start = time.time()
@@ -844,6 +1160,17 @@ def synthesize(out_root: str, n_train: int = 100, n_val: int = 10, n_test: int =
             "settings": want}
 
 
+def domain_from_args(args) -> Domain:
+    """The Domain of --psf-families/--cameras/--noise-levels/--tones/--bits; a bad value is a SynthesisError."""
+    def items(text, kind=str):
+        try:
+            return tuple(kind(t.strip()) for t in text.split(",") if t.strip())
+        except ValueError:
+            raise SynthesisError(f"cannot read {text!r} as a comma-separated list") from None
+    return Domain(psf_families=items(args.psf_families), cameras=items(args.cameras),
+                  noise_levels=items(args.noise_levels), tones=items(args.tones), bits=items(args.bits, int))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -858,12 +1185,18 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--max-coc", type=float, default=None,
                         help="largest blur diameter in pixels (default 24 at 560 wide, scaled with the width)")
+    d = Domain()
+    for flag, default in (("--psf-families", d.psf_families), ("--cameras", d.cameras),
+                          ("--noise-levels", d.noise_levels), ("--tones", d.tones), ("--bits", d.bits)):
+        parser.add_argument(flag, default=",".join(map(str, default)),
+                            help=f"comma-separated choice drawn per scene (default {','.join(map(str, default))}; "
+                                 f"see Domain in synthesize.py)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     print("settings: " + ", ".join(f"{k}={v}" for k, v in vars(args).items()))
     try:
         summary = synthesize(args.out, args.train, args.val, args.test, args.width, args.height, args.seed,
-                             args.workers, args.max_coc, progress=not args.no_progress)
+                             args.workers, args.max_coc, progress=not args.no_progress, domain=domain_from_args(args))
     except SynthesisError as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:

@@ -144,3 +144,24 @@ def test_bad_input_gives_one_clear_error_and_no_output(tmp_path, dual, pair):
     assert code == 1 and "weights file not found" in msg
     assert not out.exists() and not [f for f in os.listdir(tmp_path) if ".tmp" in f]
     assert read_image(left).dtype == np.uint16  # the input survived
+
+
+def test_one_channel_views_are_copied_to_rgb_and_give_one_channel_out(tmp_path, dual, pair, capsys):
+    """Phone dual-pixel data is often one (green) channel: it runs as grey RGB and comes back as one channel."""
+    import cv2
+    model, cfg, ckpt = dual
+    grey = {}
+    for view in ("left", "right"):
+        rgb = read_image(pair[16, view])
+        grey[view] = str(tmp_path / f"g_{view[0].upper()}.png")
+        cv2.imwrite(grey[view], rgb[..., 1])                       # a 16-bit one-channel PNG
+    out = tmp_path / "g.png"
+    assert cli("--weights", ckpt, "--left", grey["left"], "--right", grey["right"], "--out", out)[0] == 0
+    assert "one channel" in capsys.readouterr().out
+    got = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
+    assert got.ndim == 2 and got.dtype == np.uint16
+    as_rgb = [np.repeat(read_image(grey[v], allow_grey=True), 3, axis=2) for v in ("left", "right")]
+    want = predict_image(model, network_input(cfg, *as_rgb), cfg).mean(axis=2)
+    assert np.abs(to_float(got) - want).max() <= 1 / 65535 + 1e-6
+    code, msg = cli("--weights", ckpt, "--left", grey["left"], "--right", pair[16, "right"], "--out", tmp_path / "x.png")
+    assert code == 1 and "both be RGB or both be one channel" in msg and not (tmp_path / "x.png").exists()

@@ -92,6 +92,7 @@ def test_demo_presets_leave_the_paper_alone():
     assert PRESETS["paper"] == {}
     demo_cfg = make_config("demo")
     assert demo_cfg.head == "residual" and make_config("paper").head == "sigmoid"
+    assert demo_cfg.augment and not make_config("paper").augment
     assert make_config("demo_single").diff(demo_cfg, ignore=("input_mode", "run_name")) == []
     assert make_config("demo_single").run_name == "demo_single"
 

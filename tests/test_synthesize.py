@@ -228,3 +228,64 @@ def test_cli_runs_without_tensorflow(tmp_path):
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "wrote 3 scenes" in out.stdout and len(dpdd.list_scenes(str(tmp_path / "d"), "test")) == 1
+
+
+# ----------------------------------------------------------------------------------------- domain randomisation
+
+FAMILY_SHAPES = [PsfShape(), PsfShape(family="ramp"), PsfShape(family="soft", split=0.3, apodize=1.0, blur=0.1),
+                 PsfShape(family="polygon", blades=6, rotation=0.3, split=0.2, apodize=-0.5, blur=0.05),
+                 PsfShape(family="soft", split=0.4, cats_eye=0.3, cats_angle=1.0, right_scale=1.15, right_blur=0.05,
+                          chroma=0.08)]
+
+
+@pytest.mark.parametrize("shape", FAMILY_SHAPES, ids=lambda s: s.family + ("_asym" if s.chroma else ""))
+def test_every_psf_family_keeps_the_sign_convention_and_sums_to_one(shape):
+    from synthesize import view_kernels
+    seps = []
+    for c in (1.5, 4.0, 9.0, 20.0):
+        lefts, rights = view_kernels(c, shape)
+        front_l, front_r = view_kernels(-c, shape)
+        for k in lefts + rights + front_l + front_r:
+            assert k.sum() == pytest.approx(1.0, abs=1e-5) and k.min() >= 0 and k.shape[0] % 2 == 1
+        for ch in range(3):
+            assert centroid_x(lefts[ch]) < 0 < centroid_x(rights[ch])       # behind focus: left view shifted left
+            assert centroid_x(front_l[ch]) > 0 > centroid_x(front_r[ch])    # in front: the other way
+        seps.append(centroid_x(rights[1]) - centroid_x(lefts[1]))
+    assert all(b > a for a, b in zip(seps, seps[1:])) and c / 6 < seps[-1] < c / 1.5, seps
+    if shape.chroma:
+        assert not np.allclose(lefts[0], lefts[2])            # red and blue blur differ
+        assert not np.allclose(rights[1], lefts[1][:, ::-1])  # and the halves are not mirror images
+
+
+def test_sensor_tone_gain_field_quantisation_and_grey_noise():
+    from synthesize import Sensor
+    x = np.linspace(0, 1, 11, dtype=np.float32)
+    assert np.allclose(Sensor(tone="linear").encode(x), x)
+    assert Sensor(tone="srgb").encode(np.float32([0.0031308, 0.18, 1.0])) == pytest.approx([0.04045, 0.4614, 1.0], abs=1e-3)
+    assert Sensor(tone="gamma", gamma=2.6).encode(np.float32([0.25]))[0] == pytest.approx(0.25 ** (1 / 2.6), abs=1e-6)
+    gl, gr = (g[..., 0] for g in Sensor(imbalance=0.4, vignetting=-0.2).gains(8, 16))
+    assert np.allclose((gl + gr) / 2, 1.0, atol=1e-6)                       # the photodiodes share the light
+    ratio = gl / gr
+    assert ratio[:, 0].mean() > ratio[:, -1].mean() and ratio[:, 0].mean() == pytest.approx(np.exp(0.6), rel=0.01)
+    back, front = _scene()
+    grey_layers = [Layer(np.repeat(l.colour[..., 1:2], 3, axis=2), l.alpha, l.depth_m) for l in (back, front)]
+    sensor = Sensor(tone="linear", bits=10, grey=True, imbalance=0.3)
+    left, right, combined, sharp = render_views(grey_layers, CAM, Noise(shot=1e-3, read=2e-3), sensor=sensor,
+                                                rng=np.random.default_rng(0))
+    for img in (left, right, combined):
+        assert np.array_equal(img[..., 0], img[..., 2])                    # one-channel data stays one channel
+        assert np.allclose(img * 1023, np.rint(img * 1023), atol=1e-3)      # 10-bit levels
+    assert left.mean() / right.mean() == pytest.approx(np.exp(0.3), rel=0.05)   # linear: the gain ratio shows
+
+
+def test_domain_families_restrict_the_draws_and_are_recorded(tmp_path):
+    from synthesize import Domain
+    domain = Domain(psf_families=("soft",), cameras=("phone",), tones=("linear",), noise_levels=("high",), bits=(12,))
+    metas = [make_scene(0, "train", i, 96, 64, 6.0, render=False, domain=domain)[1] for i in range(6)]
+    assert {(m["psf"], m["camera"], m["tone"], m["bits"]) for m in metas} == {("soft", "phone", "linear", 12)}
+    assert all(m["iso"] >= 800 and m["max_abs_coc_px"] <= 6.0 for m in metas)
+    default = [make_scene(0, "train", i, 96, 64, 6.0, render=False)[1] for i in range(40)]
+    assert {m["psf"] for m in default} == {"butterworth", "ramp", "soft", "polygon"}
+    assert {m["camera"] for m in default} == {"dslr", "phone"} and {m["tone"] for m in default} == {"srgb", "gamma", "linear"}
+    with pytest.raises(SynthesisError, match="psf_families"):
+        synthesize(str(tmp_path / "x"), 1, 0, 0, 96, 64, progress=False, domain=Domain(psf_families=("disc",)))

@@ -1,0 +1,169 @@
+"""Out-of-distribution check for models trained on synthetic dual-pixel data: does the gain over the blurry
+input survive on data not made like the training data? Three test sets, all rendered in memory:
+
+  in-dist    synthesize.py scenes from the training families (TRAIN_FAMILIES below)
+  held-out   synthesize.py scenes from families held back from that training (HELD_OUT_FAMILIES): other PSF
+             shapes, tone curve, ISO range and bit depths
+  renderer2  scenes from tests/dp_renderer2.py, a second renderer written independently of synthesize.py
+
+For each set and model: PSNR of the blurry combined image and of the model's output against the sharp image,
+the gain, and the gain on in-focus pixels only (blur under 1 px: they must stay sharp, so it must not be
+negative).
+
+    python ood_check.py --weights checkpoints/demo/best.keras            # evaluate a dual-pixel model
+    python ood_check.py --train                                           # train on the training families first
+    python ood_check.py --train --weights W1 --weights W2 --out results/ood
+
+--train synthesises 100 training scenes from TRAIN_FAMILIES under ood/ (about 30 s), trains the demo preset's
+DPDNet on them (--set overrides apply; --steps sets the budget) and adds it to the models checked. Writes
+summary.md and summary.json to --out (default results/ood).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+from config import REPO_DIR, ConfigError, add_config_args, config_from_args
+
+# The families the check trains on, and the ones it holds back (every other Domain setting at its default).
+TRAIN_FAMILIES = {"psf_families": ("butterworth", "ramp"), "tones": ("srgb", "gamma"), "noise_levels": ("low",),
+                  "bits": (8, 16)}
+HELD_OUT_FAMILIES = {"psf_families": ("soft", "polygon"), "tones": ("linear",), "noise_levels": ("high",),
+                     "bits": (10, 12)}
+SEED = 11                         # not the demo's synthesis seed 0
+SHARP_PX = 1.0                    # pixels whose blur diameter is below this count as in focus
+
+
+def synthetic_set(domain, n: int, width: int, height: int) -> list[dict]:
+    """n scenes from synthesize.py with `domain`, as {left, right, combined, sharp, blur}."""
+    import synthesize
+    out = []
+    for i in range(n):
+        img, _ = synthesize.make_scene(SEED, "test", i, width, height, synthesize.default_max_coc(width),
+                                       domain=domain)
+        out.append({"left": img["left"], "right": img["right"], "combined": img["source"], "sharp": img["target"],
+                    "blur": img["defocus"]})
+    return out
+
+
+def renderer2_set(n: int, width: int, height: int) -> list[dict]:
+    """n scenes from the independent renderer in tests/, with the same largest blur as synthesize.py."""
+    sys.path.insert(0, os.path.join(REPO_DIR, "tests"))
+    from dp_renderer2 import render_set
+    import synthesize
+    return render_set(n, seed=SEED, h=height, w=width, max_blur=synthesize.default_max_coc(width))
+
+
+def psnr_masked(gt: np.ndarray, pred: np.ndarray, mask: np.ndarray) -> float:
+    err = ((np.clip(pred, 0, 1) - gt) ** 2)[mask]
+    return float("nan") if err.size == 0 else 10 * math.log10(1.0 / max(float(err.mean()), 1e-12))
+
+
+def evaluate(model, cfg, scenes: list[dict]) -> dict:
+    """Mean PSNR of input and output, over whole images and over in-focus pixels."""
+    from inference import network_input, predict_image
+    from metrics import psnr
+    rows = []
+    for s in scenes:
+        pred = predict_image(model, network_input(cfg, s["left"], s["right"], s["combined"]), cfg)
+        sharp = s["blur"] < SHARP_PX
+        rows.append([psnr(s["sharp"], s["combined"]), psnr(s["sharp"], pred),
+                     psnr_masked(s["sharp"], s["combined"], sharp), psnr_masked(s["sharp"], pred, sharp)])
+    a = np.array(rows, dtype=np.float64)
+    mean = lambda col: float(np.nanmean(a[:, col]))
+    return {"n": len(scenes), "input_psnr": mean(0), "model_psnr": mean(1), "gain": mean(1) - mean(0),
+            "worst_gain": float(np.min(a[:, 1] - a[:, 0])),
+            "sharp_gain": float(np.nanmean(a[:, 3] - a[:, 2])), "sharp_pixels": float(np.mean(
+                [np.mean(s["blur"] < SHARP_PX) for s in scenes]))}
+
+
+def train_on_families(cfg, steps: int, progress: bool):
+    """Synthesise TRAIN_FAMILIES data, train the demo DPDNet on it; returns the best checkpoint."""
+    import dataclasses
+    import data_prep
+    import synthesize
+    import train
+    synthesize.synthesize(cfg.resolve_path("dataset_root"), n_train=100, n_val=10, n_test=4,
+                          width=cfg.working_width, height=cfg.working_height, seed=SEED, workers=cfg.data_workers, progress=progress,
+                          domain=synthesize.Domain(**TRAIN_FAMILIES))
+    data_prep.build_store(cfg, progress=progress)
+    epochs = max(1, steps // cfg.steps_per_epoch)
+    cfg = dataclasses.replace(cfg, epochs=epochs, lr_decay_every=max(1, int(epochs * 0.75)))
+    result = train.train(cfg, verbose=1 if progress else 2)
+    return result["best"] or result["last"]
+
+
+def table(results: dict) -> str:
+    lines = ["| model | set | n | input dB | model dB | gain dB | worst gain dB | in-focus gain dB |",
+             "|---|---|---|---|---|---|---|---|"]
+    for model, sets in results.items():
+        for name, r in sets.items():
+            lines.append(f"| {model} | {name} | {r['n']} | {r['input_psnr']:.2f} | {r['model_psnr']:.2f} | "
+                         f"{r['gain']:+.2f} | {r['worst_gain']:+.2f} | {r['sharp_gain']:+.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
+    parser.add_argument("--weights", action="append", default=[], help="a dual-pixel checkpoint to check "
+                                                                        "(repeatable)")
+    parser.add_argument("--train", action="store_true", help="train the demo DPDNet on TRAIN_FAMILIES first")
+    parser.add_argument("--steps", type=int, default=4000, help="--train's budget in steps (default 4000)")
+    parser.add_argument("--scenes", type=int, default=24, help="test scenes per set (default 24)")
+    parser.add_argument("--width", type=int, default=320, help="test image width (default 320, the demo's)")
+    parser.add_argument("--height", type=int, default=208, help="test image height (default 208)")
+    parser.add_argument("--out", default=os.path.join(REPO_DIR, "results", "ood"), help="where summary.md goes")
+    parser.add_argument("--no-progress", action="store_true")
+    add_config_args(parser)
+    parser.set_defaults(preset="demo")
+    args = parser.parse_args(argv)
+    args.overrides = [f"{k}={os.path.join(REPO_DIR, v)}" for k, v in (("dataset_root", "ood/data_train"),
+                      ("patch_dir", "ood/patches"), ("checkpoint_dir", "ood/checkpoints"))] + \
+                     ["run_name=ood_train_families"] + args.overrides
+    cfg = config_from_args(args, verbose=False)
+    if not args.weights and not args.train:
+        sys.exit("error: nothing to check: give --weights and/or --train")
+    import synthesize
+    import weights as W
+    try:
+        models = {}
+        if args.train:
+            models["trained on the training families"] = train_on_families(cfg, args.steps, not args.no_progress)
+        for path in args.weights:
+            models[os.path.relpath(os.path.abspath(path), REPO_DIR)] = path
+        t0 = time.time()
+        size = (args.width, args.height)
+        sets = {"in-dist": synthetic_set(synthesize.Domain(**TRAIN_FAMILIES), args.scenes, *size),
+                "held-out": synthetic_set(synthesize.Domain(**HELD_OUT_FAMILIES), args.scenes, *size),
+                "renderer2": renderer2_set(args.scenes, *size)}
+        print(f"rendered {3 * args.scenes} test scenes in {time.time() - t0:.0f} s", flush=True)
+        results = {}
+        for label, path in models.items():
+            model, model_cfg = W.load_model(path, cfg)
+            if model_cfg.input_mode != "dual":
+                raise W.WeightsError(f"{path}: the check is for dual-pixel (DPDNet) models")
+            results[label] = {name: evaluate(model, model_cfg, scenes) for name, scenes in sets.items()}
+            print(table({label: results[label]}).split("\n", 2)[2], flush=True)
+    except (ConfigError, synthesize.SynthesisError, W.WeightsError, OSError) as e:
+        sys.exit(f"error: {e}")
+    from fileio import atomic_write_json, atomic_write_text
+    os.makedirs(args.out, exist_ok=True)
+    summary = {"train_families": TRAIN_FAMILIES, "held_out_families": HELD_OUT_FAMILIES, "seed": SEED,
+               "size": [args.width, args.height], "sharp_px": SHARP_PX, "results": results}
+    atomic_write_json(os.path.join(args.out, "summary.json"), summary)
+    text = (f"# Out-of-distribution check (ood_check.py)\n\nTraining families: {TRAIN_FAMILIES}\n\n"
+            f"Held-out families: {HELD_OUT_FAMILIES}\n\n{table(results)}\n\nGains are mean PSNR over the set minus "
+            f"the blurry input's; in-focus gain: PSNR over pixels blurred by less than {SHARP_PX:g} px.\n")
+    atomic_write_text(os.path.join(args.out, "summary.md"), text)
+    print("\n" + table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
