@@ -272,9 +272,11 @@ def default_run_name(preset: str, cfg: Config) -> str:
     return name
 
 
-def add_config_args(parser: argparse.ArgumentParser) -> None:
-    """Add --preset and --set to a script's parser."""
-    parser.add_argument("--preset", default="paper", help=f"named settings: {', '.join(PRESETS)} (default: paper)")
+def add_config_args(parser: argparse.ArgumentParser, default: str | None = "paper",
+                    default_text: str = "paper") -> None:
+    """Add --preset and --set to a script's parser (default: the preset used when --preset is not given)."""
+    parser.add_argument("--preset", default=default,
+                        help=f"named settings: {', '.join(PRESETS)} (default: {default_text})")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one setting, e.g. --set batch_size=2 (repeatable)")
 

@@ -26,6 +26,8 @@ import numpy as np
 
 from config import PRESETS, REPO_DIR, ConfigError, add_config_args, config_from_args, make_config
 
+import backends  # noqa: E402  (before keras: a KERAS_BACKEND that is not installed is a one-line exit)
+
 # Synthetic scenes per split, and the synthesis seed (fixed, so the test split is the same whatever cfg.seed is).
 SCENES = {"full": {"n_train": 100, "n_val": 10, "n_test": 20}, "quick": {"n_train": 16, "n_val": 2, "n_test": 4}}
 SYNTH_SEED = 0
@@ -338,9 +340,10 @@ def run(args: argparse.Namespace) -> dict:
         "checkpoints": {k: v["best"] or v["last"] for k, v in results.items()},
         "comparison_scenes": names,
         "seconds": seconds,
+        **backends.info(),
     }
     from fileio import atomic_write_json, atomic_write_text
-    atomic_write_json(os.path.join(out_dir, "summary.json"), test._json_safe(summary))
+    atomic_write_json(os.path.join(out_dir, "summary.json"), test.json_safe(summary))
     text = summary_markdown(summary)
     atomic_write_text(os.path.join(out_dir, "summary.md"), text)
     cfg.save_json(os.path.join(out_dir, "config.json"))
@@ -359,9 +362,7 @@ def main(argv=None) -> int:
                                                               "or reuse the checkpoints of an earlier run)")
     parser.add_argument("--no-lpips", action="store_true", help="skip LPIPS (needs AlexNet weights; n/a offline)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
-    add_config_args(parser)
-    parser.set_defaults(preset=None)
-    parser._option_string_actions["--preset"].help = "named settings (default: demo, or demo_quick with --quick)"
+    add_config_args(parser, default=None, default_text="demo, or demo_quick with --quick")
     args = parser.parse_args(argv)
     import data_prep
     import dpdd

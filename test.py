@@ -426,11 +426,11 @@ def evaluate(cfg: Config, weights_path: str | None = None, out_dir: str | None =
             "protocol_notes": notes,
             "seconds_per_image": float(np.mean(seconds)) if seconds else None}
     summary = build_summary(rows_in_order, info)
-    atomic_write_json(os.path.join(out_dir, "summary.json"), _json_safe(summary))
+    atomic_write_json(os.path.join(out_dir, "summary.json"), json_safe(summary))
     atomic_write_text(os.path.join(out_dir, "summary.md"), summary_markdown(summary))
     import results_page
     results_page.make_thumbnails(out_dir, rows_in_order, {s.source: s for s in scenes}, model_cfg.input_mode == "dual")
-    results_page.render_page(out_dir, rows_in_order, _json_safe(summary), model_cfg.input_mode == "dual")
+    results_page.render_page(out_dir, rows_in_order, json_safe(summary), model_cfg.input_mode == "dual")
     return summary
 
 
@@ -454,13 +454,13 @@ def protocol_notes(n: int, total: int, sizes: set, bits: set, model_cfg: Config,
     return notes
 
 
-def _json_safe(obj):
+def json_safe(obj):
     if isinstance(obj, float) and not math.isfinite(obj):
         return str(obj)
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 

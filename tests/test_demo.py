@@ -44,6 +44,7 @@ def test_quick_demo_end_to_end(tmp_path):
         assert len(cells) == 12 and sum(c.startswith("n/a") for c in cells) == 3
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["methods"]) == set(ROWS) and summary["quick"] is True
+    assert summary["backend"] == os.environ["KERAS_BACKEND"] and summary["backend_version"]
     for name in ROWS:
         m = summary["methods"][name]
         assert all(isinstance(m[k], float) and math.isfinite(m[k]) for k in ("psnr", "ssim", "mae"))
