@@ -93,8 +93,8 @@ def train_on_families(cfg, steps: int, progress: bool):
                           width=cfg.working_width, height=cfg.working_height, seed=SEED, workers=cfg.data_workers, progress=progress,
                           domain=synthesize.Domain(**TRAIN_FAMILIES))
     data_prep.build_store(cfg, progress=progress)
-    epochs = max(1, steps // cfg.steps_per_epoch)
-    cfg = dataclasses.replace(cfg, epochs=epochs, lr_decay_every=max(1, int(epochs * 0.75)))
+    epochs = max(1, steps // cfg.steps_per_epoch)          # the preset's schedule, scaled to the budget
+    cfg = dataclasses.replace(cfg, epochs=epochs, lr_decay_every=max(1, round(cfg.lr_decay_every * epochs / cfg.epochs)))
     result = train.train(cfg, verbose=1 if progress else 2)
     return result["best"] or result["last"]
 

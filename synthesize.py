@@ -462,6 +462,9 @@ def render_views(layers: list[Layer], camera: Camera, noise: Noise | None = None
             var = 2.0 * noise.shot * np.maximum(out, 0.0) + 2.0 * noise.read ** 2
             z = rng.standard_normal((h, w, 1) if grey else out.shape, dtype=np.float32)
             out += np.sqrt(var) * z
+    # Each view saturates on its own, and the combined image is the sum of the two photodiodes, so it is the
+    # mean of the clipped views: a highlight that clips one view is clipped in the combined image too.
+    out_l, out_r = np.clip(out_l, 0.0, 1.0), np.clip(out_r, 0.0, 1.0)
     combined = (out_l + out_r) / 2.0
     views = [encode(out_l), encode(out_r), encode(combined)]
     if sensor is not None and sensor.bits < 16:
