@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from config import REPO_DIR, Config, add_config_args, config_from_args
+from config import Config, add_config_args, config_from_args
 from dpdd import DatasetError, Scene, compare_with_official, find_dataset_root, list_scenes
 from fileio import atomic_path, atomic_write_csv, atomic_write_json, is_temporary
 from images import ImageError, max_value, read_image
@@ -116,19 +116,12 @@ def build_store(cfg: Config, splits=STORE_SPLITS, rebuild: bool = False, progres
 def store_config(cfg: Config) -> dict:
     """The values of the store settings, as recorded in the manifest (dataset_root as an absolute path)."""
     d = cfg.to_dict()
-    return {**{k: d[k] for k in STORE_KEYS}, "dataset_root": _resolved_root(cfg.dataset_root)}
+    return {**{k: d[k] for k in STORE_KEYS}, "dataset_root": os.path.normpath(cfg.resolve_path("dataset_root"))}
 
 
 def store_differences(stored: dict, cfg: Config) -> list[str]:
     """'key: X in the store, Y now' for every store setting that differs from cfg's."""
-    now = store_config(cfg)
-    stored = {**stored, "dataset_root": _resolved_root(stored.get("dataset_root"))}
-    return [f"{k}: {stored.get(k)!r} in the store, {now[k]!r} now" for k in STORE_KEYS if stored.get(k) != now[k]]
-
-
-def _resolved_root(path):
-    """A dataset_root as an absolute path (relative ones live under the repository, as Config.resolve_path)."""
-    return os.path.normpath(os.path.join(REPO_DIR, path)) if isinstance(path, str) else path
+    return cfg.differences(stored, "in the store", keys=STORE_KEYS)
 
 
 def previous_store(cfg: Config, patch_dir: str) -> PatchStore | None:
