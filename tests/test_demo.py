@@ -26,15 +26,20 @@ def _args(*argv):
     return parser.parse_args(list(argv))
 
 
-def test_quick_demo_end_to_end(tmp_path):
+def run_quick_demo(tmp_path, backend):
+    """`demo.py --quick` in a fresh process under `backend`; the finished run's root and stdout."""
     root = tmp_path / "demo"
     # As ./run_demo.sh runs it: with TensorFlow's oneDNN CPU kernels (conftest turns them off for the suite's
     # own processes), which train this network about twice as fast.
-    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "1"}
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "1", "KERAS_BACKEND": backend}
     proc = subprocess.run([sys.executable, os.path.join(REPO_DIR, "demo.py"), "--quick", "--root", str(root),
                            "--no-progress", "--no-lpips"], cwd=str(tmp_path), capture_output=True, text=True,
                           timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return root, proc.stdout
+
+
+def check_quick_demo(root, stdout, backend):
     out = root / "results" / "demo_quick"
     md = (out / "summary.md").read_text()
     table = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| Method")]
@@ -44,7 +49,7 @@ def test_quick_demo_end_to_end(tmp_path):
         assert len(cells) == 12 and sum(c.startswith("n/a") for c in cells) == 3
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["methods"]) == set(ROWS) and summary["quick"] is True
-    assert summary["backend"] == os.environ["KERAS_BACKEND"] and summary["backend_version"]
+    assert summary["backend"] == backend and summary["backend_version"]
     for name in ROWS:
         m = summary["methods"][name]
         assert all(isinstance(m[k], float) and math.isfinite(m[k]) for k in ("psnr", "ssim", "mae"))
@@ -60,11 +65,25 @@ def test_quick_demo_end_to_end(tmp_path):
     pic = read_image(str(out / "comparison.png"))
     assert pic.dtype == np.uint8 and pic.shape[1] > 4 * 320 and pic.shape[0] > 2 * 2 * 208
     for run in ("demo_quick", "demo_quick_single"):
-        assert (root / "checkpoints" / run / "best.keras").is_file()
+        best = root / "checkpoints" / run / "best.keras"
+        assert best.is_file()
+        assert json.loads((root / "checkpoints" / run / "best.json").read_text())["backend"] == backend
     for name in ("synthetic_demo_quick", "patches"):
         assert (root / name).is_dir()
     assert (out / "dual" / "metrics.csv").is_file() and (out / "single" / "metrics.csv").is_file()
-    assert "DPDNet - DPDNet-Single" in proc.stdout
+    assert json.loads((out / "dual" / "run_info.json").read_text())["backend"] == backend
+    assert "DPDNet - DPDNet-Single" in stdout
+
+
+def test_quick_demo_end_to_end(tmp_path):
+    backend = os.environ["KERAS_BACKEND"]
+    check_quick_demo(*run_quick_demo(tmp_path, backend), backend)
+
+
+def test_quick_demo_under_torch(tmp_path):
+    """The whole demo under Keras' PyTorch backend (the suite's own pass is TensorFlow, then JAX)."""
+    pytest.importorskip("torch")
+    check_quick_demo(*run_quick_demo(tmp_path, "torch"), "torch")
 
 
 def test_root_redirects_every_path(tmp_path):
