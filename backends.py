@@ -22,6 +22,10 @@ if importlib.util.find_spec(BACKENDS[_chosen]) is None:
     sys.exit(f"error: KERAS_BACKEND={_chosen}: the {BACKENDS[_chosen]} package is not installed "
              f"(pip install {BACKENDS[_chosen]}), or choose another backend")
 os.environ["KERAS_BACKEND"] = _chosen
+if _chosen == "torch":
+    # PyTorch's OpenMP threads spin while they wait for work; on a CPU shared with other processes that made a
+    # small training step 20x slower. They sleep instead unless the user chose otherwise.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import keras  # noqa: E402  (after the check above)
 
