@@ -68,24 +68,9 @@ def results_folder(cfg) -> str:
 
 # --------------------------------------------------------------------------------------------- the table
 
-def input_rows(root: str, scenes: list, lpips_client) -> list[dict]:
-    """Per test scene, the metrics of the blurry combined image itself against the sharp target."""
-    import dpdd
-    from images import read_image, to_float
-    from metrics import image_metrics
-    categories = dpdd.test_categories(root)
-    rows = []
-    for scene in scenes:
-        gt, src = to_float(read_image(scene.target_path)), to_float(read_image(scene.source_path))
-        rows.append({"name": scene.source, "category": categories.get(scene.source, "unlabelled"),
-                     **image_metrics(gt, src), "lpips": None})
-        if lpips_client is not None:
-            lpips_client.submit(scene.source, gt, src)
-    if lpips_client is not None:
-        values = lpips_client.wait_all()
-        for row in rows:
-            row["lpips"] = values.get(row["name"])
-    return rows
+def input_rows(rows: list[dict]) -> list[dict]:
+    """The blurry combined input's own metrics against the sharp target, from test.py's input_* columns."""
+    return [{"name": r["name"], "category": r["category"], **{m: r["input_" + m] for m in METRICS}} for r in rows]
 
 
 def _fmt(value, metric: str) -> str:
@@ -294,17 +279,9 @@ def run(args: argparse.Namespace) -> dict:
             lpips_mode = "auto" if lp["status"] == "alexnet" else "off"   # do not wait for a second failure
     root = dpdd.find_dataset_root(cfg)
     scenes = dpdd.list_scenes(root, "test")
-    client = None
-    if lp["status"] == "alexnet":
-        from metrics import LpipsClient
-        client = LpipsClient(threads=max(1, (os.cpu_count() or 2) // 2))
-    try:
-        rows = {INPUT_LABEL: input_rows(root, scenes, client)}
-    finally:
-        if client is not None:
-            client.close()
-    for label in ("DPDNet-Single", "DPDNet"):
-        rows[label], _ = test.read_rows(os.path.join(out_dirs[label], "metrics.csv"))
+    rows = {label: test.read_rows(os.path.join(out_dirs[label], "metrics.csv"))[0]
+            for label in ("DPDNet-Single", "DPDNet")}
+    rows[INPUT_LABEL] = input_rows(rows["DPDNet"])
     if lp["status"] != "alexnet":
         for label in rows:
             for r in rows[label]:

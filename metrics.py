@@ -1,44 +1,34 @@
-"""The evaluation metrics of the paper's Table 1 (protocol "Evaluation"): PSNR, SSIM, MAE in this process,
-LPIPS (AlexNet, v0.1) in a separate worker process that never imports TensorFlow.
+"""The evaluation metrics of the paper's Table 1 (protocol "Evaluation"): PSNR, SSIM, MAE in this process, and
+LPIPS (AlexNet, v0.1) of image files in a separate process that never imports TensorFlow (torch beside
+TensorFlow in one process was seen to crash): this file, run as a script by `lpips_of_files`.
 
-All metrics take float (H, W, 3) RGB arrays in [0, 1], ground truth first, before any quantisation.
+All metrics take float (H, W, 3) RGB arrays in [0, 1], ground truth first, before any quantisation;
+LPIPS takes the files and reads them the same way (images.read_image, images.to_float).
 
-    m = image_metrics(gt, pred)            # {"psnr": .., "ssim": .., "mae": ..}
-
+    m = image_metrics(gt, pred)                      # {"psnr": .., "ssim": .., "mae": ..}
     try:
-        lp = LpipsClient()                 # starts lpips_worker.py, waits until its network is built
-    except LpipsUnavailable as e:          # one sentence: why, and how to provide the weights
-        lp = None                          # go on without LPIPS; report it as unavailable, never a number
-    for name, gt, pred in images:
-        ...
-        if lp:
-            lp.submit(name, gt, pred)      # returns at once (blocks only while max_pending pairs wait);
-                                           # the worker computes while the caller runs the next inference
-    values = lp.wait_all() if lp else {}   # {name: lpips}
-    if lp:
-        lp.close()                         # or use `with LpipsClient() as lp:`
-
-The worker is a plain subprocess of this Python (not multiprocessing: spawn would re-import a caller that
-imports TensorFlow, fork after TensorFlow is unsafe). Pairs travel as pickled float32 arrays over its stdin,
-results come back over its stdout; it uses `threads` CPU threads and no GPU.
+        values = lpips_of_files([(gt_png, pred_png), ...])   # [lpips, ...] in the same order
+    except LpipsUnavailable as e:                    # one line: why (no torch/lpips, no AlexNet weights offline)
+        values = None                                # report LPIPS as unavailable, never a made-up number
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
-import pickle
-import queue
+import re
+import signal
+import socket
 import subprocess
 import sys
-import threading
-import time
+import warnings
 
 import numpy as np
 from skimage.metrics import structural_similarity
 
-REPO_DIR = os.path.dirname(os.path.abspath(__file__))
-WORKER = os.path.join(REPO_DIR, "lpips_worker.py")
 RANGE_TOLERANCE = 0.01  # values in [-0.01, 1.01] are accepted (rounding); beyond that the input is wrong
+DOWNLOAD_SOCKET_TIMEOUT_S = 15
 
 
 class MetricError(ValueError):
@@ -46,7 +36,7 @@ class MetricError(ValueError):
 
 
 class LpipsUnavailable(RuntimeError):
-    """LPIPS cannot be computed (missing weights, packages, or the worker died); the message says why and what to do."""
+    """LPIPS cannot be computed (packages, weights offline, unreadable files, its process died); one line why."""
 
 
 def check_pair(gt, pred) -> tuple[np.ndarray, np.ndarray]:
@@ -99,205 +89,100 @@ def image_metrics(gt, pred) -> dict:
     return {"psnr": psnr(gt, pred), "ssim": ssim(gt, pred), "mae": mae(gt, pred)}
 
 
-class LpipsClient:
-    """LPIPS (AlexNet, v0.1, RGB, [0,1] inputs mapped to [-1,1], ground truth first) computed by lpips_worker.py.
+def lpips_of_files(pairs, random_backbone: bool = False, threads: int = 0, progress: bool = False) -> list[float]:
+    """LPIPS (AlexNet, v0.1, RGB, [0, 1] inputs mapped to [-1, 1], ground truth first) of the image files
+    [(gt_path, pred_path), ...], in that order, computed on the CPU by this file run as a separate process.
 
-    The constructor starts the worker and waits until its network is built (a few seconds); if that fails it
-    raises LpipsUnavailable with one sentence saying why (e.g. the AlexNet weights are not in torchvision's
-    cache under TORCH_HOME and cannot be downloaded, and where to put them).
-
-    pnet_rand: randomly initialised AlexNet (seeded by `seed`; for tests, needs no download).
-    threads: torch CPU threads in the worker. download: fetch missing AlexNet weights (15 s network timeout).
-    max_pending: pairs queued before submit() blocks (each full-size pair is ~45 MB as float32).
-    Keys are any picklable hashable values (e.g. image names); each may be submitted once.
+    With no pairs it only checks that LPIPS can be computed (a few seconds), so that a caller can fail or warn
+    before hours of inference. Raises LpipsUnavailable with one line saying why, e.g. that the AlexNet
+    backbone weights are not in torchvision's cache under TORCH_HOME and cannot be downloaded, and where to put
+    them. random_backbone: a seeded random AlexNet instead of the ImageNet weights, for tests (no download).
+    threads: torch CPU threads (0: one per core). progress: a progress bar on stderr.
     """
-
-    def __init__(self, pnet_rand: bool = False, seed: int = 0, threads: int = 2, download: bool = True,
-                 max_pending: int = 4, startup_timeout: float = 120.0):
-        cmd = [sys.executable, WORKER, "--threads", str(threads), "--seed", str(seed)]
-        cmd += ["--pnet-rand"] if pnet_rand else []
-        cmd += [] if download else ["--no-download"]
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), CUDA_VISIBLE_DEVICES="")
-        self._cond = threading.Condition()
-        self._results: dict = {}
-        self._errors: dict = {}
-        self._submitted: set = set()
-        self._dead: str | None = None  # why the worker cannot be used any more
-        self._ready = False
-        self._closed = False
-        self.info: dict = {}
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, max_pending))
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-        self._reader = threading.Thread(target=self._read_loop, name="lpips-reader", daemon=True)
-        self._sender = threading.Thread(target=self._send_loop, name="lpips-sender", daemon=True)
-        self._reader.start()
-        self._sender.start()
-        with self._cond:
-            self._cond.wait_for(lambda: self._ready or self._dead is not None, timeout=startup_timeout)
-            failure = self._dead if not self._ready else None
-            if not self._ready and failure is None:
-                failure = f"LPIPS unavailable: the LPIPS worker did not start within {startup_timeout:g} s"
-        if failure is not None:
-            self.close(wait=False)
-            raise LpipsUnavailable(failure)
-
-    # --- caller side ---
-
-    def submit(self, key, gt, pred) -> None:
-        """Queue one pair (RGB floats in [0,1], ground truth first); returns once queued, the worker computes it."""
-        gt, pred = check_pair(gt, pred)
-        with self._cond:
-            self._raise_if_dead()
-            if self._closed:
-                raise RuntimeError("LpipsClient is closed")
-            if key in self._submitted:
-                raise ValueError(f"LPIPS: key {key!r} was already submitted")
-            try:
-                pickle.dumps(key)
-            except Exception as e:
-                raise ValueError(f"LPIPS: key {key!r} cannot be sent to the worker ({e})") from None
-            self._submitted.add(key)
-        item = (key, np.ascontiguousarray(gt, dtype=np.float32), np.ascontiguousarray(pred, dtype=np.float32))
-        while True:  # block while max_pending pairs wait, but never on a dead worker
-            try:
-                self._queue.put(item, timeout=0.5)
-                return
-            except queue.Full:
-                with self._cond:
-                    self._raise_if_dead()
-
-    def collect(self) -> dict:
-        """The results received so far, {key: lpips}; does not wait."""
-        with self._cond:
-            return dict(self._results)
-
-    def result(self, key, timeout: float | None = None) -> float:
-        """The LPIPS of one submitted pair, waiting for it (LpipsUnavailable if the worker died or timed out)."""
-        with self._cond:
-            if key not in self._submitted:
-                raise KeyError(f"LPIPS: key {key!r} was never submitted")
-            self._cond.wait_for(lambda: key in self._results or key in self._errors or self._dead is not None,
-                                       timeout=timeout)
-            if key in self._results:
-                return self._results[key]
-            if key in self._errors:
-                raise LpipsUnavailable(f"LPIPS failed for {key!r}: {self._errors[key]}")
-            self._raise_if_dead()
-            raise LpipsUnavailable(f"LPIPS: no result for {key!r} within {timeout:g} s")
-
-    def wait_all(self, timeout: float | None = None) -> dict:
-        """Wait for every submitted pair and return {key: lpips} (raises like result())."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            keys = list(self._submitted)
-        for key in keys:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            self.result(key, timeout=left)
-        return self.collect()
-
-    def close(self, wait: bool = True) -> None:
-        """Stop the worker: after the queued pairs when wait=True, at once otherwise. Safe to call twice."""
-        with self._cond:
-            already = self._closed
-            self._closed = True
-        if not already and wait and self._dead is None:
-            self._queue.put(None)
-            self._sender.join(timeout=300)
-            try:
-                self._proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                pass
-        if self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
-        if not already:
-            with self._cond:
-                if self._dead is None:
-                    self._dead = "LPIPS unavailable: the LPIPS client was closed"
-                self._cond.notify_all()
-            try:
-                self._queue.put_nowait(None)  # release the sender if it still waits
-            except queue.Full:
-                pass
-            self._reader.join(timeout=5)
-            self._sender.join(timeout=5)
-            for f in (self._proc.stdin, self._proc.stdout):
-                try:
-                    f.close()
-                except OSError:
-                    pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        self.close(wait=exc_type is None)
-
-    # --- threads ---
-
-    def _raise_if_dead(self) -> None:
-        if self._dead is not None:
-            raise LpipsUnavailable(self._dead)
-
-    def _mark_dead(self, why: str) -> None:
-        with self._cond:
-            if self._dead is None:
-                self._dead = why
-            self._cond.notify_all()
-
-    def _send_loop(self) -> None:
-        stdin = self._proc.stdin
-        while True:
-            item = self._queue.get()
-            try:
-                pickle.dump(item, stdin, protocol=pickle.HIGHEST_PROTOCOL)
-                stdin.flush()
-                if item is None:
-                    stdin.close()
-                    return
-            except Exception:  # broken pipe: the worker is gone
-                self._mark_dead(self._exit_reason())
-                return
-
-    def _read_loop(self) -> None:
-        stdout = self._proc.stdout
-        while True:
-            try:
-                msg = pickle.load(stdout)
-            except Exception:  # end of file (worker gone) or a torn message
-                with self._cond:
-                    clean = self._closed and self._ready
-                if not clean:
-                    self._mark_dead(self._exit_reason())
-                else:
-                    self._mark_dead("LPIPS unavailable: the LPIPS client was closed")
-                return
-            kind = msg.get("type")
-            with self._cond:
-                if kind == "ready":
-                    self._ready = True
-                    self.info = {k: v for k, v in msg.items() if k != "type"}
-                elif kind == "result":
-                    self._results[msg["key"]] = msg["value"]
-                elif kind == "error":
-                    self._errors[msg["key"]] = msg["message"]
-                elif kind == "fatal":
-                    self._dead = msg["message"]
-                self._cond.notify_all()
-
-    def _exit_reason(self) -> str:
-        try:
-            code = self._proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            code = None
-        state = "stopped answering" if code is None else f"exited with status {code}"
-        return f"LPIPS unavailable: the LPIPS worker {state} (its messages, if any, are above)"
-
-
-def lpips_available(**kwargs) -> tuple[bool, str]:
-    """(True, "") if an LpipsClient(**kwargs) starts (it is then closed again; takes a few seconds), else (False, why)."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--threads", str(threads or os.cpu_count() or 1)]
+    cmd += ["--random-backbone"] * random_backbone + ["--progress"] * progress
+    proc = subprocess.run(cmd, input=json.dumps([[str(a), str(b)] for a, b in pairs]), stdout=subprocess.PIPE,
+                          text=True, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
     try:
-        LpipsClient(**kwargs).close()
-        return True, ""
-    except LpipsUnavailable as e:
-        return False, str(e)
+        answer = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        answer = {"error": f"LPIPS unavailable: its process exited with status {proc.returncode} "
+                           f"(its messages, if any, are above)"}
+    if "error" in answer:
+        raise LpipsUnavailable(answer["error"])
+    return answer["values"]
+
+
+# --------------------------------------------------------------------------------------------- the LPIPS process
+
+def _lpips_main() -> None:
+    """Run by lpips_of_files: JSON [[gt_path, pred_path], ...] on stdin, one JSON line on stdout,
+    {"values": [...]} or {"error": "one line"}. Imports torch and lpips, never TensorFlow."""
+    parser = argparse.ArgumentParser(description="LPIPS of image file pairs (run by metrics.lpips_of_files)")
+    parser.add_argument("--random-backbone", action="store_true")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--progress", action="store_true")
+    args = parser.parse_args()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: stop quietly, the caller reports it
+    warnings.filterwarnings("ignore", category=UserWarning)
+    answer, sys.stdout = sys.stdout, sys.stderr  # libraries' prints go to stderr; stdout carries the answer
+    try:
+        result = {"values": _lpips_values(json.load(sys.stdin), args)}
+    except (LpipsUnavailable, MetricError) as e:
+        result = {"error": str(e)}
+    except Exception as e:  # anything else: still one line for the caller
+        result = {"error": f"LPIPS unavailable: {type(e).__name__}: {e}"}
+    print(json.dumps(result), file=answer, flush=True)
+
+
+def _lpips_values(pairs: list, args) -> list[float]:
+    try:
+        import lpips
+        import torch
+        from torchvision.models import AlexNet_Weights
+        from tqdm import tqdm
+    except ImportError as e:
+        raise LpipsUnavailable(f"LPIPS unavailable: cannot import {e.name} ({e}); install requirements.txt") from e
+    from images import ImageError, read_image, to_float
+    torch.set_num_threads(max(1, args.threads))
+    if args.random_backbone:
+        torch.manual_seed(0)
+    else:
+        _ensure_alexnet_weights(torch, AlexNet_Weights.IMAGENET1K_V1.url)
+    net = lpips.LPIPS(pretrained=True, net="alex", version="0.1", pnet_rand=args.random_backbone, verbose=False).eval()
+    values = []
+    for gt_path, pred_path in tqdm(pairs, desc="lpips", unit="pair", disable=not args.progress, dynamic_ncols=True):
+        try:
+            gt, pred = check_pair(to_float(read_image(gt_path)), to_float(read_image(pred_path)))
+        except (ImageError, MetricError) as e:
+            raise MetricError(f"LPIPS of {pred_path} against {gt_path}: {e}") from e
+        with torch.inference_mode():
+            t_gt, t_pred = (torch.from_numpy(a).permute(2, 0, 1)[None] for a in (gt, pred))
+            values.append(float(net(t_gt, t_pred, normalize=True).item()))  # normalize: [0,1] -> [-1,1]
+    return values
+
+
+def _ensure_alexnet_weights(torch, url: str) -> None:
+    """Make sure torchvision's cache holds the AlexNet weights: download them with a short network timeout,
+    or fail saying where to put them."""
+    name = os.path.basename(url)
+    folder = os.path.join(torch.hub.get_dir(), "checkpoints")
+    path = os.path.join(folder, name)
+    if os.path.isfile(path):
+        return
+    fix = (f"put {name} (from {url}) at {path} (torchvision's cache under TORCH_HOME="
+           f"{os.path.dirname(torch.hub.get_dir())}; set TORCH_HOME to use another folder)")
+    socket.setdefaulttimeout(DOWNLOAD_SOCKET_TIMEOUT_S)
+    print(f"LPIPS: downloading {url} to {path}", file=sys.stderr)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        match = re.search(r"-([a-f0-9]+)\.", name)
+        torch.hub.download_url_to_file(url, path, hash_prefix=match.group(1) if match else None, progress=True)
+    except Exception as e:
+        reason = str(getattr(e, "reason", e)) or type(e).__name__
+        raise LpipsUnavailable(f"LPIPS unavailable: the AlexNet backbone weights are not cached and could not be "
+                               f"downloaded ({reason}); {fix}") from e
+
+
+if __name__ == "__main__":
+    _lpips_main()

@@ -1,5 +1,6 @@
 """Evaluate a trained DPDNet on the DPDD test split by the paper's Table 1 protocol: whole images, one pass,
-output clamped to [0, 1], PSNR/SSIM/MAE/LPIPS on floats per image, then indoor/outdoor/combined means.
+output clamped to [0, 1], PSNR/SSIM/MAE on floats per image, then LPIPS in one pass over the saved 16-bit
+outputs (a separate process), then indoor/outdoor/combined means.
 
     python test.py --weights checkpoints/dpdnet/best.keras        # or the authors' .hdf5
     python test.py --preset single --weights dpdnet_single.hdf5
@@ -23,7 +24,6 @@ import math
 import os
 import sys
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -213,8 +213,9 @@ def summary_markdown(summary: dict) -> str:
     lines.append("| " + " | ".join(["ours - paper"] + [
         "n/a" if diff[g][m] is None else (f"{diff[g][m]:+.2f}" if m == "psnr" else f"{diff[g][m]:+.4f}")
         for g in GROUPS for m in METRICS]) + " |")
-    lines += ["", "PSNR and SSIM: higher is better; MAE and LPIPS: lower is better. Metrics on float outputs "
-              "clamped to [0, 1], before quantisation, per image, then averaged (protocol.md, 'Evaluation').", ""]
+    lines += ["", "PSNR and SSIM: higher is better; MAE and LPIPS: lower is better. PSNR/SSIM/MAE on float "
+              "outputs clamped to [0, 1], before quantisation, LPIPS on the saved 16-bit outputs, per image, "
+              "then averaged (protocol.md, 'Evaluation').", ""]
     lines.append(f"- Weights: `{summary['weights']}`")
     lines.append(f"- Images: {summary['images']} from `{summary['dataset_root']}` "
                  f"({', '.join(f'{b}-bit' for b in summary['input_bits'])} input, "
@@ -253,20 +254,20 @@ def build_summary(rows: list[dict], info: dict) -> dict:
 
 # --------------------------------------------------------------------------------------------- evaluation
 
-def _start_lpips(mode: str):
-    """(client or None, status, reason) for lpips mode auto / require / off / random."""
+def _lpips(mode: str, pairs: list = (), progress: bool = False) -> tuple[list | None, str, str]:
+    """(values or None, status, reason) of LPIPS over (target, image) file pairs for lpips mode auto / require /
+    off / random. With no pairs, a check (a few seconds) that LPIPS can run, before any image is done."""
     if mode == "off":
         return None, "off", ""
-    from metrics import LpipsClient, LpipsUnavailable
+    from metrics import LpipsUnavailable, lpips_of_files
     try:
-        client = LpipsClient(pnet_rand=(mode == "random"), threads=max(1, (os.cpu_count() or 2) // 2))
+        values = lpips_of_files(pairs, random_backbone=(mode == "random"), progress=progress)
     except LpipsUnavailable as e:
         if mode == "require":
             raise
         print(f"warning: {e}; LPIPS is reported as n/a (--require-lpips makes this an error)", file=sys.stderr)
-        reason = str(e)
-        return None, "unavailable", reason[len("LPIPS unavailable: "):] if reason.startswith("LPIPS unavailable: ") else reason
-    return client, ("random" if mode == "random" else "alexnet"), ""
+        return None, "unavailable", str(e).removeprefix("LPIPS unavailable: ")
+    return values, ("random" if mode == "random" else "alexnet"), ""
 
 
 def _weights_stamp(path: str) -> dict:
@@ -337,37 +338,20 @@ def evaluate(cfg: Config, weights_path: str | None = None, out_dir: str | None =
                 and os.path.isfile(os.path.join(img_dir, r["name"] + ".png"))}
     todo = [s for s in scenes if s.source not in done]
     rows_in_order = [done[s.source] for s in scenes if s.source in done]
-    lp_client, lp_status, lp_reason = _start_lpips(lpips)  # may fail (--require-lpips): nothing written yet
-    try:
-        os.makedirs(img_dir, exist_ok=True)
-        for name in os.listdir(img_dir):  # leftovers of a killed atomic write
-            if is_temporary(name):
-                os.remove(os.path.join(img_dir, name))
-        atomic_write_json(info_path, {**run_info, "lpips": lp_status, "lpips_reason": lp_reason,
-                                      "categories_source": labels.source})
-        model_cfg.save_json(os.path.join(out_dir, "config.json"))
-        writer = ResultsWriter(csv_path, rows_in_order)
-    except BaseException:
-        if lp_client is not None:
-            lp_client.close(wait=False)
-        raise
+    _, lp_status, lp_reason = _lpips(lpips)  # may fail (--require-lpips): nothing written yet
+    os.makedirs(img_dir, exist_ok=True)
+    for name in os.listdir(img_dir):  # leftovers of a killed atomic write
+        if is_temporary(name):
+            os.remove(os.path.join(img_dir, name))
+    atomic_write_json(info_path, {**run_info, "lpips": lp_status, "lpips_reason": lp_reason,
+                                  "categories_source": labels.source})
+    model_cfg.save_json(os.path.join(out_dir, "config.json"))
+    writer = ResultsWriter(csv_path, rows_in_order)
     if done:
         print(f"resuming: {len(done)} of {len(scenes)} images already done in {out_dir} (--overwrite to redo them)")
 
     from tqdm import tqdm
-    pending: deque = deque()   # rows whose image is written, waiting for their LPIPS value
     bits, sizes, seconds = set(), set(), []
-
-    def flush(block: bool):
-        while pending and (block or lp_client is None or {pending[0]["name"], (pending[0]["name"], "input")}
-                           <= lp_client.collect().keys()):
-            row = pending.popleft()
-            if lp_client is not None:
-                row["lpips"] = lp_client.result(row["name"])
-                row["input_lpips"] = lp_client.result((row["name"], "input"))
-            writer.append(row["name"], row["category"], row)
-            rows_in_order.append(row)
-
     prefetch = Prefetcher(todo, model_cfg) if todo else None
     bar = tqdm(total=len(scenes), initial=len(done), desc="test", unit="img", disable=not progress, dynamic_ncols=True)
     try:
@@ -378,30 +362,33 @@ def evaluate(cfg: Config, weights_path: str | None = None, out_dir: str | None =
             values = image_metrics(data["gt"], pred)
             blurry = {"input_" + k: v for k, v in image_metrics(data["gt"], data["blurry"]).items()}
             write_image(os.path.join(img_dir, scene.source + ".png"), pred, bits=16)
-            if lp_client is not None:
-                lp_client.submit(scene.source, data["gt"], pred)
-                lp_client.submit((scene.source, "input"), data["gt"], data["blurry"])
             bits.update(data["bits"])
             sizes.add(data["size"])
-            pending.append({"name": scene.source, "category": labels.categories.get(scene.source, "unlabelled"),
-                            **values, "lpips": None, **blurry, "input_lpips": None})
+            row = {"name": scene.source, "category": labels.categories.get(scene.source, "unlabelled"),
+                   **values, "lpips": None, **blurry, "input_lpips": None}
+            writer.append(row["name"], row["category"], row)
+            rows_in_order.append(row)
             del data, pred
-            flush(block=False)
             bar.update(1)
-            running = [r for r in rows_in_order + list(pending)]
-            bar.set_postfix({k: f"{np.mean([r[k] for r in running]):.4g}" for k in ("psnr", "ssim", "mae")})
-        flush(block=True)
+            bar.set_postfix({k: f"{np.mean([r[k] for r in rows_in_order]):.4g}" for k in ("psnr", "ssim", "mae")})
     finally:
         bar.close()
         if prefetch:
             prefetch.close()
         writer.close()
-        if lp_client is not None:
-            lp_client.close(wait=False)
 
     # the final file in scene order, so that a resumed run's metrics.csv equals a clean run's
     order = {s.source: i for i, s in enumerate(scenes)}
     rows_in_order.sort(key=lambda r: order[r["name"]])
+    # LPIPS: one pass over the saved outputs and the blurry inputs of the rows that lack it, in its own process
+    unscored = [r for r in rows_in_order if r["lpips"] is None or r["input_lpips"] is None]
+    if unscored and lp_status in ("alexnet", "random"):
+        by_name = {s.source: s for s in scenes}
+        pairs = [(by_name[r["name"]].target_path, path) for r in unscored
+                 for path in (os.path.join(img_dir, r["name"] + ".png"), by_name[r["name"]].source_path)]
+        values, lp_status, lp_reason = _lpips(lpips, pairs, progress)
+        for i, r in enumerate(unscored if values is not None else []):
+            r["lpips"], r["input_lpips"] = values[2 * i], values[2 * i + 1]
     with open(csv_path) as f:
         current = f.read()
     final = "".join([",".join(CSV_HEADER) + "\n"] + [format_row(r["name"], r["category"], r) for r in rows_in_order])
@@ -477,13 +464,11 @@ def main(argv=None) -> int:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--require-lpips", action="store_true", help="fail if LPIPS cannot be computed")
     group.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
-    group.add_argument("--lpips-random-backbone", action="store_true", help=argparse.SUPPRESS)  # tests only
     add_config_args(parser)
     args = parser.parse_args(argv)
     tile_overrides(args)
     cfg = config_from_args(args)
-    lpips = ("require" if args.require_lpips else "off" if args.no_lpips
-             else "random" if args.lpips_random_backbone else "auto")
+    lpips = "require" if args.require_lpips else "off" if args.no_lpips else "auto"
 
     import weights as W
     from metrics import LpipsUnavailable, MetricError

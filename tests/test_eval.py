@@ -230,10 +230,10 @@ def test_lpips_unavailable_is_reported_not_fatal(tmp_path, dual, split, monkeypa
     _, _, ckpt = dual
     root, names = split
 
-    def unavailable(**kwargs):
+    def unavailable(pairs, **kwargs):
         raise metrics.LpipsUnavailable("LPIPS unavailable: the AlexNet backbone weights are not cached")
 
-    monkeypatch.setattr(metrics, "LpipsClient", unavailable)
+    monkeypatch.setattr(metrics, "lpips_of_files", unavailable)
     summary = T.evaluate(eval_cfg(root, tmp_path), ckpt, lpips="auto", limit=2, progress=False)
     rows = read_csv(tmp_path / "dpdnet" / "metrics.csv")
     assert len(rows) == 2 and all(r["lpips"] == "" and float(r["psnr"]) > 0 for r in rows)
@@ -245,6 +245,42 @@ def test_lpips_unavailable_is_reported_not_fatal(tmp_path, dual, split, monkeypa
                     "--require-lpips")
     assert code == 1 and msg.startswith("error: LPIPS unavailable")
     assert not os.path.exists(tmp_path / "r2" / "dpdnet" / "metrics.csv")
+
+
+def test_lpips_is_one_pass_at_the_end_over_rows_without_it(tmp_path, dual, split, monkeypatch):
+    _, _, ckpt = dual
+    root, names = split
+    out = tmp_path / "dpdnet"
+    scenes = {s.source: s for s in dpdd.list_scenes(root, "test")}
+    calls = []
+
+    def dies_in_the_pass(pairs, **kwargs):
+        calls.append(list(pairs))
+        if pairs:
+            raise metrics.LpipsUnavailable("LPIPS unavailable: its process exited with status -9")
+        return []
+
+    monkeypatch.setattr(metrics, "lpips_of_files", dies_in_the_pass)
+    summary = T.evaluate(eval_cfg(root, tmp_path), ckpt, lpips="auto", limit=2, progress=False)
+    assert [len(c) for c in calls] == [0, 4]  # the check before any image, then one pass: output and input
+    assert summary["lpips"] == {"status": "unavailable", "reason": "its process exited with status -9"}
+    assert [r["lpips"] for r in read_csv(out / "metrics.csv")] == ["", ""] and summary["groups"]["combined"]["psnr"]
+
+    def scores(pairs, **kwargs):  # each call's values are its number, to see which call scored which row
+        calls.append(list(pairs))
+        return [float(len(calls))] * len(pairs)
+
+    monkeypatch.setattr(metrics, "lpips_of_files", scores)
+    calls.clear()
+    before = {n: (out / "images" / f"{n}.png").stat().st_mtime_ns for n in names[:2]}
+    T.evaluate(eval_cfg(root, tmp_path), ckpt, lpips="auto", limit=2, progress=False)  # images done: LPIPS only
+    assert {n: (out / "images" / f"{n}.png").stat().st_mtime_ns for n in names[:2]} == before
+    assert calls[1] == [p for n in names[:2] for p in ((scenes[n].target_path, str(out / "images" / f"{n}.png")),
+                                                        (scenes[n].target_path, scenes[n].source_path))]
+    T.evaluate(eval_cfg(root, tmp_path), ckpt, lpips="auto", progress=False)  # the other 3: scored, not the 2
+    assert [p[1] for p in calls[3][::2]] == [str(out / "images" / f"{n}.png") for n in names[2:]]
+    rows = read_csv(out / "metrics.csv")
+    assert [(r["lpips"], r["input_lpips"]) for r in rows] == [("2.0", "2.0")] * 2 + [("4.0", "4.0")] * 3
 
 
 def test_shipped_labels_are_used_and_noted_without_a_dataset_file(tmp_path, dual):

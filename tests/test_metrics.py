@@ -1,5 +1,5 @@
-"""Metrics: PSNR/SSIM/MAE against hand computations, input validation, and LPIPS through its worker process
-(random AlexNet or a fake cached one, so nothing is downloaded; direct torch computations run in a
+"""Metrics: PSNR/SSIM/MAE against hand computations, input validation, and LPIPS of image files through its
+own process (random AlexNet or a fake cached one, so nothing is downloaded; direct torch computations run in a
 subprocess because other test files import TensorFlow into this one)."""
 
 import json
@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from metrics import (LpipsClient, LpipsUnavailable, MetricError, image_metrics, lpips_available, mae, psnr,
-                     ssim)
+from config import REPO_DIR
+from images import read_image, to_float, write_image
+from metrics import LpipsUnavailable, MetricError, image_metrics, lpips_of_files, mae, psnr, ssim
 
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
 DEAD_PROXY = "http://127.0.0.1:9"  # connection refused at once: any download attempt fails, nothing leaves
@@ -92,7 +93,7 @@ def test_rounding_slack_accepted_and_small_images_rejected_by_ssim():
         ssim(np.zeros((6, 8, 3)), np.zeros((6, 8, 3)))
 
 
-# --- LPIPS through the worker ---
+# --- LPIPS of image files, in its own process ---
 
 REFERENCE = textwrap.dedent("""
     import json, os, sys
@@ -118,65 +119,59 @@ REFERENCE = textwrap.dedent("""
 """)
 
 
+def png(path, img, bits=16):
+    write_image(str(path), img, bits=bits)
+    return str(path)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """LPIPS of one pair computed directly with lpips/torch in a TensorFlow-free subprocess, plus a fake cache."""
+    """One pair as 16-bit PNGs, and its LPIPS computed directly with lpips/torch from the floats those files
+    hold, in a TensorFlow-free subprocess; plus a fake cached AlexNet under torch_home."""
     tmp = tmp_path_factory.mktemp("lpips_ref")
-    gt, pred = textured(), noisy(textured(), 0.08)
-    np.savez(tmp / "pair.npz", gt=gt, pred=pred)
+    gt_path, pred_path = png(tmp / "gt.png", textured()), png(tmp / "pred.png", noisy(textured(), 0.08))
+    np.savez(tmp / "pair.npz", gt=to_float(read_image(gt_path)), pred=to_float(read_image(pred_path)))
     env = dict(os.environ, TORCH_HOME=str(tmp / "torch_home"), https_proxy=DEAD_PROXY, HTTPS_PROXY=DEAD_PROXY,
                OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run([sys.executable, "-c", REFERENCE, str(tmp / "pair.npz"), ALEXNET_FILE], env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return {"gt": gt, "pred": pred, "torch_home": tmp / "torch_home", **json.loads(proc.stdout.strip().splitlines()[-1])}
+    return {"gt": gt_path, "pred": pred_path, "torch_home": tmp / "torch_home",
+            **json.loads(proc.stdout.strip().splitlines()[-1])}
 
 
-@pytest.fixture(scope="module")
-def rand_client():
-    with LpipsClient(pnet_rand=True, seed=0, threads=1) as client:
-        yield client
-
-
-def test_lpips_worker_matches_direct_rgb_scaled_computation(rand_client, reference):
+def test_lpips_matches_direct_rgb_scaled_computation_in_order(reference, tmp_path):
     gt, pred = reference["gt"], reference["pred"]
-    rand_client.submit("pair", gt, pred)
-    rand_client.submit("swapped", pred, gt)
-    value = rand_client.result("pair", timeout=60)
-    assert value == pytest.approx(reference["rand"], rel=1e-5, abs=1e-7)
-    assert rand_client.result("swapped", timeout=60) == pytest.approx(value, rel=1e-5)
+    flat = png(tmp_path / "flat.png", textured(seed=3))
+    noise = [png(tmp_path / f"noise{s}.png", noisy(textured(seed=3), s, seed=4)) for s in (0.02, 0.05, 0.1, 0.2)]
+    values = lpips_of_files([(gt, pred), (pred, gt), (flat, flat)] + [(flat, n) for n in noise],
+                            random_backbone=True, threads=1)
+    assert values[0] == pytest.approx(reference["rand"], rel=1e-5, abs=1e-7)
+    assert values[1] == pytest.approx(values[0], rel=1e-5)
     # for this image channel order and [-1, 1] scaling change the value, so the match above checks both
     assert abs(reference["rand_bgr"] - reference["rand"]) > 0.02 * reference["rand"]
     assert abs(reference["rand_unscaled"] - reference["rand"]) > 0.02 * reference["rand"]
-    assert rand_client.info["tensorflow_imported"] is False and rand_client.info["threads"] == 1
+    assert values[2] == 0.0 and all(a < b for a, b in zip(values[2:], values[3:])), values  # monotone in noise
 
 
-def test_lpips_zero_for_identical_and_monotone_in_noise(rand_client):
-    gt = textured(seed=3)
-    sigmas = [0.0, 0.02, 0.05, 0.1, 0.2]
-    for s in sigmas:
-        rand_client.submit(("noise", s), gt, noisy(gt, s, seed=4))
-    done = rand_client.wait_all(timeout=60)
-    values = [done[("noise", s)] for s in sigmas]
-    assert values[0] == 0.0
-    assert all(a < b for a, b in zip(values, values[1:])), values
+def test_lpips_process_never_imports_tensorflow():
+    code = "import sys, metrics, images; print(sorted({'tensorflow', 'keras'} & set(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_DIR, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "[]", proc.stderr[-2000:]
 
 
-def test_lpips_submit_validates_before_sending(rand_client):
-    with pytest.raises(MetricError, match="differ in shape"):
-        rand_client.submit("bad", np.zeros((64, 64, 3)), np.zeros((64, 32, 3)))
-    rand_client.submit("once", textured(), textured())
-    with pytest.raises(ValueError, match="already submitted"):
-        rand_client.submit("once", textured(), textured())
-    with pytest.raises(KeyError):
-        rand_client.result("never")
+def test_lpips_bad_files_fail_with_one_line_naming_them(tmp_path):
+    small = png(tmp_path / "small.png", textured(64, 32))
+    with pytest.raises(LpipsUnavailable) as info:
+        lpips_of_files([(png(tmp_path / "gt.png", textured()), small)], random_backbone=True, threads=1)
+    assert "differ in shape" in str(info.value) and small in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(LpipsUnavailable, match="nowhere.png: file not found"):
+        lpips_of_files([(small, str(tmp_path / "nowhere.png"))], random_backbone=True, threads=1)
 
 
 def test_lpips_uses_weights_cached_under_torch_home(reference, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(reference["torch_home"]))
-    with LpipsClient(download=False, threads=1) as client:
-        client.submit(0, reference["gt"], reference["pred"])
-        value = client.result(0, timeout=60)
+    value, = lpips_of_files([(reference["gt"], reference["pred"])], threads=1)
     assert value == pytest.approx(reference["cached"], rel=1e-5, abs=1e-7)
     assert abs(value - reference["rand"]) > 1e-4  # the cached file was used, not a random backbone
 
@@ -184,37 +179,21 @@ def test_lpips_uses_weights_cached_under_torch_home(reference, monkeypatch):
 def test_lpips_offline_fails_fast_saying_where_weights_go(tmp_path, monkeypatch):
     home = tmp_path / "empty_torch_home"
     monkeypatch.setenv("TORCH_HOME", str(home))
-    start = time.monotonic()
-    with pytest.raises(LpipsUnavailable) as info:
-        LpipsClient(download=False)
-    message = str(info.value)
-    assert time.monotonic() - start < 30
-    expected = os.path.join(str(home), "hub", "checkpoints", ALEXNET_FILE)
-    assert "TORCH_HOME" in message and expected in message and "\n" not in message
-
-    # with downloading allowed, a network failure gives the same advice (the proxy refuses at once)
-    for var in ("https_proxy", "HTTPS_PROXY"):
+    for var in ("https_proxy", "HTTPS_PROXY"):  # the proxy refuses at once: the download fails, nothing leaves
         monkeypatch.setenv(var, DEAD_PROXY)
     for var in ("no_proxy", "NO_PROXY"):
         monkeypatch.delenv(var, raising=False)
     start = time.monotonic()
-    ok, why = lpips_available(threads=1)
-    assert not ok and "could not be downloaded" in why and expected in why and "TORCH_HOME" in why
+    with pytest.raises(LpipsUnavailable) as info:
+        lpips_of_files([], threads=1)  # no pairs: only the check that LPIPS can run
     assert time.monotonic() - start < 30
-    assert not os.path.exists(expected)
+    message = str(info.value)
+    expected = os.path.join(str(home), "hub", "checkpoints", ALEXNET_FILE)
+    assert "could not be downloaded" in message and expected in message and "TORCH_HOME" in message
+    assert "\n" not in message and not os.path.exists(expected)
 
 
-def test_lpips_worker_death_is_reported_not_hung():
-    client = LpipsClient(pnet_rand=True, threads=1)
-    try:
-        client.submit("a", textured(), textured())
-        assert client.result("a", timeout=60) == 0.0
-        client._proc.kill()
-        start = time.monotonic()
-        with pytest.raises(LpipsUnavailable, match="exited"):
-            for i in range(10):  # the pipe may still take a pair or two before it breaks
-                client.submit(i, textured(), textured())
-            client.wait_all(timeout=30)
-        assert time.monotonic() - start < 20
-    finally:
-        client.close()
+def test_lpips_process_dying_is_one_line(monkeypatch):
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # exits 1 at once, answering nothing
+    with pytest.raises(LpipsUnavailable, match=r"^LPIPS unavailable: its process exited with status 1 "):
+        lpips_of_files([("a.png", "b.png")])
