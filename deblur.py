@@ -21,7 +21,7 @@ import sys
 import numpy as np
 
 from config import Config, add_config_args, config_from_args
-from images import IMAGE_EXTENSIONS, ImageError, read_image, write_image
+from images import IMAGE_EXTENSIONS, ImageError, bit_depth, read_image, write_image
 from inference import add_tile_args, prefer_low_memory_cpu, tile_overrides
 
 prefer_low_memory_cpu()  # before TensorFlow is imported
@@ -48,7 +48,7 @@ def deblur_arrays(model, model_cfg: Config, left=None, right=None, combined=None
 
 def output_bits(*images: np.ndarray, names: tuple[str, ...] = ()) -> int:
     """8 or 16: the bit depth shared by the input files (a pair of different depths is an error)."""
-    bits = [8 if img.dtype == np.uint8 else 16 for img in images]
+    bits = [bit_depth(img) for img in images]
     if len(set(bits)) > 1:
         raise ImageError(f"{names[0]} is {bits[0]}-bit but {names[1]} is {bits[1]}-bit: "
                          f"the views of a pair must have the same bit depth")

@@ -175,7 +175,7 @@ def comparison_image(scenes: list[dict], zoom: int = 4, gap: int = 6) -> np.ndar
     them the crop enlarged `zoom` times (nearest neighbour, so no detail is invented). uint8 RGB."""
     blocks = []
     for s in scenes:
-        imgs = [np.clip(np.rint(im * 255), 0, 255).astype(np.uint8) for im in s["images"]]
+        imgs = [quantize(im, 8) for im in s["images"]]
         h, w = imgs[0].shape[:2]
         cw, ch = max(8, w // zoom), max(8, h // zoom)
         x, y, cw, ch = crop_box(s["images"][0], s["images"][-1], cw, ch)

@@ -22,18 +22,17 @@ import math
 import multiprocessing
 import os
 import signal
-import sys
 import time
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+from config import REPO_DIR, UserError, changed_keys, exit_on_error
+from dpdd import SPLITS, split_folders
 from fileio import atomic_write_csv, atomic_write_json, is_temporary
-from images import write_image
+from images import peak, write_image
 
-REPO_DIR = os.path.dirname(os.path.abspath(__file__))
-SPLITS = ("train", "val", "test")
 FORMAT_VERSION = 2                # bump when the same seed would give different images
 
 # Canon EOS 5D Mark IV (the DPDD camera): 6720 x 4480 pixels of 5.36 um. A synthetic image `width` pixels
@@ -48,7 +47,7 @@ DEFOCUS_VISIBLE_PX = 2.0          # blur diameter from which defocus counts as v
 GAMMA = 2.2                       # content is display-encoded; blur, vignetting and noise act in linear light
 
 
-class SynthesisError(ValueError):
+class SynthesisError(UserError):
     """A bad argument or a clashing output folder; the message is one line naming it."""
 
 
@@ -366,8 +365,9 @@ class Sensor:
 
 
 def _quantise(img: np.ndarray, bits: int) -> np.ndarray:
-    peak = float(2 ** bits - 1)
-    return (np.rint(np.clip(img, 0.0, 1.0) * peak) / peak).astype(np.float32)
+    """Round to the levels of a `bits`-bit image, staying float in [0, 1]."""
+    top = float(peak(bits))
+    return (np.rint(np.clip(img, 0.0, 1.0) * top) / top).astype(np.float32)
 
 
 def _blur_views(make_stack, nonzero, c: float, psf: PsfShape, shared: int):
@@ -1017,10 +1017,8 @@ def scene_names(split: str, index: int) -> tuple[str, str]:
 
 def scene_paths(root: str, split: str, index: int) -> dict[str, str]:
     src, tgt = scene_names(split, index)
-    return {"source": os.path.join(root, f"{split}_c", "source", src + ".png"),
-            "target": os.path.join(root, f"{split}_c", "target", tgt + ".png"),
-            "left": os.path.join(root, f"{split}_l", "source", src + "_L.png"),
-            "right": os.path.join(root, f"{split}_r", "source", src + "_R.png")}
+    names = {"source": src + ".png", "target": tgt + ".png", "left": src + "_L.png", "right": src + "_R.png"}
+    return {key: os.path.join(folder, names[key]) for key, folder in split_folders(root, split).items()}
 
 
 def make_scene(seed: int, split: str, index: int, width: int, height: int, max_coc_px: float,
@@ -1103,14 +1101,14 @@ def synthesize(out_root: str, n_train: int = 100, n_val: int = 10, n_test: int =
     if os.path.isfile(manifest):
         with open(manifest) as f:
             have = json.load(f)
-        clash = [k for k in want if have.get(k) != want[k]]
+        clash = changed_keys(have, want)
         if clash:
             raise SynthesisError(f"{manifest}: folder was made with {clash[0]}={have.get(clash[0])!r}, not "
                              f"{want[clash[0]]!r}; use another --out or remove the folder")
     elif os.path.isdir(root) and any(os.path.isdir(os.path.join(root, f"{s}_c")) for s in SPLITS):
         raise SynthesisError(f"{root}: holds a dataset not made by synthesize.py (no synthesize.json); use another --out")
     for split, n in counts.items():
-        src_dir = os.path.join(root, f"{split}_c", "source")
+        src_dir = split_folders(root, split)["source"]
         if os.path.isdir(src_dir):
             extra = sorted(f for f in os.listdir(src_dir) if f.endswith(".png") and not f.startswith(".")
                            and f.startswith(f"syn_{split}_") and int(f.split("_")[2]) >= n)
@@ -1197,13 +1195,9 @@ def main(argv=None) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     print("settings: " + ", ".join(f"{k}={v}" for k, v in vars(args).items()))
-    try:
+    with exit_on_error(interrupted="interrupted: finished scenes are kept; run the same command again to resume"):
         summary = synthesize(args.out, args.train, args.val, args.test, args.width, args.height, args.seed,
                              args.workers, args.max_coc, progress=not args.no_progress, domain=domain_from_args(args))
-    except SynthesisError as e:
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        sys.exit("interrupted: finished scenes are kept; run the same command again to resume")
     print(f"{summary['root']}: wrote {summary['written']} scenes, kept {summary['skipped']} "
           f"in {summary['seconds']:.1f} s; test categories {summary['test_categories']}; "
           f"mean fraction of pixels with blur >= {DEFOCUS_VISIBLE_PX:g} px: {summary['defocused_fraction']:.2f}")

@@ -31,7 +31,7 @@ import numpy as np
 import dpdd
 from config import Config, add_config_args, config_from_args
 from fileio import atomic_write_json, atomic_write_text, is_temporary
-from images import ImageError, max_value, read_image, to_float, write_image
+from images import ImageError, bit_depth, read_image, to_float, write_image
 from inference import add_tile_args, prefer_low_memory_cpu, tile_overrides
 
 prefer_low_memory_cpu()  # before TensorFlow is imported
@@ -78,7 +78,7 @@ def load_scene(scene: dpdd.Scene, cfg: Config) -> dict:
 
 def input_bits(images: list) -> list[int]:
     """The bit depths of the network's input images (not the target's), as the summary reports them."""
-    return sorted({8 if max_value(img) == 255 else 16 for img in images})
+    return sorted({bit_depth(img) for img in images})
 
 
 class Prefetcher:
