@@ -325,11 +325,21 @@ def add_config_args(parser: argparse.ArgumentParser, default: str | None = "pape
                         help="override one setting, e.g. --set batch_size=2 (repeatable)")
 
 
+def add_tile_args(parser: argparse.ArgumentParser) -> None:
+    """--tile / --tile-overlap for the scripts that run whole images (test.py, deblur.py): --set tile=N and
+    --set tile_overlap=N as flags of their own (config_from_args applies them after --set)."""
+    parser.add_argument("--tile", type=int, help="tile size in pixels (multiple of 16) when the whole image does "
+                                                 "not fit the GPU; default: the whole image in one pass, as the paper")
+    parser.add_argument("--tile-overlap", type=int, help="overlap of neighbouring tiles in pixels (default 128)")
+
+
 def config_from_args(args: argparse.Namespace, verbose: bool = True) -> Config:
-    """Build the effective config from --preset/--set; a bad key or value exits with one line naming it."""
+    """Build the effective config from --preset/--set (and --tile/--tile-overlap where the script has them); a bad
+    key or value exits with one line naming it."""
+    tiles = [f"{key}={getattr(args, key)}" for key in ("tile", "tile_overlap") if getattr(args, key, None) is not None]
     try:
         overrides = {}
-        for item in args.overrides:
+        for item in args.overrides + tiles:
             if "=" not in item:
                 raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
             key, text = item.split("=", 1)

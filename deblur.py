@@ -20,16 +20,17 @@ import sys
 
 import numpy as np
 
-from config import Config, add_config_args, config_from_args
+import weights
+from config import Config, UserError, add_config_args, add_tile_args, config_from_args, exit_on_error
 from images import IMAGE_EXTENSIONS, ImageError, bit_depth, read_image, write_image
-from inference import add_tile_args, prefer_low_memory_cpu, tile_overrides
+from inference import prefer_low_memory_cpu
 
 prefer_low_memory_cpu()  # before TensorFlow is imported
 
 OUTPUT_EXTENSIONS = (".png", ".tif", ".tiff")  # formats that hold 16 bits
 
 
-class DeblurError(ValueError):
+class DeblurError(UserError):
     """Bad command-line input; one line for the user."""
 
 
@@ -133,7 +134,6 @@ def find_singles(folder: str) -> list[tuple[str, str]]:
 
 def run(args, cfg: Config) -> list[str]:
     """Carry out a parsed command line; returns the files written."""
-    import weights as W
     from tqdm import tqdm
     folder_mode = bool(args.input_dir)
     if folder_mode == bool(args.left or args.right or args.single):
@@ -150,8 +150,8 @@ def run(args, cfg: Config) -> list[str]:
         if not os.path.isfile(path):
             raise ImageError(f"{path}: file not found")
 
-    weights_path = args.weights or W.default_weights_path(cfg)
-    model, model_cfg = W.load_model(weights_path, cfg)
+    weights_path = args.weights or cfg.checkpoint_path()
+    model, model_cfg = weights.load_model(weights_path, cfg)
     if model_cfg.tile and model_cfg.tile % 2 ** model_cfg.depth:
         raise DeblurError(f"--tile {model_cfg.tile} is not a multiple of {2 ** model_cfg.depth} (2**depth)")
     single_inputs = model_cfg.input_mode == "single" if folder_mode else bool(args.single)
@@ -204,17 +204,9 @@ def main(argv=None) -> int:
                              "(or 270) before the network and back after")
     add_config_args(parser)
     args = parser.parse_args(argv)
-    tile_overrides(args)
     cfg = config_from_args(args)
-    import weights as W
-    try:
+    with exit_on_error():
         run(args, cfg)
-    except (DeblurError, ImageError, W.WeightsError) as e:
-        sys.exit(f"error: {e}")
-    except ValueError as e:
-        if type(e).__name__ != "InputShapeError":
-            raise
-        sys.exit(f"error: {e}")
     return 0
 
 

@@ -150,18 +150,6 @@ def method_entry(groups: dict, rows: list[dict]) -> dict:
 
 # --------------------------------------------------------------------------------------------- the picture
 
-def crop_box(blurry: np.ndarray, sharp: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:
-    """(x, y, w, h) of the window where the blurry image differs most from the sharp one (mean |difference|)."""
-    diff = np.abs(blurry.astype(np.float32) - sharp.astype(np.float32)).mean(axis=-1)
-    local = cv2.boxFilter(diff, -1, (width, height), normalize=True, borderType=cv2.BORDER_CONSTANT)
-    h, w = diff.shape
-    local[:height // 2, :], local[h - (height - height // 2) + 1:, :] = -1, -1   # keep the window inside
-    local[:, :width // 2], local[:, w - (width - width // 2) + 1:] = -1, -1
-    cy, cx = np.unravel_index(int(np.argmax(local)), local.shape)
-    x, y = int(np.clip(cx - width // 2, 0, w - width)), int(np.clip(cy - height // 2, 0, h - height))
-    return x, y, width, height
-
-
 def _label(panel: np.ndarray, text: str, bar: int = 20) -> np.ndarray:
     """The panel under a dark bar with white text."""
     out = np.full((panel.shape[0] + bar, panel.shape[1], 3), 40, np.uint8)

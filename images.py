@@ -85,17 +85,13 @@ def pad_to_multiple(img: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[i
     """Reflect-pad the bottom and right of an (H, W, C) array up to multiples of `multiple`.
 
     Returns the padded array and the original (H, W) for crop(). Nothing changes when both sides
-    already are multiples (1120x1680 with multiple 16).
+    already are multiples (1120x1680 with multiple 16); a side shorter than its padding is reflected repeatedly.
     """
     h, w = img.shape[:2]
     ph, pw = (-h) % multiple, (-w) % multiple
     if ph == 0 and pw == 0:
         return img, (h, w)
-    if ph >= h or pw >= w:  # reflection needs more pixels than the image has: fall back to edge padding
-        mode = "symmetric" if ph <= h and pw <= w else "edge"
-    else:
-        mode = "reflect"
-    return np.pad(img, ((0, ph), (0, pw), (0, 0)), mode=mode), (h, w)
+    return np.pad(img, ((0, ph), (0, pw), (0, 0)), mode="reflect"), (h, w)
 
 
 def crop(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
