@@ -242,21 +242,22 @@ def make_dpdd_like(root: str, counts: dict, width: int, height: int, seed: int =
     """Write a DPDD-shaped set of 16-bit PNGs (smooth content plus fine noise, so files compress like photos)."""
     import cv2
     import numpy as np
+    from dpdd import split_folders
     from images import write_image
     rng = np.random.default_rng(seed)
     for split, n in counts.items():
+        folders = split_folders(root, split)
         for i in range(n):
             name = f"B{split[:2]}{i:04d}"
             base = cv2.resize(rng.random((height // 16, width // 16, 3), dtype=np.float32), (width, height),
                               interpolation=cv2.INTER_CUBIC)
-            views = {"source": base, "target": base, "L": np.roll(base, 2, axis=1), "R": np.roll(base, -2, axis=1)}
+            views = {"source": base, "target": base, "left": np.roll(base, 2, axis=1),
+                     "right": np.roll(base, -2, axis=1)}
+            files = {"source": f"{name}.png", "target": f"T{name}.png", "left": f"{name}_L.png",
+                     "right": f"{name}_R.png"}
             for kind, img in views.items():
                 img = np.clip(img + rng.normal(0, 0.01, img.shape).astype(np.float32), 0, 1)
-                folder, fname = {"source": (f"{split}_c/source", f"{name}.png"),
-                                 "target": (f"{split}_c/target", f"T{name}.png"),
-                                 "L": (f"{split}_l/source", f"{name}_L.png"),
-                                 "R": (f"{split}_r/source", f"{name}_R.png")}[kind]
-                write_image(os.path.join(root, folder, fname), img)
+                write_image(os.path.join(folders[kind], files[kind]), img)
 
 
 def _decode_scene(paths: list[str]) -> int:
@@ -273,12 +274,11 @@ def store_settings(args, workdir: str) -> dict:
 
 def data_rows(args, workdir: str) -> list[dict]:
     """Writes a DPDD-shaped set and builds its patch store: data_prep's time against the PNG decoding alone."""
-    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor
     import multiprocessing
-    import numpy as np
     import data_prep
     import dpdd
-    w, h, p = args.width, args.height, args.patch
+    w, h = args.width, args.height
     workers = os.cpu_count() or 1
     settings = store_settings(args, workdir)
     root = settings["dataset_root"]

@@ -19,7 +19,6 @@ import csv
 import hashlib
 import io
 import json
-import math
 import os
 import sys
 import time
@@ -33,7 +32,7 @@ import results_page
 import weights
 from config import Config, UserError, add_config_args, add_tile_args, config_from_args, differences, exit_on_error
 from dpdd import GROUPS, METRICS, PAPER_TABLE1
-from fileio import atomic_write_json, atomic_write_text, is_temporary
+from fileio import atomic_write_json, atomic_write_text, is_temporary, json_safe
 from images import ImageError, bit_depth, read_image, to_float, write_image
 from inference import prefer_low_memory_cpu
 from results_page import format_metric, table1_markdown
@@ -456,16 +455,6 @@ def protocol_notes(scenes: list, total: int, sizes: set, bits: set, model_cfg: C
     if model_cfg.tile:
         notes.append("Tiled inference: the paper ran whole images in one pass.")
     return notes
-
-
-def json_safe(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj
 
 
 # --------------------------------------------------------------------------------------------- command line
