@@ -79,7 +79,8 @@ class Config:
         return os.path.join(self.resolve_path("checkpoint_dir"), self.run_name)
 
     def checkpoint_path(self, which: str = "best") -> str:
-        """checkpoints/<run_name>/{best,last}.keras: a float-input DPDNet for keras.models.load_model(path, compile=False)."""
+        """checkpoints/<run_name>/{best,last}.keras: a float-input DPDNet for
+        keras.models.load_model(path, compile=False)."""
         if which not in ("best", "last"):
             raise ValueError(f"which: 'best' or 'last', got {which!r}")
         return os.path.join(self.checkpoint_folder(), f"{which}.keras")
@@ -325,9 +326,12 @@ def add_config_args(parser: argparse.ArgumentParser, default: str | None = "pape
                         help="override one setting, e.g. --set batch_size=2 (repeatable)")
 
 
-def add_tile_args(parser: argparse.ArgumentParser) -> None:
-    """--tile / --tile-overlap for the scripts that run whole images (test.py, deblur.py): --set tile=N and
-    --set tile_overlap=N as flags of their own (config_from_args applies them after --set)."""
+def add_inference_args(parser: argparse.ArgumentParser) -> None:
+    """--weights, --tile and --tile-overlap for the scripts that run trained weights on whole images (test.py,
+    deblur.py); the tile flags are --set tile=N / tile_overlap=N as flags of their own (config_from_args applies
+    them after --set)."""
+    parser.add_argument("--weights", help="checkpoint (.keras), Keras 3 .weights.h5, or the authors' Keras 2 .hdf5 "
+                                          "(default: checkpoints/<run_name>/best.keras)")
     parser.add_argument("--tile", type=int, help="tile size in pixels (multiple of 16) when the whole image does "
                                                  "not fit the GPU; default: the whole image in one pass, as the paper")
     parser.add_argument("--tile-overlap", type=int, help="overlap of neighbouring tiles in pixels (default 128)")

@@ -21,7 +21,7 @@ import sys
 import numpy as np
 
 import weights
-from config import Config, UserError, add_config_args, add_tile_args, config_from_args, exit_on_error
+from config import Config, UserError, add_config_args, add_inference_args, config_from_args, exit_on_error
 from images import IMAGE_EXTENSIONS, ImageError, bit_depth, read_image, write_image
 from inference import prefer_low_memory_cpu
 
@@ -189,8 +189,7 @@ def run(args, cfg: Config) -> list[str]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
-    parser.add_argument("--weights", help="checkpoint (.keras), .weights.h5, or the authors' Keras 2 .hdf5 "
-                                          "(default: checkpoints/<run_name>/best.keras)")
+    add_inference_args(parser)
     parser.add_argument("--left", help="left (or, with --rotate, top) dual-pixel view")
     parser.add_argument("--right", help="right (or, with --rotate, bottom) dual-pixel view")
     parser.add_argument("--single", help="one combined image, for DPDNet-Single weights")
@@ -198,7 +197,6 @@ def main(argv=None) -> int:
     parser.add_argument("--input-dir", help="a folder of NAME_L / NAME_R pairs (for DPDNet-Single weights: of images)")
     parser.add_argument("--out-dir", help="where --input-dir's results go, as NAME.png")
     parser.add_argument("--overwrite", action="store_true", help="redo images already in --out-dir")
-    add_tile_args(parser)
     parser.add_argument("--rotate", type=int, nargs="?", const=90, default=0, choices=(0, 90, 270),
                         help="vertical dual-pixel sensors: turn the top/bottom views by 90 degrees counter-clockwise "
                              "(or 270) before the network and back after")

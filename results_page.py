@@ -159,8 +159,8 @@ def render_page(run_dir: str, rows: list[dict], summary: dict, dual: bool, page_
                          f'data-category="{html.escape(r["category"])}"']
                         + [f'data-{m}="{"" if r.get(m) is None else repr(float(r[m]))}"' for m in METRICS]
                         + [f'data-gain-{m}="{"" if gain(r, m) is None else repr(float(gain(r, m)))}"' for m in METRICS])
-        cells = "".join(f"<td class=num>{format_metric(r.get(m), m)}<br><span class=gain>{format_metric(gain(r, m), m, True)}</span></td>"
-                        for m in METRICS)
+        cells = "".join(f"<td class=num>{format_metric(r.get(m), m)}<br>"
+                        f"<span class=gain>{format_metric(gain(r, m), m, True)}</span></td>" for m in METRICS)
         views = (f"<div class=views>{img(t['left'], 'view', 'left view')}{img(t['right'], 'view', 'right view')}"
                  f"left / right views</div>" if dual else "")
         figures = "".join(f"<figure>{img(t[role], 'thumb', role)}<figcaption>{caption}</figcaption>"

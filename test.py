@@ -30,7 +30,8 @@ import numpy as np
 import dpdd
 import results_page
 import weights
-from config import Config, UserError, add_config_args, add_tile_args, config_from_args, differences, exit_on_error
+from config import (Config, UserError, add_config_args, add_inference_args, config_from_args, differences,
+                    exit_on_error)
 from dpdd import GROUPS, METRICS, PAPER_TABLE1
 from fileio import atomic_write_json, atomic_write_text, is_temporary, json_safe
 from images import ImageError, bit_depth, read_image, to_float, write_image
@@ -199,7 +200,8 @@ def summary_markdown(summary: dict) -> str:
         return format_metric(value, metric)
 
     table = table1_markdown([
-        [f"{model} (paper)"] + [f"{v:.2f}" if m == "psnr" else f"{v:.3f}" for g in GROUPS for m, v in zip(METRICS, paper[g])],
+        [f"{model} (paper)"] + [f"{v:.2f}" if m == "psnr" else f"{v:.3f}"
+                                for g in GROUPS for m, v in zip(METRICS, paper[g])],
         [f"{model} (ours)"] + [cell(g, m, groups[g][m]) for g in GROUPS for m in METRICS],
         ["ours - paper"] + [format_metric(diff[g][m], m, signed=True) for g in GROUPS for m in METRICS]], groups)
     lines = [f"# {model} on the DPDD test set", "", table, "",
@@ -461,10 +463,8 @@ def protocol_notes(scenes: list, total: int, sizes: set, bits: set, model_cfg: C
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
-    parser.add_argument("--weights", help="checkpoint (.keras), Keras 3 .weights.h5, or the authors' Keras 2 .hdf5 "
-                                          "(default: checkpoints/<run_name>/best.keras)")
+    add_inference_args(parser)
     parser.add_argument("--out", help="results folder (default: results/<run_name>)")
-    add_tile_args(parser)
     parser.add_argument("--overwrite", action="store_true", help="redo images already done by an earlier run")
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N test scenes")
     group = parser.add_mutually_exclusive_group()
