@@ -57,7 +57,7 @@ def main(argv=None) -> None:
     with exit_on_error(OSError, interrupted=interrupted):  # OSError: e.g. a full disk
         try:
             build_store(cfg, splits, rebuild=args.rebuild, progress=not args.no_progress)
-        except concurrent.futures.process.BrokenProcessPool as e:
+        except concurrent.futures.BrokenExecutor as e:  # a worker process died
             raise StoreError(f"a data_prep worker died ({e}); run again to build the store") from None
 
 

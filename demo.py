@@ -30,7 +30,7 @@ from config import PATH_KEYS, REPO_DIR, ConfigError, add_config_args, config_fro
 from dpdd import GROUPS, METRICS, PAPER_TABLE1
 from fileio import atomic_write_json, atomic_write_text, json_safe
 from images import quantize, read_image, to_float, write_image
-from results_page import crop_box, format_metric, table1_markdown  # noqa: F401  (crop_box: demo.crop_box)
+from results_page import crop_box, format_metric, table1_markdown
 
 import backends  # noqa: E402  (before keras: a KERAS_BACKEND that is not installed is a one-line exit)
 
