@@ -5,7 +5,6 @@ test.py, deblur.py and demo.py all go through predict_image."""
 from __future__ import annotations
 
 import os
-
 import weakref
 
 import numpy as np
