@@ -198,7 +198,3 @@ def read_author_labels(root: str) -> dict[str, str] | None:
             out[name] = cat
     return out
 
-
-def test_categories(root: str | None = None) -> dict[str, str]:
-    """Test scene source name -> 'indoor' / 'outdoor', from the source load_test_labels() picks."""
-    return load_test_labels(root).categories

@@ -198,7 +198,7 @@ def test_evaluate_metrics_per_category_and_lpips_column(tmp_path, dual, split):
     out = tmp_path / "dpdnet"
     rows = read_csv(out / "metrics.csv")
     assert [r["name"] for r in rows] == names
-    cats = dpdd.test_categories(root)
+    cats = dpdd.load_test_labels(root).categories
     assert [r["category"] for r in rows] == [cats[n] for n in names]
     direct = {}
     for r in rows:
@@ -257,7 +257,7 @@ def test_shipped_labels_are_used_and_noted_without_a_dataset_file(tmp_path, dual
             os.rename(os.path.join(root, folder, f"S{i:03d}{suffix}.png"), os.path.join(root, folder, f"{name}{suffix}.png"))
     os.remove(os.path.join(root, "test_categories.csv"))
     summary = T.evaluate(eval_cfg(root, tmp_path), ckpt, lpips="off", progress=False)
-    shipped = dpdd.test_categories()
+    shipped = dpdd.load_test_labels().categories
     assert [r["category"] for r in read_csv(tmp_path / "dpdnet" / "metrics.csv")] == [shipped[n] for n in official]
     assert "third-party copy" in (tmp_path / "dpdnet" / "summary.md").read_text()
     assert summary["categories_source"] == dpdd.TEST_CATEGORIES_CSV

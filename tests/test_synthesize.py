@@ -174,7 +174,7 @@ def test_written_layout_is_dpdd_with_16_bit_pngs_and_categories(made):
     with open(dpdd.TEST_CATEGORIES_CSV, newline="") as f:
         assert list(rows[0]) == csv.DictReader(f).fieldnames
     assert [r["index"] for r in rows] == ["1", "2", "3", "4"]
-    cats = dpdd.test_categories(root)
+    cats = dpdd.load_test_labels(root).categories
     assert sorted(cats) == [s.source for s in dpdd.list_scenes(root, "test")]
     assert set(cats.values()) <= {"indoor", "outdoor"}
     with open(os.path.join(root, "scenes.csv"), newline="") as f:
