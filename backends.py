@@ -29,6 +29,8 @@ if _chosen == "torch":
 
 import keras  # noqa: E402  (after the check above)
 
+from config import UserError  # noqa: E402
+
 
 def name() -> str:
     """The Keras backend this process runs: tensorflow, jax or torch."""
@@ -45,7 +47,7 @@ def info() -> dict:
     return {"backend": name(), "backend_version": version}
 
 
-class BackendError(ValueError):
+class BackendError(UserError):
     """A setting this backend cannot do; the message names what would work."""
 
 

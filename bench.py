@@ -148,11 +148,10 @@ def network_worker(args) -> list[dict]:
     """Time inference and training of the paper model under this process's Keras backend."""
     import keras
     import numpy as np
-    from model import build_model
+    from model import build_model, dtype_policy
 
     precision, xla = args.precision, args.xla
     backend, version, to_device, forward_fn, matmul_fn = _backend_tools(xla)
-    keras.mixed_precision.set_global_policy(precision)
     cfg = make_config("paper", {"precision": precision, "xla": xla})
     h, w = (args.height, args.width)
     rows, base = [], {"backend": version, "precision": precision, "xla": xla if backend == "tensorflow" else backend == "jax"}
@@ -167,7 +166,8 @@ def network_worker(args) -> list[dict]:
                      "median": rate(t["median"]), "min": rate(t["max"]), "max": rate(t["min"])})
 
     if "infer" in args.parts:
-        model = build_model(cfg)
+        with dtype_policy(precision):
+            model = build_model(cfg)
         flops = conv_flops(cfg, h, w)
         x = rng.random((1, h, w, 6), dtype=np.float32)
         xd = to_device(x)
@@ -184,7 +184,8 @@ def network_worker(args) -> list[dict]:
 
     if "train" in args.parts:
         p, b = args.patch, args.batch
-        model = build_model(cfg)
+        with dtype_policy(precision):
+            model = build_model(cfg)
         model.compile(optimizer=keras.optimizers.Adam(2e-5), loss="mse",
                       jit_compile=xla if backend == "tensorflow" else "auto")
         x = to_device(rng.random((b, p, p, 6), dtype=np.float32))
@@ -241,21 +242,22 @@ def make_dpdd_like(root: str, counts: dict, width: int, height: int, seed: int =
     """Write a DPDD-shaped set of 16-bit PNGs (smooth content plus fine noise, so files compress like photos)."""
     import cv2
     import numpy as np
+    from dpdd import split_folders
     from images import write_image
     rng = np.random.default_rng(seed)
     for split, n in counts.items():
+        folders = split_folders(root, split)
         for i in range(n):
             name = f"B{split[:2]}{i:04d}"
             base = cv2.resize(rng.random((height // 16, width // 16, 3), dtype=np.float32), (width, height),
                               interpolation=cv2.INTER_CUBIC)
-            views = {"source": base, "target": base, "L": np.roll(base, 2, axis=1), "R": np.roll(base, -2, axis=1)}
+            views = {"source": base, "target": base, "left": np.roll(base, 2, axis=1),
+                     "right": np.roll(base, -2, axis=1)}
+            files = {"source": f"{name}.png", "target": f"T{name}.png", "left": f"{name}_L.png",
+                     "right": f"{name}_R.png"}
             for kind, img in views.items():
                 img = np.clip(img + rng.normal(0, 0.01, img.shape).astype(np.float32), 0, 1)
-                folder, fname = {"source": (f"{split}_c/source", f"{name}.png"),
-                                 "target": (f"{split}_c/target", f"T{name}.png"),
-                                 "L": (f"{split}_l/source", f"{name}_L.png"),
-                                 "R": (f"{split}_r/source", f"{name}_R.png")}[kind]
-                write_image(os.path.join(root, folder, fname), img)
+                write_image(os.path.join(folders[kind], files[kind]), img)
 
 
 def _decode_scene(paths: list[str]) -> int:
@@ -272,12 +274,11 @@ def store_settings(args, workdir: str) -> dict:
 
 def data_rows(args, workdir: str) -> list[dict]:
     """Writes a DPDD-shaped set and builds its patch store: data_prep's time against the PNG decoding alone."""
-    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor
     import multiprocessing
-    import numpy as np
     import data_prep
     import dpdd
-    w, h, p = args.width, args.height, args.patch
+    w, h = args.width, args.height
     workers = os.cpu_count() or 1
     settings = store_settings(args, workdir)
     root = settings["dataset_root"]
@@ -361,9 +362,10 @@ def _run_worker(backend: str, precision: str, xla: bool, args) -> list[dict]:
     return rows
 
 
-def _fmt(row: dict) -> str:
+def _cells(row: dict) -> list[str]:
+    """A row of the results table: backend, precision, XLA, what, median, min, max, notes."""
     if row["what"] == "FAILED":
-        return f"| {row['backend']} | {row['precision']} | {row['xla']} | FAILED | | | | {row.get('error', '')[:120]} |"
+        return [row["backend"], row["precision"], str(row["xla"]), "FAILED", "", "", "", row.get("error", "")[:120]]
     unit = row["unit"]
     scale, shown = (1e3, "ms") if unit in ("s/image", "s/step") and row["median"] < 1 else (1, unit)
     note = []
@@ -373,15 +375,16 @@ def _fmt(row: dict) -> str:
         note.append(f"{row['flops'] / 1e12:.2f} TFLOP, {row['tflops_achieved']:.1f} TFLOP/s achieved")
     if "patches_per_s" in row:
         note.append(f"{row['patches_per_s']:.1f} patches/s; 280k steps = {row['paper_run_hours']:.2f} h")
-    return (f"| {row['backend']} | {row['precision']} | {row['xla']} | {row['what']} | "
-            f"{row['median'] * scale:.3f} {shown} | {row['min'] * scale:.3f} | {row['max'] * scale:.3f} | {'; '.join(note)} |")
+    return [row["backend"], row["precision"], str(row["xla"]), row["what"], f"{row['median'] * scale:.3f} {shown}",
+            f"{row['min'] * scale:.3f}", f"{row['max'] * scale:.3f}", "; ".join(note)]
 
 
 def render(rows: list[dict], meta: dict) -> str:
+    from results_page import markdown_table
     lines = [f"# DPDNet benchmark: {meta['device']}", "",
              f"{meta['date']} · host {meta['host']} · python {meta['python']} · {meta['command']}", "",
-             "| backend | precision | XLA | what | median | min | max | notes |", "|---|---|---|---|---|---|---|---|"]
-    lines += [_fmt(r) for r in rows]
+             markdown_table(["backend", "precision", "XLA", "what", "median", "min", "max", "notes"],
+                            [_cells(r) for r in rows])]
     peak = max((r["median"] for r in rows if r.get("unit") == "TFLOP/s"), default=None)
     infer = [r for r in rows if r.get("what", "").startswith("inference") and "input on device" in r["what"]]
     train = [r for r in rows if r.get("what", "").startswith("train step")]

@@ -1,14 +1,15 @@
 """Every setting of the reproduction in one dataclass, named presets, and the command-line parsing
-that all scripts share (--preset NAME, --set key=value)."""
+that all scripts share (--preset NAME, --set key=value, one-line `error: ...` exits)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # every script imports config first: quiet TF's C++ start-up logs
@@ -73,6 +74,21 @@ class Config:
         value = getattr(self, name)
         return value if os.path.isabs(value) else os.path.join(REPO_DIR, value)
 
+    def checkpoint_folder(self) -> str:
+        """checkpoints/<run_name>/: where train.py writes the run's checkpoints and logs."""
+        return os.path.join(self.resolve_path("checkpoint_dir"), self.run_name)
+
+    def checkpoint_path(self, which: str = "best") -> str:
+        """checkpoints/<run_name>/{best,last}.keras: a float-input DPDNet for
+        keras.models.load_model(path, compile=False)."""
+        if which not in ("best", "last"):
+            raise ValueError(f"which: 'best' or 'last', got {which!r}")
+        return os.path.join(self.checkpoint_folder(), f"{which}.keras")
+
+    def results_folder(self) -> str:
+        """results/<run_name>/: where test.py (and demo.py) write the run's results."""
+        return os.path.join(self.resolve_path("results_dir"), self.run_name)
+
     @property
     def in_channels(self) -> int:
         return 6 if self.input_mode == "dual" else 3
@@ -112,26 +128,11 @@ class Config:
         with open(path) as f:
             return cls.from_dict(json.load(f))
 
-    def diff(self, other: "Config", ignore: tuple = ()) -> list[str]:
-        """Keys whose values differ between two configs."""
-        a, b = self.to_dict(), other.to_dict()
-        return [k for k in a if k not in ignore and a[k] != b[k]]
-
     def differences(self, stored: dict, where: str, keys=None, ignore=()) -> list[str]:
         """'key: OLD <where>, NEW now' for each setting (of `keys`, default all) that differs from a stored
-        config dict; keys it lacks count as their defaults, paths are compared resolved."""
-        now, defaults = self.to_dict(), Config().to_dict()
-        out = []
-        for key in keys or sorted(now):
-            if key in ignore:
-                continue
-            old = stored.get(key, defaults[key])
-            same = old == now[key]
-            if key in _PATH_KEYS and isinstance(old, str):
-                same = _resolve(old) == _resolve(now[key])
-            if not same:
-                out.append(f"{key}: {old!r} {where}, {now[key]!r} now")
-        return out
+        config dict; keys it lacks count as their defaults."""
+        now = self.to_dict()
+        return differences(stored, now, where, keys or sorted(now), ignore, defaults=Config().to_dict())
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad key."""
@@ -181,8 +182,50 @@ class Config:
             raise ConfigError(f"run_name: must be a plain name, got {self.run_name!r}")
 
 
-class ConfigError(ValueError):
+class UserError(ValueError):
+    """A problem the user can fix (a setting, a file, a folder): every project error class derives from it, and
+    every script's main shows its one-line message as `error: ...` (see exit_on_error)."""
+
+
+class ConfigError(UserError):
     """A bad key or value; its message names the key."""
+
+
+@contextlib.contextmanager
+def exit_on_error(*also: type, interrupted: str = ""):
+    """A script's main runs its work inside this: a UserError (or one of `also`) exits with status 1 and one line
+    `error: MESSAGE`; Ctrl-C exits with status 130 after printing `interrupted` (what is kept, how to go on)."""
+    try:
+        yield
+    except (UserError, *also) as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        if interrupted:
+            print(interrupted, file=sys.stderr)
+        sys.exit(130)
+
+
+def changed_keys(stored: dict, now: dict, keys=None, ignore=(), defaults: dict | None = None) -> list[str]:
+    """The keys (of `keys`, default all of `now`'s) whose value in `stored` differs from `now`'s: "do these
+    settings differ from the stored ones", for configs, manifests and run records alike. A key `stored` lacks
+    counts as its value in `defaults` (None without); path settings are compared resolved."""
+    out = []
+    for key in keys or list(now):
+        if key in ignore:
+            continue
+        old = stored.get(key, (defaults or {}).get(key))
+        same = old == now[key]
+        if key in PATH_KEYS and isinstance(old, str) and isinstance(now[key], str):
+            same = _resolve(old) == _resolve(now[key])
+        if not same:
+            out.append(key)
+    return out
+
+
+def differences(stored: dict, now: dict, where: str, keys=None, ignore=(), defaults: dict | None = None) -> list[str]:
+    """'key: OLD <where>, NEW now' for each of changed_keys()."""
+    return [f"{key}: {stored.get(key, (defaults or {}).get(key))!r} {where}, {now[key]!r} now"
+            for key in changed_keys(stored, now, keys, ignore, defaults)]
 
 
 _FIELD_TYPES = {
@@ -198,7 +241,7 @@ _CHOICES = {
     "strategy": ("default", "mirrored", "multiworker"),
     "lr_scaling": ("none", "linear"),
 }
-_PATH_KEYS = ("dataset_root", "patch_dir", "checkpoint_dir", "results_dir")
+PATH_KEYS = ("dataset_root", "patch_dir", "checkpoint_dir", "results_dir")
 
 
 def _resolve(path: str) -> str:
@@ -283,17 +326,30 @@ def add_config_args(parser: argparse.ArgumentParser, default: str | None = "pape
                         help="override one setting, e.g. --set batch_size=2 (repeatable)")
 
 
+def add_inference_args(parser: argparse.ArgumentParser) -> None:
+    """--weights, --tile and --tile-overlap for the scripts that run trained weights on whole images (test.py,
+    deblur.py); the tile flags are --set tile=N / tile_overlap=N as flags of their own (config_from_args applies
+    them after --set)."""
+    parser.add_argument("--weights", help="checkpoint (.keras), Keras 3 .weights.h5, or the authors' Keras 2 .hdf5 "
+                                          "(default: checkpoints/<run_name>/best.keras)")
+    parser.add_argument("--tile", type=int, help="tile size in pixels (multiple of 16) when the whole image does "
+                                                 "not fit the GPU; default: the whole image in one pass, as the paper")
+    parser.add_argument("--tile-overlap", type=int, help="overlap of neighbouring tiles in pixels (default 128)")
+
+
 def config_from_args(args: argparse.Namespace, verbose: bool = True) -> Config:
-    """Build the effective config from --preset/--set; a bad key or value exits with one line naming it."""
+    """Build the effective config from --preset/--set (and --tile/--tile-overlap where the script has them); a bad
+    key or value exits with one line naming it."""
+    tiles = [f"{key}={getattr(args, key)}" for key in ("tile", "tile_overlap") if getattr(args, key, None) is not None]
     try:
         overrides = {}
-        for item in args.overrides:
+        for item in args.overrides + tiles:
             if "=" not in item:
                 raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
             key, text = item.split("=", 1)
             key = key.strip()
             value = parse_value(key, text)
-            if key in _PATH_KEYS and not os.path.isabs(value):
+            if key in PATH_KEYS and not os.path.isabs(value):
                 value = os.path.abspath(value)  # a path typed by the user means the current folder
             overrides[key] = value
         cfg = make_config(args.preset, overrides)

@@ -14,30 +14,31 @@ import json
 import multiprocessing
 import os
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
-from config import Config, add_config_args, config_from_args
+from config import Config, UserError, add_config_args, config_from_args, exit_on_error
 from dpdd import DatasetError, Scene, compare_with_official, find_dataset_root, list_scenes
 from fileio import atomic_path, atomic_write_csv, atomic_write_json, is_temporary
-from images import ImageError, max_value, read_image
+from images import bit_depth, max_value, read_image
 
 STORE_VERSION = 1
 STORE_SPLITS = ("train", "val")
 # The settings that decide a store's content: a store built with other values is refused, never mixed.
 STORE_KEYS = ("working_width", "working_height", "patch_size", "overlap", "val_overlap", "discard_fraction",
               "sobel_ksizes", "dataset_root")
-# Channel layout of every scene array (RGB order within each view).
+# Channel layout of every scene array (RGB order within each view), and its values: uint16, STORE_MAX = white
+# (8-bit scenes are scaled up to it exactly).
 CHANNELS = {"left": slice(0, 3), "right": slice(3, 6), "source": slice(6, 9), "target": slice(9, 12)}
 NUM_CHANNELS = 12
+STORE_MAX = 65535
 INDEX_HEADER = ["split", "source", "row", "col"]
 
 
-class StoreError(ValueError):
+class StoreError(UserError):
     """A patch store that is missing, incomplete, or built with other settings; the message says what to run."""
 
 
@@ -52,16 +53,12 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
     splits = STORE_SPLITS if args.split == "all" else (args.split,)
-    try:
-        build_store(cfg, splits, rebuild=args.rebuild, progress=not args.no_progress)
-    except (DatasetError, ImageError, StoreError, OSError) as e:  # OSError: e.g. a full disk
-        sys.exit(f"error: {e}")
-    except concurrent.futures.process.BrokenProcessPool as e:
-        sys.exit(f"error: a data_prep worker died ({e}); run again to build the store")
-    except KeyboardInterrupt:
-        print("\ninterrupted: the store is incomplete (train.py will not use it); run the same command again",
-              file=sys.stderr)
-        sys.exit(130)
+    interrupted = "\ninterrupted: the store is incomplete (train.py will not use it); run the same command again"
+    with exit_on_error(OSError, interrupted=interrupted):  # OSError: e.g. a full disk
+        try:
+            build_store(cfg, splits, rebuild=args.rebuild, progress=not args.no_progress)
+        except concurrent.futures.BrokenExecutor as e:  # a worker process died
+            raise StoreError(f"a data_prep worker died ({e}); run again to build the store") from None
 
 
 def build_store(cfg: Config, splits=STORE_SPLITS, rebuild: bool = False, progress: bool = True) -> dict:
@@ -257,7 +254,7 @@ def build_scene(scene: Scene, cfg: Config, patch_dir: str, root: str) -> tuple[d
                            f"{cfg.patch_size}x{cfg.patch_size} patch")
     candidates, kept = select_patches(imgs["target"], cfg, scene.split)
     stack = np.empty((h, w, NUM_CHANNELS), np.uint16)
-    scale = np.uint16(65535 // max_value(imgs["target"]))  # 8-bit x257 is exact: x/255 == 257x/65535
+    scale = np.uint16(STORE_MAX // max_value(imgs["target"]))  # 8-bit x257 is exact: x/255 == 257x/65535
     for name, channels in CHANNELS.items():
         np.multiply(imgs[name], scale, out=stack[:, :, channels], casting="unsafe")
     rel = f"{scene.split}/{scene.source}.npy"
@@ -265,7 +262,7 @@ def build_scene(scene: Scene, cfg: Config, patch_dir: str, root: str) -> tuple[d
         np.save(tmp, stack)
     entry = {"split": scene.split, "source": scene.source, "files": files,
              "store_file": [rel, os.path.getsize(os.path.join(patch_dir, rel))], "shape": list(stack.shape),
-             "bits": 8 * imgs["target"].itemsize, "candidates": candidates, "kept": len(kept)}
+             "bits": bit_depth(imgs["target"]), "candidates": candidates, "kept": len(kept)}
     return entry, [list(rc) for rc in kept]
 
 
@@ -277,8 +274,8 @@ def read_scene(scene: Scene) -> dict[str, np.ndarray]:
     first = imgs["source"]
     for name, img in imgs.items():
         if img.dtype != first.dtype:
-            raise DatasetError(f"{paths[name]}: {8 * img.itemsize}-bit, but {paths['source']} is "
-                               f"{8 * first.itemsize}-bit (a dataset must not mix bit depths)")
+            raise DatasetError(f"{paths[name]}: {bit_depth(img)}-bit, but {paths['source']} is "
+                               f"{bit_depth(first)}-bit (a dataset must not mix bit depths)")
         if img.shape != first.shape:
             raise DatasetError(f"{paths[name]}: {img.shape[1]}x{img.shape[0]} pixels, but {paths['source']} is "
                                f"{first.shape[1]}x{first.shape[0]} (left, right, source and target of a scene "
@@ -432,11 +429,10 @@ class PatchStore:
         p = self.patch_size
         return self.images[split][n][r:r + p, c:c + p, channels]
 
-    def gather(self, split: str, rows, channels: slice = slice(None), out: np.ndarray | None = None) -> np.ndarray:
+    def gather(self, split: str, rows, channels: slice = slice(None)) -> np.ndarray:
         """Patches `rows` of a split, channels `channels`, stacked into one uint16 array (B, P, P, C)."""
         start, stop, _ = channels.indices(NUM_CHANNELS)
-        if out is None:
-            out = np.empty((len(rows), self.patch_size, self.patch_size, stop - start), np.uint16)
+        out = np.empty((len(rows), self.patch_size, self.patch_size, stop - start), np.uint16)
         for k, i in enumerate(rows):
             copy_channels(self.patch(split, int(i)), channels, out[k])
         return out

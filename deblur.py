@@ -20,16 +20,17 @@ import sys
 
 import numpy as np
 
-from config import Config, add_config_args, config_from_args
-from images import IMAGE_EXTENSIONS, ImageError, read_image, write_image
-from inference import add_tile_args, prefer_low_memory_cpu, tile_overrides
+import weights
+from config import Config, UserError, add_config_args, add_inference_args, config_from_args, exit_on_error
+from images import IMAGE_EXTENSIONS, ImageError, bit_depth, read_image, write_image
+from inference import prefer_low_memory_cpu
 
 prefer_low_memory_cpu()  # before TensorFlow is imported
 
 OUTPUT_EXTENSIONS = (".png", ".tif", ".tiff")  # formats that hold 16 bits
 
 
-class DeblurError(ValueError):
+class DeblurError(UserError):
     """Bad command-line input; one line for the user."""
 
 
@@ -48,7 +49,7 @@ def deblur_arrays(model, model_cfg: Config, left=None, right=None, combined=None
 
 def output_bits(*images: np.ndarray, names: tuple[str, ...] = ()) -> int:
     """8 or 16: the bit depth shared by the input files (a pair of different depths is an error)."""
-    bits = [8 if img.dtype == np.uint8 else 16 for img in images]
+    bits = [bit_depth(img) for img in images]
     if len(set(bits)) > 1:
         raise ImageError(f"{names[0]} is {bits[0]}-bit but {names[1]} is {bits[1]}-bit: "
                          f"the views of a pair must have the same bit depth")
@@ -133,7 +134,6 @@ def find_singles(folder: str) -> list[tuple[str, str]]:
 
 def run(args, cfg: Config) -> list[str]:
     """Carry out a parsed command line; returns the files written."""
-    import weights as W
     from tqdm import tqdm
     folder_mode = bool(args.input_dir)
     if folder_mode == bool(args.left or args.right or args.single):
@@ -150,8 +150,8 @@ def run(args, cfg: Config) -> list[str]:
         if not os.path.isfile(path):
             raise ImageError(f"{path}: file not found")
 
-    weights_path = args.weights or W.default_weights_path(cfg)
-    model, model_cfg = W.load_model(weights_path, cfg)
+    weights_path = args.weights or cfg.checkpoint_path()
+    model, model_cfg = weights.load_model(weights_path, cfg)
     if model_cfg.tile and model_cfg.tile % 2 ** model_cfg.depth:
         raise DeblurError(f"--tile {model_cfg.tile} is not a multiple of {2 ** model_cfg.depth} (2**depth)")
     single_inputs = model_cfg.input_mode == "single" if folder_mode else bool(args.single)
@@ -189,8 +189,7 @@ def run(args, cfg: Config) -> list[str]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
-    parser.add_argument("--weights", help="checkpoint (.keras), .weights.h5, or the authors' Keras 2 .hdf5 "
-                                          "(default: checkpoints/<run_name>/best.keras)")
+    add_inference_args(parser)
     parser.add_argument("--left", help="left (or, with --rotate, top) dual-pixel view")
     parser.add_argument("--right", help="right (or, with --rotate, bottom) dual-pixel view")
     parser.add_argument("--single", help="one combined image, for DPDNet-Single weights")
@@ -198,23 +197,14 @@ def main(argv=None) -> int:
     parser.add_argument("--input-dir", help="a folder of NAME_L / NAME_R pairs (for DPDNet-Single weights: of images)")
     parser.add_argument("--out-dir", help="where --input-dir's results go, as NAME.png")
     parser.add_argument("--overwrite", action="store_true", help="redo images already in --out-dir")
-    add_tile_args(parser)
     parser.add_argument("--rotate", type=int, nargs="?", const=90, default=0, choices=(0, 90, 270),
                         help="vertical dual-pixel sensors: turn the top/bottom views by 90 degrees counter-clockwise "
                              "(or 270) before the network and back after")
     add_config_args(parser)
     args = parser.parse_args(argv)
-    tile_overrides(args)
     cfg = config_from_args(args)
-    import weights as W
-    try:
+    with exit_on_error():
         run(args, cfg)
-    except (DeblurError, ImageError, W.WeightsError) as e:
-        sys.exit(f"error: {e}")
-    except ValueError as e:
-        if type(e).__name__ != "InputShapeError":
-            raise
-        sys.exit(f"error: {e}")
     return 0
 
 

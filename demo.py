@@ -15,8 +15,8 @@ A rerun reuses what is done.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import math
 import os
 import sys
 import time
@@ -24,16 +24,19 @@ import time
 import cv2
 import numpy as np
 
-from config import PRESETS, REPO_DIR, ConfigError, add_config_args, config_from_args, make_config
+import dpdd
+import results_page
+from config import PATH_KEYS, REPO_DIR, ConfigError, add_config_args, config_from_args, exit_on_error, make_config
+from dpdd import GROUPS, METRICS, PAPER_TABLE1
+from fileio import atomic_write_json, atomic_write_text, json_safe
+from images import quantize, read_image, to_float, write_image
+from results_page import crop_box, format_metric, table1_markdown
 
 import backends  # noqa: E402  (before keras: a KERAS_BACKEND that is not installed is a one-line exit)
 
 # Synthetic scenes per split, and the synthesis seed (fixed, so the test split is the same whatever cfg.seed is).
 SCENES = {"full": {"n_train": 100, "n_val": 10, "n_test": 20}, "quick": {"n_train": 16, "n_val": 2, "n_test": 4}}
 SYNTH_SEED = 0
-PATH_KEYS = ("dataset_root", "patch_dir", "checkpoint_dir", "results_dir")
-METRICS = ("psnr", "ssim", "mae", "lpips")
-GROUPS = ("indoor", "outdoor", "combined")
 INPUT_LABEL = "Blurry input"
 METHODS = (INPUT_LABEL, "DPDNet-Single", "DPDNet")
 
@@ -62,51 +65,25 @@ def demo_configs(args: argparse.Namespace):
     return cfg, single
 
 
-def results_folder(cfg) -> str:
-    return os.path.join(cfg.resolve_path("results_dir"), cfg.run_name)
-
-
 # --------------------------------------------------------------------------------------------- the table
 
-def input_rows(rows: list[dict]) -> list[dict]:
-    """The blurry combined input's own metrics against the sharp target, from test.py's input_* columns."""
-    return [{"name": r["name"], "category": r["category"], **{m: r["input_" + m] for m in METRICS}} for r in rows]
-
-
-def _fmt(value, metric: str) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
-    return f"{value:.2f}" if metric == "psnr" else f"{value:.4f}"
-
-
-def table_markdown(groups: dict, lpips_note: str) -> str:
-    """Table 1's layout: one row per method, indoor / outdoor / combined x PSNR, SSIM, MAE, LPIPS."""
-    counts = groups[METHODS[0]]
-    header = ["Method"] + [f"{g.capitalize()} (n={counts[g]['count']}) {m.upper()}" for g in GROUPS if g in counts
-                           for m in METRICS]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for method in METHODS:
-        cells = [method]
-        for g in GROUPS:
-            if g not in counts:
-                continue
-            for m in METRICS:
-                value = groups[method][g][m]
-                cells.append(lpips_note if m == "lpips" and value is None else _fmt(value, m))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def summary_markdown(summary: dict) -> str:
+    """summary.md: Table 1's layout with a row per method (the blurry input, DPDNet-Single, DPDNet), the
+    differences, and how the data and the networks were made."""
     groups = {m: summary["methods"][m]["groups"] for m in METHODS}
     lp = summary["lpips"]
     lpips_note = "n/a" if lp["status"] == "alexnet" else "n/a (unavailable)" if lp["status"] == "unavailable" else "n/a (off)"
+    present = [g for g in GROUPS if g in groups[INPUT_LABEL]]
+    table = table1_markdown([[method] + [lpips_note if m == "lpips" and groups[method][g][m] is None
+                                         else format_metric(groups[method][g][m], m) for g in present for m in METRICS]
+                             for method in METHODS], groups[INPUT_LABEL])
+    paper = {model: f"{PAPER_TABLE1[model]['combined'][0]:.2f} dB" for model in PAPER_TABLE1}
     c = {m: summary["methods"][m] for m in METHODS}
     d_single = {k: c["DPDNet"][k] - c["DPDNet-Single"][k] for k in ("psnr", "ssim", "mae")}
     d_input = {k: c["DPDNet"][k] - c[INPUT_LABEL][k] for k in ("psnr", "ssim", "mae")}
     syn, tr, t = summary["data"], summary["training"], summary["seconds"]
     lines = [f"# Demo{' (--quick)' if summary['quick'] else ''}: DPDNet vs DPDNet-Single on synthetic dual-pixel data",
-             "", table_markdown(groups, lpips_note), "",
+             "", table, "",
              "PSNR and SSIM: higher is better; MAE and LPIPS: lower is better. Per image on float outputs clamped "
              "to [0, 1], then averaged (test.py, the Table 1 protocol).", "",
              f"- DPDNet - DPDNet-Single (combined): {d_single['psnr']:+.2f} dB PSNR, {d_single['ssim']:+.4f} SSIM, "
@@ -121,7 +98,8 @@ def summary_markdown(summary: dict) -> str:
              f"{tr['lr_decay_every'] * tr['steps_per_epoch']} steps, {tr['steps']} steps of batch {tr['batch_size']} "
              f"each (the same budget); weights: the checkpoint with the lowest val loss.",
              "- Toy scale: a small network, a few minutes of CPU training, synthetic scenes. It shows what the second "
-             "view is worth, not the paper's numbers (Table 1: DPDNet 25.13 dB, DPDNet-Single 24.34 dB on DPDD).",
+             f"view is worth, not the paper's numbers (Table 1: DPDNet {paper['DPDNet']}, DPDNet-Single "
+             f"{paper['DPDNet-Single']} on DPDD).",
              f"- LPIPS: {'AlexNet v0.1' if lp['status'] == 'alexnet' else lp['reason'] or lp['status']}",
              "- Wall time: " + ", ".join(f"{k.replace('_', ' ')} {v:.0f} s" for k, v in t.items()),
              f"- Picture: comparison.png ({', '.join(summary['comparison_scenes'])})", ""]
@@ -134,18 +112,6 @@ def method_entry(groups: dict, rows: list[dict]) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- the picture
-
-def crop_box(blurry: np.ndarray, sharp: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:
-    """(x, y, w, h) of the window where the blurry image differs most from the sharp one (mean |difference|)."""
-    diff = np.abs(blurry.astype(np.float32) - sharp.astype(np.float32)).mean(axis=-1)
-    local = cv2.boxFilter(diff, -1, (width, height), normalize=True, borderType=cv2.BORDER_CONSTANT)
-    h, w = diff.shape
-    local[:height // 2, :], local[h - (height - height // 2) + 1:, :] = -1, -1   # keep the window inside
-    local[:, :width // 2], local[:, w - (width - width // 2) + 1:] = -1, -1
-    cy, cx = np.unravel_index(int(np.argmax(local)), local.shape)
-    x, y = int(np.clip(cx - width // 2, 0, w - width)), int(np.clip(cy - height // 2, 0, h - height))
-    return x, y, width, height
-
 
 def _label(panel: np.ndarray, text: str, bar: int = 20) -> np.ndarray:
     """The panel under a dark bar with white text."""
@@ -160,7 +126,7 @@ def comparison_image(scenes: list[dict], zoom: int = 4, gap: int = 6) -> np.ndar
     them the crop enlarged `zoom` times (nearest neighbour, so no detail is invented). uint8 RGB."""
     blocks = []
     for s in scenes:
-        imgs = [np.clip(np.rint(im * 255), 0, 255).astype(np.uint8) for im in s["images"]]
+        imgs = [quantize(im, 8) for im in s["images"]]
         h, w = imgs[0].shape[:2]
         cw, ch = max(8, w // zoom), max(8, h // zoom)
         x, y, cw, ch = crop_box(s["images"][0], s["images"][-1], cw, ch)
@@ -210,7 +176,7 @@ def pick_scenes(rows: list[dict], count: int = 2) -> list[str]:
 
 
 def save_comparison(path: str, scenes_by_name: dict, names: list[str], per_image: dict, out_dirs: dict) -> None:
-    from images import read_image, to_float, write_image
+    """comparison.png: comparison_image of the named scenes, each image labelled with its PSNR."""
     blocks = []
     for name in names:
         scene = scenes_by_name[name]
@@ -227,87 +193,102 @@ def save_comparison(path: str, scenes_by_name: dict, names: list[str], per_image
 # --------------------------------------------------------------------------------------------- pipeline
 
 def run(args: argparse.Namespace) -> dict:
+    """The five steps, each resumed or reused where an earlier run did it; returns the summary it writes."""
     cfg, single_cfg = demo_configs(args)
     mode = "quick" if args.quick else "full"
     progress = not args.no_progress
-    out_dir = results_folder(cfg)
+    out_dir = cfg.results_folder()
     seconds: dict[str, float] = {}
     t_start = time.perf_counter()
-
-    def stage(name: str, t0: float) -> None:
-        seconds[name] = time.perf_counter() - t0
-        print(f"[demo] {name}: {seconds[name]:.1f} s", flush=True)
 
     import synthesize
     print(f"\n[demo] 1/5 synthesising {SCENES[mode]} scenes at {cfg.working_width}x{cfg.working_height} into "
           f"{cfg.resolve_path('dataset_root')}", flush=True)
-    t0 = time.perf_counter()
-    syn = synthesize.synthesize(cfg.resolve_path("dataset_root"), width=cfg.working_width, height=cfg.working_height,
-                                seed=SYNTH_SEED, workers=cfg.data_workers, progress=progress, **SCENES[mode])
-    stage("synthesize", t0)
+    with stage(seconds, "synthesize"):
+        syn = synthesize.synthesize(cfg.resolve_path("dataset_root"), width=cfg.working_width,
+                                    height=cfg.working_height, seed=SYNTH_SEED, workers=cfg.data_workers,
+                                    progress=progress, **SCENES[mode])
 
     import data_prep
     print(f"\n[demo] 2/5 preparing {cfg.patch_size}x{cfg.patch_size} patches in {cfg.resolve_path('patch_dir')}",
           flush=True)
-    t0 = time.perf_counter()
-    data_prep.build_store(cfg, progress=progress)
-    store = data_prep.open_store(cfg)
-    stage("prepare", t0)
+    with stage(seconds, "prepare"):
+        data_prep.build_store(cfg, progress=progress)
+        store = data_prep.open_store(cfg)
 
     import train
     results = {}
     for label, c, step in (("DPDNet", cfg, "3/5"), ("DPDNet-Single", single_cfg, "4/5")):
         print(f"\n[demo] {step} training {label} ({c.epochs} x {c.steps_per_epoch or 'all'} steps) into "
-              f"{os.path.join(c.resolve_path('checkpoint_dir'), c.run_name)}", flush=True)
-        t0 = time.perf_counter()
-        results[label] = train.train(c, resume=False if args.fresh else None, verbose=1 if progress else 2)
-        stage(f"train_{'dual' if c.input_mode == 'dual' else 'single'}", t0)
+              f"{c.checkpoint_folder()}", flush=True)
+        with stage(seconds, f"train_{c.input_mode}"):
+            results[label] = train.train(c, resume=False if args.fresh else None, verbose=1 if progress else 2)
 
-    import dpdd
-    import test
     print(f"\n[demo] 5/5 evaluating on the synthetic test split into {out_dir}", flush=True)
-    t0 = time.perf_counter()
     out_dirs = {"DPDNet": os.path.join(out_dir, "dual"), "DPDNet-Single": os.path.join(out_dir, "single")}
-    lpips_mode = "off" if args.no_lpips else "auto"
-    summaries, lp = {}, {"status": "off", "reason": "--no-lpips"}
-    for label, c in (("DPDNet", cfg), ("DPDNet-Single", single_cfg)):
-        weights = results[label]["best"] or results[label]["last"]
-        summaries[label] = test.evaluate(c, weights, out_dirs[label], overwrite=True, lpips=lpips_mode,
-                                         progress=progress)
-        if label == "DPDNet":
-            lp = summaries[label]["lpips"]
-            lpips_mode = "auto" if lp["status"] == "alexnet" else "off"   # do not wait for a second failure
-    root = dpdd.find_dataset_root(cfg)
-    scenes = dpdd.list_scenes(root, "test")
-    rows = {label: test.read_rows(os.path.join(out_dirs[label], "metrics.csv"))[0]
-            for label in ("DPDNet-Single", "DPDNet")}
-    rows[INPUT_LABEL] = input_rows(rows["DPDNet"])
-    if lp["status"] != "alexnet":
-        for label in rows:
-            for r in rows[label]:
-                r["lpips"] = None
-    methods = {label: method_entry(test.summarize(rows[label]), rows[label]) for label in METHODS}
-    stage("evaluate", t0)
-
-    t0 = time.perf_counter()
-    per_image = {label: {r["name"]: r for r in rows[label]} for label in METHODS}
-    names = pick_scenes(rows[INPUT_LABEL], count=2)
-    os.makedirs(out_dir, exist_ok=True)
-    save_comparison(os.path.join(out_dir, "comparison.png"), {s.source: s for s in scenes}, names, per_image, out_dirs)
-    stage("picture", t0)
-    import results_page  # results/demo/index.html: DPDNet's per-image page, with a link to DPDNet-Single's
-    results_page.render_page(out_dirs["DPDNet"], rows["DPDNet"], summaries["DPDNet"], dual=True,
-                             page_path=os.path.join(out_dir, "index.html"), links={"DPDNet-Single": "single/index.html"})
+    with stage(seconds, "evaluate"):
+        summaries, rows = evaluate_both({"DPDNet": cfg, "DPDNet-Single": single_cfg}, results, out_dirs,
+                                        "off" if args.no_lpips else "auto", progress)
+    with stage(seconds, "picture"):
+        names = pick_scenes(rows[INPUT_LABEL], count=2)
+        os.makedirs(out_dir, exist_ok=True)
+        scenes = {s.source: s for s in dpdd.list_scenes(summaries["DPDNet"]["dataset_root"], "test")}
+        save_comparison(os.path.join(out_dir, "comparison.png"), scenes, names,
+                        {label: {r["name"]: r for r in rows[label]} for label in METHODS}, out_dirs)
+    results_page.render_page(out_dirs["DPDNet"], rows["DPDNet"], summaries["DPDNet"], dual=True,  # DPDNet's page,
+                             page_path=os.path.join(out_dir, "index.html"),                    # linking Single's
+                             links={"DPDNet-Single": "single/index.html"})
     seconds["total"] = time.perf_counter() - t_start
 
+    summary = demo_summary(args, cfg, syn, store, results, summaries, rows, names, seconds)
+    atomic_write_json(os.path.join(out_dir, "summary.json"), json_safe(summary))
+    text = summary_markdown(summary)
+    atomic_write_text(os.path.join(out_dir, "summary.md"), text)
+    cfg.save_json(os.path.join(out_dir, "config.json"))
+    print("\n" + text)
+    print(f"[demo] wrote {os.path.join(out_dir, 'summary.md')}, summary.json and comparison.png "
+          f"in {seconds['total'] / 60:.1f} min")
+    return summary
+
+
+@contextlib.contextmanager
+def stage(seconds: dict, name: str):
+    """Time one step of the demo into seconds[name] and say how long it took."""
+    t0 = time.perf_counter()
+    yield
+    seconds[name] = time.perf_counter() - t0
+    print(f"[demo] {name}: {seconds[name]:.1f} s", flush=True)
+
+
+def evaluate_both(cfgs: dict, results: dict, out_dirs: dict, lpips: str, progress: bool) -> tuple[dict, dict]:
+    """test.py's evaluation of both networks' best checkpoints: their summaries, and per method its per-image rows
+    (the blurry input's are the input_ columns of the DPDNet run)."""
+    import test
+    summaries, rows = {}, {}
+    for label, c in cfgs.items():
+        checkpoint = results[label]["best"] or results[label]["last"]
+        summaries[label] = test.evaluate(c, checkpoint, out_dirs[label], overwrite=True, lpips=lpips,
+                                         progress=progress)
+        if summaries[label]["lpips"]["status"] != "alexnet":
+            lpips = "off"   # do not wait for a second failure
+        rows[label], _ = test.read_rows(os.path.join(out_dirs[label], "metrics.csv"))
+    rows[INPUT_LABEL] = [{"name": r["name"], "category": r["category"], **{m: r["input_" + m] for m in METRICS}}
+                         for r in rows["DPDNet"]]
+    summaries[INPUT_LABEL] = {"groups": summaries["DPDNet"]["input_groups"], "lpips": summaries["DPDNet"]["lpips"]}
+    return summaries, rows
+
+
+def demo_summary(args, cfg, syn: dict, store, results: dict, summaries: dict, rows: dict, names: list[str],
+                 seconds: dict) -> dict:
+    """summary.json: each method's means and table, how the data and the networks were made, and the wall times."""
+    mode = "quick" if args.quick else "full"
     steps = {label: results[label]["global_step"] for label in results}
-    summary = {
+    return {
         "quick": bool(args.quick), "preset": args.preset,
-        "methods": methods,
-        "lpips": {"status": lp["status"], "reason": lp.get("reason", "")},
-        "data": {"root": root, "seed": SYNTH_SEED, "width": cfg.working_width, "height": cfg.working_height,
-                 "max_coc_px": float(syn["settings"]["max_coc_px"]),
-                 **SCENES[mode]},
+        "methods": {label: method_entry(summaries[label]["groups"], rows[label]) for label in METHODS},
+        "lpips": summaries["DPDNet"]["lpips"],
+        "data": {"root": summaries["DPDNet"]["dataset_root"], "seed": SYNTH_SEED, "width": cfg.working_width,
+                 "height": cfg.working_height, "max_coc_px": float(syn["settings"]["max_coc_px"]), **SCENES[mode]},
         "training": {"steps": steps["DPDNet"], "steps_single": steps["DPDNet-Single"],
                      "train_patches": len(store.index["train"]), "val_patches": len(store.index["val"]),
                      "best_epoch": {k: v["best_epoch"] for k, v in results.items()},
@@ -319,15 +300,6 @@ def run(args: argparse.Namespace) -> dict:
         "seconds": seconds,
         **backends.info(),
     }
-    from fileio import atomic_write_json, atomic_write_text
-    atomic_write_json(os.path.join(out_dir, "summary.json"), test.json_safe(summary))
-    text = summary_markdown(summary)
-    atomic_write_text(os.path.join(out_dir, "summary.md"), text)
-    cfg.save_json(os.path.join(out_dir, "config.json"))
-    print("\n" + text)
-    print(f"[demo] wrote {os.path.join(out_dir, 'summary.md')}, summary.json and comparison.png "
-          f"in {seconds['total'] / 60:.1f} min")
-    return summary
 
 
 def main(argv=None) -> int:
@@ -341,25 +313,10 @@ def main(argv=None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
     add_config_args(parser, default=None, default_text="demo, or demo_quick with --quick")
     args = parser.parse_args(argv)
-    import data_prep
-    import dpdd
-    import images
-    import synthesize
-    errors = [ConfigError, synthesize.SynthesisError, data_prep.StoreError, dpdd.DatasetError, images.ImageError,
-              OSError]
-    try:
-        import train  # TensorFlow first, with its default CPU kernels (test.py would turn oneDNN off)
-        import metrics
-        import test
-        import weights
-        errors += [train.TrainError, test.EvalError, weights.WeightsError, metrics.MetricError,
-                   metrics.LpipsUnavailable]
+    from metrics import LpipsUnavailable, MetricError
+    with exit_on_error(OSError, MetricError, LpipsUnavailable,
+                       interrupted="\ninterrupted: run the same command again to go on where it stopped"):
         run(args)
-    except KeyboardInterrupt:
-        print("\ninterrupted: run the same command again to go on where it stopped", file=sys.stderr)
-        return 130
-    except tuple(errors) as e:
-        sys.exit(f"error: {e}")
     return 0
 
 

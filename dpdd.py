@@ -1,5 +1,5 @@
 """The DPDD dataset layout: finding the root, pairing source/target/left/right per split, the official
-split and the test set's indoor/outdoor labels (copies shipped in data/)."""
+split, the test set's indoor/outdoor labels (copies shipped in data/) and the paper's Table 1 on it."""
 
 from __future__ import annotations
 
@@ -7,10 +7,20 @@ import csv
 import os
 from dataclasses import dataclass
 
-from config import REPO_DIR, Config
+from config import REPO_DIR, Config, UserError
 from images import IMAGE_EXTENSIONS
 
 SPLITS = ("train", "val", "test")
+# Table 1 of the paper: the test set's groups, the metrics, and the published numbers (16-bit test images; in the
+# order of METRICS; PROTOCOL.md, 'Evaluation').
+GROUPS = ("indoor", "outdoor", "combined")
+METRICS = ("psnr", "ssim", "mae", "lpips")
+PAPER_TABLE1 = {
+    "DPDNet": {"indoor": (27.48, 0.849, 0.029, 0.189), "outdoor": (22.90, 0.726, 0.052, 0.255),
+               "combined": (25.13, 0.786, 0.041, 0.223)},
+    "DPDNet-Single": {"indoor": (26.54, 0.816, 0.031, 0.239), "outdoor": (22.25, 0.682, 0.056, 0.313),
+                      "combined": (24.34, 0.747, 0.044, 0.277)},
+}
 ROOT_NAMES = ("dd_dp_dataset_canon", "dd_dp_dataset_png")
 OFFICIAL_SPLIT_CSV = os.path.join(REPO_DIR, "data", "dpdd_splits.csv")
 TEST_CATEGORIES_CSV = os.path.join(REPO_DIR, "data", "dpdd_test_categories.csv")
@@ -18,7 +28,7 @@ HOW_TO_GET = ("Download DPDD (Abuolaim & Brown, ECCV 2020; see README, 'Data') a
               "point --set dataset_root=PATH at it, or make a synthetic set with `python synthesize.py`.")
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A missing or inconsistent dataset; the message names the path and what is wrong."""
 
 
@@ -27,7 +37,7 @@ class Scene:
     split: str
     source: str        # the source file's name without extension, e.g. 1P0A0917
     source_path: str   # blurry combined image
-    target_path: str   # all-in-focus image ('' where the split has none)
+    target_path: str   # all-in-focus image
     left_path: str
     right_path: str
 
@@ -54,24 +64,26 @@ def _images_in(folder: str) -> list[str]:
                   if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS and not f.startswith("."))
 
 
-def list_scenes(root: str, split: str, need_target: bool = True) -> list[Scene]:
+def split_folders(root: str, split: str) -> dict[str, str]:
+    """The four folders of a split: source (blurry combined), target (all-in-focus), left and right views."""
+    return {"source": os.path.join(root, f"{split}_c", "source"), "target": os.path.join(root, f"{split}_c", "target"),
+            "left": os.path.join(root, f"{split}_l", "source"), "right": os.path.join(root, f"{split}_r", "source")}
+
+
+def list_scenes(root: str, split: str) -> list[Scene]:
     """All scenes of a split, sorted by source name; targets paired by position, views by name."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}")
-    src_dir = os.path.join(root, f"{split}_c", "source")
-    tgt_dir = os.path.join(root, f"{split}_c", "target")
-    l_dir = os.path.join(root, f"{split}_l", "source")
-    r_dir = os.path.join(root, f"{split}_r", "source")
-    needed = [src_dir, l_dir, r_dir] + ([tgt_dir] if need_target else [])
-    for d in needed:
+    src_dir, tgt_dir, l_dir, r_dir = split_folders(root, split).values()
+    for d in (src_dir, l_dir, r_dir, tgt_dir):
         if not os.path.isdir(d):
             raise DatasetError(f"{d}: folder missing (DPDD layout: {split}_c/source, {split}_c/target, "
                                f"{split}_l/source, {split}_r/source)")
     sources = _images_in(src_dir)
     if not sources:
         raise DatasetError(f"{src_dir}: no images")
-    targets = _images_in(tgt_dir) if os.path.isdir(tgt_dir) else []
-    if need_target and len(targets) != len(sources):
+    targets = _images_in(tgt_dir)
+    if len(targets) != len(sources):
         raise DatasetError(f"{tgt_dir}: {len(targets)} targets for {len(sources)} sources in {src_dir}")
     lefts = {os.path.splitext(f)[0]: f for f in _images_in(l_dir)}
     rights = {os.path.splitext(f)[0]: f for f in _images_in(r_dir)}
@@ -82,8 +94,7 @@ def list_scenes(root: str, split: str, need_target: bool = True) -> list[Scene]:
             raise DatasetError(f"{os.path.join(src_dir, name)}: left view {stem}_L missing in {l_dir}")
         if stem + "_R" not in rights:
             raise DatasetError(f"{os.path.join(src_dir, name)}: right view {stem}_R missing in {r_dir}")
-        scenes.append(Scene(split, stem, os.path.join(src_dir, name),
-                            os.path.join(tgt_dir, targets[i]) if targets else "",
+        scenes.append(Scene(split, stem, os.path.join(src_dir, name), os.path.join(tgt_dir, targets[i]),
                             os.path.join(l_dir, lefts[stem + "_L"]), os.path.join(r_dir, rights[stem + "_R"])))
     extra = sorted(set(lefts) - {s.source + "_L" for s in scenes}) + sorted(set(rights) - {s.source + "_R" for s in scenes})
     if extra:
@@ -187,7 +198,3 @@ def read_author_labels(root: str) -> dict[str, str] | None:
             out[name] = cat
     return out
 
-
-def test_categories(root: str | None = None) -> dict[str, str]:
-    """Test scene source name -> 'indoor' / 'outdoor', from the source load_test_labels() picks."""
-    return load_test_labels(root).categories

@@ -22,7 +22,8 @@ import time
 import numpy as np
 
 import backends  # before keras: one line if KERAS_BACKEND is not installed
-from config import Config, add_config_args, config_from_args
+import weights
+from config import Config, UserError, add_config_args, config_from_args, exit_on_error
 from fileio import atomic_dir, atomic_path
 
 FORMATS = ("saved_model", "litert", "onnx")
@@ -31,21 +32,19 @@ LITERT_VARIANTS = ("", "_float16", "_int8")  # file name suffixes: float32, floa
 FLOAT32_TOLERANCE = 1e-4  # largest |exported - Keras| accepted for the float32 files
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     """An export that cannot be made or that fails its check; one line for the user."""
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = config_from_args(args)
-    try:
+    with exit_on_error():
         model, model_cfg = load_for_export(args.weights, cfg)
         height, width = check_size(args.height, args.width, model_cfg)
         check_converter(args.format)
         report = export_model(model, model_cfg, args.format, args.out, height, width, overwrite=args.overwrite,
                               repeats=args.repeats, tolerance=args.tolerance)
-    except ExportError as e:
-        sys.exit(f"error: {e}")
     print_report(report, model_cfg, height, width)
     print(f"wrote {', '.join(r['path'] for r in report)}")
     return 0
@@ -73,13 +72,9 @@ def parse_args(argv):
 
 def load_for_export(path: str, cfg: Config):
     """(model, model_cfg) in float32 with weights.py's loaders; the weights must fit the config's input mode."""
-    import weights as W
     cfg = dataclasses.replace(cfg, precision="float32")  # deployment files are float32 (or quantised from it)
-    try:
-        model, model_cfg = W.load_model(path, cfg)
-        W.check_input_mode(model_cfg, cfg, path)
-    except W.WeightsError as e:
-        raise ExportError(str(e)) from None
+    model, model_cfg = weights.load_model(path, cfg)
+    weights.check_input_mode(model_cfg, cfg, path)
     return model, model_cfg
 
 
@@ -242,8 +237,7 @@ def check_export(path: str, fmt: str, reference: dict, repeats: int = 3) -> dict
 
 
 def print_report(report: list[dict], model_cfg: Config, height: int, width: int) -> None:
-    import weights as W
-    print(f"\n{W.mode_name(model_cfg.input_mode)} (base_filters {model_cfg.base_filters}, depth {model_cfg.depth}), "
+    print(f"\n{weights.mode_name(model_cfg.input_mode)} (base_filters {model_cfg.base_filters}, depth {model_cfg.depth}), "
           f"input 1x{height}x{width}x{model_cfg.in_channels} float32 in [0, 1], CPU, median of the timed runs:")
     print(f"{'file':<48} {'MB':>8} {'max|diff|':>10} {'mean|diff|':>10} {'ms':>9} {'Keras ms':>9}")
     for r in report:

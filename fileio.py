@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -23,11 +24,7 @@ def atomic_path(path: str):
     """
     folder = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(folder, exist_ok=True)
-    base = os.path.basename(path)
-    stem, ext = os.path.splitext(base)
-    if ext in (".gz",):
-        stem, ext2 = os.path.splitext(stem)
-        ext = ext2 + ext
+    stem, ext = os.path.splitext(os.path.basename(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{ext}", dir=folder)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
@@ -50,6 +47,17 @@ def atomic_write_text(path: str, text: str) -> None:
 
 def atomic_write_json(path: str, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def json_safe(obj):
+    """obj with every non-finite float (an infinite PSNR) as a string, for strict JSON readers."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def atomic_write_csv(path: str, header: list[str], rows: list[list]) -> None:

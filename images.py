@@ -8,12 +8,13 @@ import os
 import cv2
 import numpy as np
 
+from config import UserError
 from fileio import atomic_path
 
 IMAGE_EXTENSIONS = (".png", ".tif", ".tiff")
 
 
-class ImageError(ValueError):
+class ImageError(UserError):
     """An image that cannot be used; the message names the file and what is wrong."""
 
 
@@ -35,13 +36,26 @@ def read_image(path: str, allow_grey: bool = False) -> np.ndarray:
     return img[:, :, ::-1].copy()
 
 
+# Bit depth <-> pixel type and largest value, for every script: 8-bit images are divided by 255, 16-bit by 65535.
+DTYPES = {8: np.uint8, 16: np.uint16}
+
+
+def peak(bits: int) -> int:
+    """The largest value of a `bits`-bit image (white): 255, 1023, 4095, 65535."""
+    return 2 ** bits - 1
+
+
+def bit_depth(img: np.ndarray) -> int:
+    """8 or 16, from the array's pixel type."""
+    for bits, dtype in DTYPES.items():
+        if img.dtype == dtype:
+            return bits
+    raise ImageError(f"unsupported pixel type {img.dtype}")
+
+
 def max_value(img: np.ndarray) -> int:
     """255 for 8-bit, 65535 for 16-bit: the divisor that maps the image to [0, 1]."""
-    if img.dtype == np.uint8:
-        return 255
-    if img.dtype == np.uint16:
-        return 65535
-    raise ImageError(f"unsupported pixel type {img.dtype}")
+    return peak(bit_depth(img))
 
 
 def to_float(img: np.ndarray) -> np.ndarray:
@@ -51,18 +65,16 @@ def to_float(img: np.ndarray) -> np.ndarray:
 
 def quantize(img: np.ndarray, bits: int = 16) -> np.ndarray:
     """Float [0, 1] -> uint8/uint16, clamped and rounded (the authors truncated)."""
-    if bits not in (8, 16):
+    if bits not in DTYPES:
         raise ValueError(f"bits must be 8 or 16, got {bits}")
-    peak = 255 if bits == 8 else 65535
-    out = np.rint(np.clip(img, 0.0, 1.0) * peak)
-    return out.astype(np.uint8 if bits == 8 else np.uint16)
+    return np.rint(np.clip(img, 0.0, 1.0) * peak(bits)).astype(DTYPES[bits])
 
 
 def write_image(path: str, img: np.ndarray, bits: int | None = None) -> None:
     """Write an RGB image atomically; float input is quantised to `bits` (default 16)."""
     if img.dtype.kind == "f":
         img = quantize(img, bits or 16)
-    elif bits is not None and img.dtype != (np.uint8 if bits == 8 else np.uint16):
+    elif bits is not None and img.dtype != DTYPES[bits]:
         raise ValueError(f"{path}: {img.dtype} image cannot be written as {bits}-bit")
     with atomic_path(path) as tmp:
         if not cv2.imwrite(tmp, np.ascontiguousarray(img[:, :, ::-1])):
@@ -73,17 +85,13 @@ def pad_to_multiple(img: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[i
     """Reflect-pad the bottom and right of an (H, W, C) array up to multiples of `multiple`.
 
     Returns the padded array and the original (H, W) for crop(). Nothing changes when both sides
-    already are multiples (1120x1680 with multiple 16).
+    already are multiples (1120x1680 with multiple 16); a side shorter than its padding is reflected repeatedly.
     """
     h, w = img.shape[:2]
     ph, pw = (-h) % multiple, (-w) % multiple
     if ph == 0 and pw == 0:
         return img, (h, w)
-    if ph >= h or pw >= w:  # reflection needs more pixels than the image has: fall back to edge padding
-        mode = "symmetric" if ph <= h and pw <= w else "edge"
-    else:
-        mode = "reflect"
-    return np.pad(img, ((0, ph), (0, pw), (0, 0)), mode=mode), (h, w)
+    return np.pad(img, ((0, ph), (0, pw), (0, 0)), mode="reflect"), (h, w)
 
 
 def crop(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -5,7 +5,6 @@ test.py, deblur.py and demo.py all go through predict_image."""
 from __future__ import annotations
 
 import os
-
 import weakref
 
 import numpy as np
@@ -19,20 +18,6 @@ def prefer_low_memory_cpu() -> None:
     1680x1120 paper-model pass at the same speed (layout copies). Works only before TensorFlow is imported;
     scripts call it first thing. No effect on GPUs."""
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
-
-def add_tile_args(parser) -> None:
-    """--tile / --tile-overlap for test.py and deblur.py; tile_overrides() turns them into --set overrides."""
-    parser.add_argument("--tile", type=int, help="tile size in pixels (multiple of 16) when the whole image does "
-                                                 "not fit the GPU; default: the whole image in one pass, as the paper")
-    parser.add_argument("--tile-overlap", type=int, help="overlap of neighbouring tiles in pixels (default 128)")
-
-
-def tile_overrides(args) -> None:
-    if args.tile is not None:
-        args.overrides.append(f"tile={args.tile}")
-    if args.tile_overlap is not None:
-        args.overrides.append(f"tile_overlap={args.tile_overlap}")
 
 
 def network_input(cfg: Config, left: np.ndarray | None = None, right: np.ndarray | None = None,

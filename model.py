@@ -10,24 +10,11 @@ import math
 import keras
 from keras import layers
 
-from config import Config
+from config import Config, UserError
 
 
-class InputShapeError(ValueError):
+class InputShapeError(UserError):
     """An input the network cannot take; the message says what to change."""
-
-
-def check_input_shape(shape, cfg: Config) -> None:
-    """Raise InputShapeError for a wrong channel count or a height/width that is not a multiple of 2**depth."""
-    h, w, c = shape[-3], shape[-2], shape[-1]
-    multiple = 2 ** cfg.depth
-    if c is not None and c != cfg.in_channels:
-        what = "left+right views (6)" if cfg.input_mode == "dual" else "one combined RGB image (3)"
-        raise InputShapeError(f"input has {c} channels; the {cfg.input_mode} model takes {what}")
-    for name, size in (("height", h), ("width", w)):
-        if size is not None and size % multiple:
-            raise InputShapeError(f"input {name} {size} is not a multiple of {multiple} (2**depth); pad the image "
-                                  f"(images.pad_to_multiple) or crop it")
 
 
 @keras.saving.register_keras_serializable(package="dpdnet")
@@ -38,9 +25,19 @@ class InputGuard(layers.Layer):
         super().__init__(**kwargs)
         self.multiple, self.channels, self.input_mode = multiple, channels, input_mode
 
+    def check(self, shape) -> None:
+        """Raise InputShapeError for a wrong channel count or a height/width that is not a multiple of 2**depth."""
+        h, w, c = shape[-3], shape[-2], shape[-1]
+        if c is not None and c != self.channels:
+            what = "left+right views (6)" if self.input_mode == "dual" else "one combined RGB image (3)"
+            raise InputShapeError(f"input has {c} channels; the {self.input_mode} model takes {what}")
+        for name, size in (("height", h), ("width", w)):
+            if size is not None and size % self.multiple:
+                raise InputShapeError(f"input {name} {size} is not a multiple of {self.multiple} (2**depth); pad the "
+                                      f"image (images.pad_to_multiple) or crop it")
+
     def call(self, x):
-        cfg = Config(input_mode=self.input_mode, depth=self.multiple.bit_length() - 1)
-        check_input_shape(tuple(x.shape), cfg)
+        self.check(tuple(x.shape))
         if keras.backend.backend() == "tensorflow" and None in tuple(x.shape)[1:]:
             # tf.function traces with unknown sizes after the first shape: check at run time instead.
             import tensorflow as tf
@@ -88,9 +85,10 @@ def build_model(cfg: Config, height: int | None = None, width: int | None = None
     setter imports TensorFlow wherever it is installed, also under PyTorch).
     """
     seeds = iter(range(cfg.seed * 1000, cfg.seed * 1000 + 1000))
-    check_input_shape((height, width, cfg.in_channels), cfg)
+    guard = InputGuard(2 ** cfg.depth, cfg.in_channels, cfg.input_mode, name="input_guard")
+    guard.check((height, width, cfg.in_channels))
     inputs = keras.Input((height, width, cfg.in_channels), name="dp_views" if cfg.input_mode == "dual" else "image")
-    x = InputGuard(2 ** cfg.depth, cfg.in_channels, cfg.input_mode, name="input_guard")(inputs)
+    x = guard(inputs)
 
     skips = []
     for level in range(1, cfg.depth + 1):

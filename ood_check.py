@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from config import REPO_DIR, ConfigError, add_config_args, config_from_args
+from config import REPO_DIR, add_config_args, config_from_args, exit_on_error
 
 # The families the check trains on, and the ones it holds back (every other Domain setting at its default).
 TRAIN_FAMILIES = {"psf_families": ("butterworth", "ramp"), "tones": ("srgb", "gamma"), "noise_levels": ("low",),
@@ -100,13 +100,12 @@ def train_on_families(cfg, steps: int, progress: bool):
 
 
 def table(results: dict) -> str:
-    lines = ["| model | set | n | input dB | model dB | gain dB | worst gain dB | in-focus gain dB |",
-             "|---|---|---|---|---|---|---|---|"]
-    for model, sets in results.items():
-        for name, r in sets.items():
-            lines.append(f"| {model} | {name} | {r['n']} | {r['input_psnr']:.2f} | {r['model_psnr']:.2f} | "
-                         f"{r['gain']:+.2f} | {r['worst_gain']:+.2f} | {r['sharp_gain']:+.2f} |")
-    return "\n".join(lines)
+    from results_page import markdown_table
+    return markdown_table(
+        ["model", "set", "n", "input dB", "model dB", "gain dB", "worst gain dB", "in-focus gain dB"],
+        [[model, name, str(r["n"]), f"{r['input_psnr']:.2f}", f"{r['model_psnr']:.2f}", f"{r['gain']:+.2f}",
+          f"{r['worst_gain']:+.2f}", f"{r['sharp_gain']:+.2f}"] for model, sets in results.items()
+         for name, r in sets.items()])
 
 
 def main(argv=None) -> int:
@@ -130,8 +129,8 @@ def main(argv=None) -> int:
     if not args.weights and not args.train:
         sys.exit("error: nothing to check: give --weights and/or --train")
     import synthesize
-    import weights as W
-    try:
+    import weights
+    with exit_on_error(OSError):
         models = {}
         if args.train:
             models["trained on the training families"] = train_on_families(cfg, args.steps, not args.no_progress)
@@ -145,13 +144,11 @@ def main(argv=None) -> int:
         print(f"rendered {3 * args.scenes} test scenes in {time.time() - t0:.0f} s", flush=True)
         results = {}
         for label, path in models.items():
-            model, model_cfg = W.load_model(path, cfg)
+            model, model_cfg = weights.load_model(path, cfg)
             if model_cfg.input_mode != "dual":
-                raise W.WeightsError(f"{path}: the check is for dual-pixel (DPDNet) models")
+                raise weights.WeightsError(f"{path}: the check is for dual-pixel (DPDNet) models")
             results[label] = {name: evaluate(model, model_cfg, scenes) for name, scenes in sets.items()}
             print(table({label: results[label]}).split("\n", 2)[2], flush=True)
-    except (ConfigError, synthesize.SynthesisError, W.WeightsError, OSError) as e:
-        sys.exit(f"error: {e}")
     from fileio import atomic_write_json, atomic_write_text
     os.makedirs(args.out, exist_ok=True)
     summary = {"train_families": TRAIN_FAMILIES, "held_out_families": HELD_OUT_FAMILIES, "seed": SEED,

@@ -1,7 +1,8 @@
-"""The results page of a test.py run, results/<run>/index.html: the Table 1 summary on top, then one row per test
-image with the blurry input, the output and the ground truth (and the two dual-pixel views, small), zoomed crops,
-the per-image PSNR/SSIM/MAE/LPIPS and the gain over the input, ordered by PSNR gain and sortable by any column.
-Viewable offline: one HTML file, no scripts or fonts from elsewhere, 8-bit thumbnails in page/ beside it."""
+"""How results are shown. The results page of a test.py run, results/<run>/index.html: the Table 1 summary on top,
+then one row per test image with the blurry input, the output and the ground truth (and the two dual-pixel views,
+small), zoomed crops, the per-image PSNR/SSIM/MAE/LPIPS and the gain over the input, ordered by PSNR gain and
+sortable by any column. Viewable offline: one HTML file, no scripts or fonts from elsewhere, 8-bit thumbnails in
+page/ beside it. Also the Markdown tables of every summary.md (test.py, demo.py, ood_check.py, bench.py)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,11 @@ import os
 import cv2
 import numpy as np
 
+from dpdd import GROUPS, METRICS
 from fileio import atomic_write_text
 from images import quantize, read_image, to_float, write_image
 
-METRICS = ("psnr", "ssim", "mae", "lpips")
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "mae": False, "lpips": False}
-GROUPS = ("indoor", "outdoor", "combined")
 THUMB_WIDTH = 320     # the input / output / ground truth thumbnails
 VIEW_WIDTH = 120      # the left and right views (dual input)
 CROP_WIDTH = 160      # crops: a window of at most 160x120 source pixels (a quarter of each side at most), shown
@@ -38,12 +38,48 @@ def gain(row: dict, metric: str) -> float | None:
     return out - inp if HIGHER_IS_BETTER[metric] else inp - out
 
 
+# --------------------------------------------------------------------------------------------- Markdown
+
+def format_metric(value, metric: str, signed: bool = False) -> str:
+    """A metric as every table shows it: PSNR with 2 decimals, the others with 4; None is n/a."""
+    if value is None:
+        return "n/a"
+    digits = 2 if metric == "psnr" else 4
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table: the header, then one line per row of cells."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def table1_markdown(rows: list[list[str]], groups: dict) -> str:
+    """Table 1's layout: one row per method (its name, then its cells for indoor / outdoor / combined x PSNR, SSIM,
+    MAE, LPIPS), the groups' image counts from `groups` (groups it lacks are left out)."""
+    header = ["Method"] + [f"{g.capitalize()} (n={groups[g]['count']}) {m.upper()}" for g in GROUPS if g in groups
+                           for m in METRICS]
+    return markdown_table(header, rows)
+
+
 # --------------------------------------------------------------------------------------------- thumbnails
+
+def crop_box(blurry: np.ndarray, sharp: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:
+    """(x, y, w, h) of the window where the blurry image differs most from the sharp one (mean |difference|): the
+    crops of the results page and of demo.py's comparison picture, so both show the same window."""
+    diff = np.abs(blurry.astype(np.float32) - sharp.astype(np.float32)).mean(axis=-1)
+    local = cv2.boxFilter(diff, -1, (width, height), normalize=True, borderType=cv2.BORDER_CONSTANT)
+    h, w = diff.shape
+    local[:height // 2, :], local[h - (height - height // 2) + 1:, :] = -1, -1   # keep the window inside
+    local[:, :width // 2], local[:, w - (width - width // 2) + 1:] = -1, -1
+    cy, cx = np.unravel_index(int(np.argmax(local)), local.shape)
+    x, y = int(np.clip(cx - width // 2, 0, w - width)), int(np.clip(cy - height // 2, 0, h - height))
+    return x, y, width, height
+
 
 def make_thumbnails(run_dir: str, rows: list[dict], scenes: dict, dual: bool) -> None:
     """Write the 8-bit thumbnails and crops of every row's scene into run_dir/page/ (the 16-bit outputs stay
     in images/). The crop is where the blurry input differs most from the ground truth."""
-    from demo import crop_box  # the comparison picture's crop rule, reused so both show the same window
     for row in rows:
         scene = scenes[row["name"]]
         names = thumbnail_names(row["name"], dual)
@@ -77,13 +113,6 @@ def _resize(img: np.ndarray, width: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------------- the page
 
-def _num(value, metric: str, signed: bool = False) -> str:
-    if value is None:
-        return "n/a"
-    digits = 2 if metric == "psnr" else 4
-    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
-
-
 def _summary_table(summary: dict) -> str:
     groups, paper, inputs = summary["groups"], summary["paper"], summary.get("input_groups")
     head = "".join(f"<th colspan=4>{g.capitalize()} (n={groups[g]['count']})</th>" for g in GROUPS)
@@ -93,7 +122,7 @@ def _summary_table(summary: dict) -> str:
     if inputs:
         rows.append(("Blurry input", [inputs[g][m] for g in GROUPS for m in METRICS]))
     body = "".join("<tr><th>" + html.escape(label) + "</th>" + "".join(
-        f"<td>{_num(v, m)}</td>" for v, m in zip(values, METRICS * 3)) + "</tr>" for label, values in rows)
+        f"<td>{format_metric(v, m)}</td>" for v, m in zip(values, METRICS * 3)) + "</tr>" for label, values in rows)
     return (f"<table class=summary><tr><th rowspan=2>Method</th>{head}</tr><tr>{sub}</tr>{body}</table>")
 
 
@@ -130,8 +159,8 @@ def render_page(run_dir: str, rows: list[dict], summary: dict, dual: bool, page_
                          f'data-category="{html.escape(r["category"])}"']
                         + [f'data-{m}="{"" if r.get(m) is None else repr(float(r[m]))}"' for m in METRICS]
                         + [f'data-gain-{m}="{"" if gain(r, m) is None else repr(float(gain(r, m)))}"' for m in METRICS])
-        cells = "".join(f"<td class=num>{_num(r.get(m), m)}<br><span class=gain>{_num(gain(r, m), m, True)}</span></td>"
-                        for m in METRICS)
+        cells = "".join(f"<td class=num>{format_metric(r.get(m), m)}<br>"
+                        f"<span class=gain>{format_metric(gain(r, m), m, True)}</span></td>" for m in METRICS)
         views = (f"<div class=views>{img(t['left'], 'view', 'left view')}{img(t['right'], 'view', 'right view')}"
                  f"left / right views</div>" if dual else "")
         figures = "".join(f"<figure>{img(t[role], 'thumb', role)}<figcaption>{caption}</figcaption>"

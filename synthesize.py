@@ -15,6 +15,7 @@ per scene) and synthesize.json (the settings, the Domain included). Deterministi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
@@ -22,18 +23,17 @@ import math
 import multiprocessing
 import os
 import signal
-import sys
 import time
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+from config import REPO_DIR, UserError, changed_keys, exit_on_error
+from dpdd import SPLITS, split_folders
 from fileio import atomic_write_csv, atomic_write_json, is_temporary
-from images import write_image
+from images import peak, write_image
 
-REPO_DIR = os.path.dirname(os.path.abspath(__file__))
-SPLITS = ("train", "val", "test")
 FORMAT_VERSION = 2                # bump when the same seed would give different images
 
 # Canon EOS 5D Mark IV (the DPDD camera): 6720 x 4480 pixels of 5.36 um. A synthetic image `width` pixels
@@ -48,7 +48,7 @@ DEFOCUS_VISIBLE_PX = 2.0          # blur diameter from which defocus counts as v
 GAMMA = 2.2                       # content is display-encoded; blur, vignetting and noise act in linear light
 
 
-class SynthesisError(ValueError):
+class SynthesisError(UserError):
     """A bad argument or a clashing output folder; the message is one line naming it."""
 
 
@@ -366,8 +366,9 @@ class Sensor:
 
 
 def _quantise(img: np.ndarray, bits: int) -> np.ndarray:
-    peak = float(2 ** bits - 1)
-    return (np.rint(np.clip(img, 0.0, 1.0) * peak) / peak).astype(np.float32)
+    """Round to the levels of a `bits`-bit image, staying float in [0, 1]."""
+    top = float(peak(bits))
+    return (np.rint(np.clip(img, 0.0, 1.0) * top) / top).astype(np.float32)
 
 
 def _blur_views(make_stack, nonzero, c: float, psf: PsfShape, shared: int):
@@ -423,16 +424,16 @@ def render_views(layers: list[Layer], camera: Camera, noise: Noise | None = None
         colour = to_linear(layer.colour.astype(np.float32), gamma)
         premult = colour * alpha[..., None]
         sharp = premult + (1.0 - alpha[..., None]) * sharp
-        cq = quantize_coc(camera.coc(layer.depth_m))
-        if cq.ndim == 0:
-            out_l, out_r = _composite_slab(premult, alpha, float(cq), psf, out_l, out_r)
+        layer_coc = quantize_coc(camera.coc(layer.depth_m))
+        if layer_coc.ndim == 0:
+            out_l, out_r = _composite_slab(premult, alpha, float(layer_coc), psf, out_l, out_r)
             continue
         # a layer with a depth map: accumulate it on its own (premultiplied colour, alpha), then composite
         acc_l = np.zeros((h, w, 6), np.float32)
         acc_r = np.zeros((h, w, 6), np.float32)
         visible = alpha > 0
-        for value in sorted(np.unique(cq[visible]), reverse=True):   # far (large c) to near
-            own = (cq <= value) & visible
+        for value in sorted(np.unique(layer_coc[visible]), reverse=True):   # far (large c) to near
+            own = (layer_coc <= value) & visible
 
             def make_stack(rows, cols):
                 o = own[rows, cols].astype(np.float32)[..., None]
@@ -687,8 +688,8 @@ def random_mask(rng, h, w) -> np.ndarray:
     elif kind == 3:
         blob = cv2.GaussianBlur(rng.standard_normal((h, w)).astype(np.float32), (0, 0), size / 4)
         g = np.exp(-((np.mgrid[0:h, 0:w][0] - cy) ** 2 + (np.mgrid[0:h, 0:w][1] - cx) ** 2) / (2 * size ** 2))
-        field_ = blob / (blob.std() + 1e-6) + 3.0 * g - 1.5
-        m = np.where(field_ > 0, 255, 0).astype(np.uint8)
+        level = blob / (blob.std() + 1e-6) + 3.0 * g - 1.5
+        m = np.where(level > 0, 255, 0).astype(np.uint8)
     elif kind == 4:
         for r in _leaf_radii(rng, int(rng.integers(3, 25)), 0.03 * s, 0.2 * s):
             x = int(cx + rng.normal(0, size * 0.6))
@@ -729,8 +730,8 @@ def _add_highlights(rng, colour, alpha):
 # ----------------------------------------------------------------------------------------------- scenes
 
 @dataclass
-class Scene:
-    """Everything that fixes one synthetic scene before rendering."""
+class SceneSpec:
+    """Everything that fixes one synthetic scene before rendering (dpdd.Scene is a scene's files on disk)."""
     kind: str
     category: str
     layers: list[Layer]
@@ -944,7 +945,7 @@ def _draw_noise(rng, domain: Domain, phone: bool) -> tuple[Noise, float]:
 
 
 def sample_scene(rng: np.random.Generator, width: int, height: int, max_coc_px: float,
-                 category: str | None = None, domain: Domain = Domain()) -> Scene:
+                 category: str | None = None, domain: Domain = Domain()) -> SceneSpec:
     """Draw one scene: the camera kind (DSLR or phone, see Domain), content and layout, a camera over a DSLR
     range (35-85 mm, f/1.8-f/5.6, focus 1-10 m, 5D Mark IV pitch) focused on one of its surfaces, depths that
     keep every blur within max_coc_px (a phone scene: within its own, smaller limit), noise, PSF shape and
@@ -999,7 +1000,7 @@ def sample_scene(rng: np.random.Generator, width: int, height: int, max_coc_px: 
     sensor = _draw_sensor(rng, domain, phone)
     if sensor.grey:                                # one-channel data: the green channel everywhere
         layers = [dataclasses.replace(l, colour=np.repeat(l.colour[..., 1:2], 3, axis=2)) for l in layers]
-    return Scene(kind, category, layers, cam, noise, 0.0, psf, (near, far), sensor, "phone" if phone else "dslr", iso)
+    return SceneSpec(kind, category, layers, cam, noise, 0.0, psf, (near, far), sensor, "phone" if phone else "dslr", iso)
 
 
 # ----------------------------------------------------------------------------------------------- dataset
@@ -1017,10 +1018,8 @@ def scene_names(split: str, index: int) -> tuple[str, str]:
 
 def scene_paths(root: str, split: str, index: int) -> dict[str, str]:
     src, tgt = scene_names(split, index)
-    return {"source": os.path.join(root, f"{split}_c", "source", src + ".png"),
-            "target": os.path.join(root, f"{split}_c", "target", tgt + ".png"),
-            "left": os.path.join(root, f"{split}_l", "source", src + "_L.png"),
-            "right": os.path.join(root, f"{split}_r", "source", src + "_R.png")}
+    names = {"source": src + ".png", "target": tgt + ".png", "left": src + "_L.png", "right": src + "_R.png"}
+    return {key: os.path.join(folder, names[key]) for key, folder in split_folders(root, split).items()}
 
 
 def make_scene(seed: int, split: str, index: int, width: int, height: int, max_coc_px: float,
@@ -1100,23 +1099,7 @@ def synthesize(out_root: str, n_train: int = 100, n_val: int = 10, n_test: int =
     root = os.path.abspath(out_root)
     want = settings(int(seed), int(width), int(height), max_coc_px, domain)
     manifest = os.path.join(root, "synthesize.json")
-    if os.path.isfile(manifest):
-        with open(manifest) as f:
-            have = json.load(f)
-        clash = [k for k in want if have.get(k) != want[k]]
-        if clash:
-            raise SynthesisError(f"{manifest}: folder was made with {clash[0]}={have.get(clash[0])!r}, not "
-                             f"{want[clash[0]]!r}; use another --out or remove the folder")
-    elif os.path.isdir(root) and any(os.path.isdir(os.path.join(root, f"{s}_c")) for s in SPLITS):
-        raise SynthesisError(f"{root}: holds a dataset not made by synthesize.py (no synthesize.json); use another --out")
-    for split, n in counts.items():
-        src_dir = os.path.join(root, f"{split}_c", "source")
-        if os.path.isdir(src_dir):
-            extra = sorted(f for f in os.listdir(src_dir) if f.endswith(".png") and not f.startswith(".")
-                           and f.startswith(f"syn_{split}_") and int(f.split("_")[2]) >= n)
-            if extra:
-                raise SynthesisError(f"{os.path.join(src_dir, extra[0])}: beyond the {n} {split} scenes asked for "
-                                 f"(left by a larger run); use another --out or ask for at least as many")
+    check_output_folder(root, manifest, want, counts)
     os.makedirs(root, exist_ok=True)
     for folder, _, names in os.walk(root):           # leftovers of writes cut off by an interruption
         for name in names:
@@ -1128,26 +1111,12 @@ def synthesize(out_root: str, n_train: int = 100, n_val: int = 10, n_test: int =
     from tqdm import tqdm
     start = time.time()
     metas, written = [], 0
-    bar = tqdm(total=len(tasks), desc="synthesize", unit="scene", disable=not progress)
-    if workers == 1:
-        threads = cv2.getNumThreads()
-        cv2.setNumThreads(1)
-        try:
-            results = map(_scene_task, tasks)
-            for meta, wrote in results:
-                metas.append(meta)
-                written += wrote
-                bar.update()
-        finally:
-            cv2.setNumThreads(threads)
-    else:
-        ctx = multiprocessing.get_context("spawn")   # no fork: the caller may hold TensorFlow threads
-        with ctx.Pool(min(workers, len(tasks)), initializer=_worker_init) as pool:
-            for meta, wrote in pool.imap_unordered(_scene_task, tasks, chunksize=1):
-                metas.append(meta)
-                written += wrote
-                bar.update()
-    bar.close()
+    with tqdm(total=len(tasks), desc="synthesize", unit="scene", disable=not progress) as bar, \
+            _scene_results(tasks, workers) as results:
+        for meta, wrote in results:
+            metas.append(meta)
+            written += wrote
+            bar.update()
     seconds = time.time() - start
     metas.sort(key=lambda m: (SPLITS.index(m["split"]), m["index"]))
     columns = list(metas[0])
@@ -1161,6 +1130,44 @@ def synthesize(out_root: str, n_train: int = 100, n_val: int = 10, n_test: int =
             "seconds": round(seconds, 2), "test_categories": categories,
             "defocused_fraction": round(float(np.mean([m["defocused_fraction"] for m in metas])), 4),
             "settings": want}
+
+
+def check_output_folder(root: str, manifest: str, want: dict, counts: dict) -> None:
+    """SynthesisError unless root is new or was made by synthesize.py with the same settings and no more scenes
+    than asked for: a resumed run must complete the same dataset, never mix two."""
+    if os.path.isfile(manifest):
+        with open(manifest) as f:
+            have = json.load(f)
+        clash = changed_keys(have, want)
+        if clash:
+            raise SynthesisError(f"{manifest}: folder was made with {clash[0]}={have.get(clash[0])!r}, not "
+                                 f"{want[clash[0]]!r}; use another --out or remove the folder")
+    elif os.path.isdir(root) and any(os.path.isdir(os.path.join(root, f"{s}_c")) for s in SPLITS):
+        raise SynthesisError(f"{root}: holds a dataset not made by synthesize.py (no synthesize.json); use another --out")
+    for split, n in counts.items():
+        src_dir = split_folders(root, split)["source"]
+        if os.path.isdir(src_dir):
+            extra = sorted(f for f in os.listdir(src_dir) if f.endswith(".png") and not f.startswith(".")
+                           and f.startswith(f"syn_{split}_") and int(f.split("_")[2]) >= n)
+            if extra:
+                raise SynthesisError(f"{os.path.join(src_dir, extra[0])}: beyond the {n} {split} scenes asked for "
+                                     f"(left by a larger run); use another --out or ask for at least as many")
+
+
+@contextlib.contextmanager
+def _scene_results(tasks: list, workers: int):
+    """The (meta, written) of each scene task, made in this process or over `workers` spawned ones."""
+    if workers == 1:
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            yield map(_scene_task, tasks)
+        finally:
+            cv2.setNumThreads(threads)
+    else:
+        ctx = multiprocessing.get_context("spawn")   # no fork: the caller may hold TensorFlow threads
+        with ctx.Pool(min(workers, len(tasks)), initializer=_worker_init) as pool:
+            yield pool.imap_unordered(_scene_task, tasks, chunksize=1)
 
 
 def domain_from_args(args) -> Domain:
@@ -1197,13 +1204,9 @@ def main(argv=None) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     print("settings: " + ", ".join(f"{k}={v}" for k, v in vars(args).items()))
-    try:
+    with exit_on_error(interrupted="interrupted: finished scenes are kept; run the same command again to resume"):
         summary = synthesize(args.out, args.train, args.val, args.test, args.width, args.height, args.seed,
                              args.workers, args.max_coc, progress=not args.no_progress, domain=domain_from_args(args))
-    except SynthesisError as e:
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        sys.exit("interrupted: finished scenes are kept; run the same command again to resume")
     print(f"{summary['root']}: wrote {summary['written']} scenes, kept {summary['skipped']} "
           f"in {summary['seconds']:.1f} s; test categories {summary['test_categories']}; "
           f"mean fraction of pixels with blur >= {DEFOCUS_VISIBLE_PX:g} px: {summary['defocused_fraction']:.2f}")

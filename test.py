@@ -20,7 +20,6 @@ import csv
 import hashlib
 import io
 import json
-import math
 import os
 import sys
 import time
@@ -29,28 +28,24 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 import dpdd
-from config import Config, add_config_args, config_from_args
-from fileio import atomic_write_json, atomic_write_text, is_temporary
-from images import ImageError, max_value, read_image, to_float, write_image
-from inference import add_tile_args, prefer_low_memory_cpu, tile_overrides
+import results_page
+import weights
+from config import (Config, UserError, add_config_args, add_inference_args, config_from_args, differences,
+                    exit_on_error)
+from dpdd import GROUPS, METRICS, PAPER_TABLE1
+from fileio import atomic_write_json, atomic_write_text, is_temporary, json_safe
+from images import ImageError, bit_depth, read_image, to_float, write_image
+from inference import prefer_low_memory_cpu
+from results_page import format_metric, table1_markdown
 
 prefer_low_memory_cpu()  # before TensorFlow is imported
 import backends  # noqa: E402  (after the line above, before keras)
 
-METRICS = ("psnr", "ssim", "mae", "lpips")
 COLUMNS = METRICS + tuple("input_" + m for m in METRICS)  # the output's metrics, then the blurry input's
 CSV_HEADER = ["name", "category"] + list(COLUMNS)
-GROUPS = ("indoor", "outdoor", "combined")
-# Table 1 of the paper, 16-bit protocol (protocol.md, "Targets").
-PAPER_TABLE1 = {
-    "DPDNet": {"indoor": (27.48, 0.849, 0.029, 0.189), "outdoor": (22.90, 0.726, 0.052, 0.255),
-               "combined": (25.13, 0.786, 0.041, 0.223)},
-    "DPDNet-Single": {"indoor": (26.54, 0.816, 0.031, 0.239), "outdoor": (22.25, 0.682, 0.056, 0.313),
-                      "combined": (24.34, 0.747, 0.044, 0.277)},
-}
-PAPER_COUNTS = {"indoor": 37, "outdoor": 39, "combined": 76}
 
-class EvalError(ValueError):
+
+class EvalError(UserError):
     """A problem with the results folder or the run's inputs; one line for the user."""
 
 
@@ -78,7 +73,14 @@ def load_scene(scene: dpdd.Scene, cfg: Config) -> dict:
 
 def input_bits(images: list) -> list[int]:
     """The bit depths of the network's input images (not the target's), as the summary reports them."""
-    return sorted({8 if max_value(img) == 255 else 16 for img in images})
+    return sorted({bit_depth(img) for img in images})
+
+
+def input_traits(scene: dpdd.Scene, input_mode: str) -> tuple[tuple[int, int], list[int]]:
+    """(width, height) and input_bits of a scene that an earlier run evaluated, read again for the summary."""
+    views = ([read_image(scene.left_path), read_image(scene.right_path)] if input_mode == "dual"
+             else [read_image(scene.source_path)])
+    return (views[0].shape[1], views[0].shape[0]), input_bits(views)
 
 
 class Prefetcher:
@@ -181,21 +183,12 @@ def summarize(rows: list[dict]) -> dict:
     return out
 
 
-def _fmt(value, metric: str) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.2f}" if metric == "psnr" else f"{value:.4f}"
-
-
 def summary_markdown(summary: dict) -> str:
     """summary.md: Table 1's layout (indoor / outdoor / combined x PSNR, SSIM, MAE, LPIPS), ours beside the paper's."""
     model = summary["model"]
     groups = summary["groups"]
     lp = summary["lpips"]
-    header = ["Method"] + [f"{g.capitalize()} (n={groups[g]['count']}) {m.upper()}" for g in GROUPS for m in METRICS]
-    paper = summary["paper"]
-    lines = [f"# {model} on the DPDD test set", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    paper, diff = summary["paper"], summary["difference"]
 
     def cell(group, metric, value):
         if metric == "lpips" and value is None:
@@ -204,18 +197,17 @@ def summary_markdown(summary: dict) -> str:
             if lp["status"] == "off":
                 return "n/a (LPIPS off)"
             return f"n/a ({groups[group]['lpips_count']} of {groups[group]['count']} images)"
-        return _fmt(value, metric)
+        return format_metric(value, metric)
 
-    lines.append("| " + " | ".join([f"{model} (paper)"] + [f"{v:.2f}" if m == "psnr" else f"{v:.3f}"
-                                                            for g in GROUPS for m, v in zip(METRICS, paper[g])]) + " |")
-    lines.append("| " + " | ".join([f"{model} (ours)"] + [cell(g, m, groups[g][m]) for g in GROUPS for m in METRICS]) + " |")
-    diff = summary["difference"]
-    lines.append("| " + " | ".join(["ours - paper"] + [
-        "n/a" if diff[g][m] is None else (f"{diff[g][m]:+.2f}" if m == "psnr" else f"{diff[g][m]:+.4f}")
-        for g in GROUPS for m in METRICS]) + " |")
-    lines += ["", "PSNR and SSIM: higher is better; MAE and LPIPS: lower is better. PSNR/SSIM/MAE on float "
-              "outputs clamped to [0, 1], before quantisation, LPIPS on the saved 16-bit outputs, per image, "
-              "then averaged (protocol.md, 'Evaluation').", ""]
+    table = table1_markdown([
+        [f"{model} (paper)"] + [f"{v:.2f}" if m == "psnr" else f"{v:.3f}"
+                                for g in GROUPS for m, v in zip(METRICS, paper[g])],
+        [f"{model} (ours)"] + [cell(g, m, groups[g][m]) for g in GROUPS for m in METRICS],
+        ["ours - paper"] + [format_metric(diff[g][m], m, signed=True) for g in GROUPS for m in METRICS]], groups)
+    lines = [f"# {model} on the DPDD test set", "", table, "",
+             "PSNR and SSIM: higher is better; MAE and LPIPS: lower is better. PSNR/SSIM/MAE on float outputs clamped "
+             "to [0, 1], before quantisation, LPIPS on the saved 16-bit outputs, per image, then averaged "
+             "(PROTOCOL.md, 'Evaluation (Table 1)').", ""]
     lines.append(f"- Weights: `{summary['weights']}`")
     lines.append(f"- Images: {summary['images']} from `{summary['dataset_root']}` "
                  f"({', '.join(f'{b}-bit' for b in summary['input_bits'])} input, "
@@ -281,79 +273,117 @@ def _weights_stamp(path: str) -> dict:
 
 
 def evaluate(cfg: Config, weights_path: str | None = None, out_dir: str | None = None, overwrite: bool = False,
-             lpips: str = "auto", limit: int = 0, progress: bool = True, model=None) -> dict:
+             lpips: str = "auto", limit: int = 0, progress: bool = True) -> dict:
     """Run the Table 1 evaluation and return the summary dict (also written to out_dir/summary.json).
 
     weights_path: default checkpoints/<run_name>/best.keras. out_dir: default results/<run_name>.
     lpips: "auto" (n/a when unavailable), "require" (LpipsUnavailable), "off", "random" (tests only).
-    limit: evaluate only the first `limit` scenes (0: all). model: an already loaded (model, model_cfg)
-    pair instead of weights_path (demo.py). Raises DatasetError, ImageError, WeightsError, EvalError,
-    LpipsUnavailable, MetricError with one-line messages.
+    limit: evaluate only the first `limit` scenes (0: all). Raises a UserError, LpipsUnavailable or MetricError
+    with a one-line message.
     """
-    import weights as W
-    from inference import predict_image
-    from metrics import image_metrics
-
     root = dpdd.find_dataset_root(cfg)
-    scenes = dpdd.list_scenes(root, "test")
-    total_scenes = len(scenes)
-    if limit:
-        scenes = scenes[:limit]
+    every_scene = dpdd.list_scenes(root, "test")
+    scenes = every_scene[:limit] if limit else every_scene
     labels = dpdd.load_test_labels(root)
     for line in labels.disagreements:
         print(f"warning: labels differ: {line}", file=sys.stderr)
-    out_dir = out_dir or os.path.join(cfg.resolve_path("results_dir"), cfg.run_name)
+    out_dir = out_dir or cfg.results_folder()
+    weights_path = weights_path or cfg.checkpoint_path()
+    model, model_cfg = load_for_test(weights_path, cfg)
 
-    if model is None:
-        weights_path = weights_path or W.default_weights_path(cfg)
-        model, model_cfg = W.load_model(weights_path, cfg)
-    else:
-        model, model_cfg = model
-        weights_path = weights_path or "(in memory)"
-    W.check_input_mode(model_cfg, cfg, weights_path)
+    run_info = {**_weights_stamp(weights_path), "input_mode": model_cfg.input_mode, "tile": model_cfg.tile,
+                "tile_overlap": model_cfg.tile_overlap, "precision": model_cfg.precision, **backends.info(),
+                "dataset_root": root, "lpips_random": lpips == "random"}
+    done = resumable_rows(out_dir, run_info, scenes, overwrite)
+    rows = [done[s.source] for s in scenes if s.source in done]
+    _, lp_status, lp_reason = _lpips(lpips)  # may fail (--require-lpips): nothing written yet
+    writer = prepare_folder(out_dir, {**run_info, "lpips": lp_status, "lpips_reason": lp_reason,
+                                      "categories_source": labels.source}, model_cfg, rows)
+    if done:
+        print(f"resuming: {len(done)} of {len(scenes)} images already done in {out_dir} (--overwrite to redo them)")
+    seen = run_scenes(model, model_cfg, [s for s in scenes if s.source not in done], labels, out_dir, writer,
+                      rows, len(scenes), progress)
+    if lp_status in ("alexnet", "random"):
+        lp_status, lp_reason = add_lpips(rows, scenes, out_dir, lpips, progress) or (lp_status, lp_reason)
+    write_in_scene_order(os.path.join(out_dir, "metrics.csv"), rows, scenes)
+    for s in scenes:  # sizes and bit depths of resumed images, for the notes: the inputs', as for new images
+        if s.source in done:
+            size, bits = input_traits(s, model_cfg.input_mode)
+            seen["sizes"].add(size)
+            seen["bits"].update(bits)
+
+    info = {"model": weights.mode_name(model_cfg.input_mode), "weights": weights_path, "dataset_root": root,
+            "images": len(scenes), "input_bits": sorted(seen["bits"]),
+            "image_sizes": [f"{w}x{h}" for w, h in sorted(seen["sizes"])],
+            "tile": model_cfg.tile, "tile_overlap": model_cfg.tile_overlap,
+            "lpips": {"status": lp_status, "reason": lp_reason},
+            "categories_source": labels.source, "categories_note": labels.note,
+            "categories_disagreements": labels.disagreements,
+            "run": {k: run_info.get(k) for k in ("precision", "backend", "backend_version", "weights_sha256")},
+            "protocol_notes": protocol_notes(scenes, len(every_scene), seen["sizes"], seen["bits"], model_cfg),
+            "seconds_per_image": float(np.mean(seen["seconds"])) if seen["seconds"] else None}
+    summary = build_summary(rows, info)
+    atomic_write_json(os.path.join(out_dir, "summary.json"), json_safe(summary))
+    atomic_write_text(os.path.join(out_dir, "summary.md"), summary_markdown(summary))
+    results_page.make_thumbnails(out_dir, rows, {s.source: s for s in scenes}, model_cfg.input_mode == "dual")
+    results_page.render_page(out_dir, rows, json_safe(summary), model_cfg.input_mode == "dual")
+    return summary
+
+
+def load_for_test(path: str, cfg: Config):
+    """(model, model_cfg) of a weights file whose input mode fits the config and whose tile size its depth."""
+    model, model_cfg = weights.load_model(path, cfg)
+    weights.check_input_mode(model_cfg, cfg, path)
     if model_cfg.tile and model_cfg.tile % 2 ** model_cfg.depth:
         raise EvalError(f"tile: {model_cfg.tile} is not a multiple of {2 ** model_cfg.depth} (2**depth of the weights)")
+    return model, model_cfg
 
-    # resume bookkeeping: refuse to mix results of different weights or inference settings
-    run_info = {**(_weights_stamp(weights_path) if os.path.isfile(weights_path) else {"weights": weights_path}),
-                "input_mode": model_cfg.input_mode, "tile": model_cfg.tile, "tile_overlap": model_cfg.tile_overlap,
-                "precision": model_cfg.precision, **backends.info(),
-                "dataset_root": root, "lpips_random": lpips == "random"}
+
+def resumable_rows(out_dir: str, run_info: dict, scenes: list, overwrite: bool) -> dict[str, dict]:
+    """{name: row} of the scenes an earlier run of the same weights and settings finished (row and image written);
+    results of another run are refused rather than mixed."""
     csv_path, info_path = os.path.join(out_dir, "metrics.csv"), os.path.join(out_dir, "run_info.json")
+    if overwrite or not os.path.isfile(csv_path):
+        return {}
+    if os.path.isfile(info_path):
+        with open(info_path) as f:
+            old = json.load(f)
+        changed = differences(old, run_info, "then")
+        if changed:
+            raise EvalError(f"{out_dir} holds results of another run ({changed[0]}); rerun with --overwrite or "
+                            f"--set run_name=NEW")
+    rows, dropped = read_rows(csv_path)
+    if dropped:
+        print(f"note: dropped {dropped} incomplete line(s) of {csv_path} (an interrupted run); redoing them")
+    wanted = {s.source for s in scenes}
+    return {r["name"]: r for r in rows if r["name"] in wanted
+            and os.path.isfile(os.path.join(out_dir, "images", r["name"] + ".png"))}
+
+
+def prepare_folder(out_dir: str, run_info: dict, model_cfg: Config, rows: list[dict]) -> ResultsWriter:
+    """images/ without a killed write's leftovers, run_info.json, config.json, and metrics.csv holding `rows`."""
     img_dir = os.path.join(out_dir, "images")
-    done: dict[str, dict] = {}
-    if not overwrite and os.path.isfile(csv_path):
-        if os.path.isfile(info_path):
-            with open(info_path) as f:
-                old = json.load(f)
-            changed = [k for k in run_info if old.get(k) != run_info[k]]
-            if changed:
-                raise EvalError(f"{out_dir} holds results of another run ({changed[0]}: {old.get(changed[0])!r} then, "
-                                f"{run_info[changed[0]]!r} now); rerun with --overwrite or --set run_name=NEW")
-        rows, dropped = read_rows(csv_path)
-        if dropped:
-            print(f"note: dropped {dropped} incomplete line(s) of {csv_path} (an interrupted run); redoing them")
-        wanted = {s.source for s in scenes}
-        done = {r["name"]: r for r in rows if r["name"] in wanted
-                and os.path.isfile(os.path.join(img_dir, r["name"] + ".png"))}
-    todo = [s for s in scenes if s.source not in done]
-    rows_in_order = [done[s.source] for s in scenes if s.source in done]
-    _, lp_status, lp_reason = _lpips(lpips)  # may fail (--require-lpips): nothing written yet
     os.makedirs(img_dir, exist_ok=True)
     for name in os.listdir(img_dir):  # leftovers of a killed atomic write
         if is_temporary(name):
             os.remove(os.path.join(img_dir, name))
-    atomic_write_json(info_path, {**run_info, "lpips": lp_status, "lpips_reason": lp_reason,
-                                  "categories_source": labels.source})
+    atomic_write_json(os.path.join(out_dir, "run_info.json"), run_info)
     model_cfg.save_json(os.path.join(out_dir, "config.json"))
-    writer = ResultsWriter(csv_path, rows_in_order)
-    if done:
-        print(f"resuming: {len(done)} of {len(scenes)} images already done in {out_dir} (--overwrite to redo them)")
+    return ResultsWriter(os.path.join(out_dir, "metrics.csv"), rows)
 
+
+def run_scenes(model, model_cfg: Config, todo: list, labels, out_dir: str, writer: ResultsWriter,
+               rows_in_order: list[dict], total: int, progress: bool) -> dict:
+    """Deblur and measure each scene of `todo` (read one ahead), writing its image and then its metrics.csv row,
+    appended to rows_in_order; returns the sizes, input bit depths and seconds per image it saw."""
+    from inference import predict_image
+    from metrics import image_metrics
     from tqdm import tqdm
+    img_dir = os.path.join(out_dir, "images")
     bits, sizes, seconds = set(), set(), []
     prefetch = Prefetcher(todo, model_cfg) if todo else None
-    bar = tqdm(total=len(scenes), initial=len(done), desc="test", unit="img", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=total, initial=total - len(todo), desc="test", unit="img", disable=not progress,
+               dynamic_ncols=True)
     try:
         for scene, data in (prefetch or []):
             t0 = time.perf_counter()
@@ -376,61 +406,44 @@ def evaluate(cfg: Config, weights_path: str | None = None, out_dir: str | None =
         if prefetch:
             prefetch.close()
         writer.close()
+    return {"bits": bits, "sizes": sizes, "seconds": seconds}
 
-    # the final file in scene order, so that a resumed run's metrics.csv equals a clean run's
+
+def add_lpips(rows: list[dict], scenes: list, out_dir: str, mode: str, progress: bool) -> tuple[str, str] | None:
+    """LPIPS of the saved outputs and of the blurry inputs for the rows that lack it, in one pass in its own
+    process; the LPIPS (status, reason) after the pass, or None when every row had it."""
+    unscored = [r for r in rows if r["lpips"] is None or r["input_lpips"] is None]
+    by_name = {s.source: s for s in scenes}
+    pairs = [(by_name[r["name"]].target_path, path) for r in unscored
+             for path in (os.path.join(out_dir, "images", r["name"] + ".png"), by_name[r["name"]].source_path)]
+    if not pairs:
+        return None
+    values, status, reason = _lpips(mode, pairs, progress)
+    for i, r in enumerate(unscored if values is not None else []):
+        r["lpips"], r["input_lpips"] = values[2 * i], values[2 * i + 1]
+    return status, reason
+
+
+def write_in_scene_order(csv_path: str, rows: list[dict], scenes: list) -> None:
+    """Sort the rows into scene order and rewrite metrics.csv if its lines are in another order, so that a resumed
+    run's metrics.csv equals a clean run's."""
     order = {s.source: i for i, s in enumerate(scenes)}
-    rows_in_order.sort(key=lambda r: order[r["name"]])
-    # LPIPS: one pass over the saved outputs and the blurry inputs of the rows that lack it, in its own process
-    unscored = [r for r in rows_in_order if r["lpips"] is None or r["input_lpips"] is None]
-    if unscored and lp_status in ("alexnet", "random"):
-        by_name = {s.source: s for s in scenes}
-        pairs = [(by_name[r["name"]].target_path, path) for r in unscored
-                 for path in (os.path.join(img_dir, r["name"] + ".png"), by_name[r["name"]].source_path)]
-        values, lp_status, lp_reason = _lpips(lpips, pairs, progress)
-        for i, r in enumerate(unscored if values is not None else []):
-            r["lpips"], r["input_lpips"] = values[2 * i], values[2 * i + 1]
+    rows.sort(key=lambda r: order[r["name"]])
     with open(csv_path) as f:
         current = f.read()
-    final = "".join([",".join(CSV_HEADER) + "\n"] + [format_row(r["name"], r["category"], r) for r in rows_in_order])
+    final = "".join([",".join(CSV_HEADER) + "\n"] + [format_row(r["name"], r["category"], r) for r in rows])
     if current != final:
         atomic_write_text(csv_path, final)
 
-    for s in scenes:  # sizes and bit depths of resumed images, for the notes: the inputs', as for new images
-        if s.source in done:
-            views = [read_image(s.left_path), read_image(s.right_path)] if model_cfg.input_mode == "dual" \
-                else [read_image(s.source_path)]
-            sizes.add((views[0].shape[1], views[0].shape[0]))
-            bits.update(input_bits(views))
-    notes = protocol_notes(len(scenes), total_scenes, sizes, bits, model_cfg, scenes)
-    model_name = W.mode_name(model_cfg.input_mode)
-    info = {"model": model_name, "weights": weights_path, "dataset_root": root, "images": len(scenes),
-            "input_bits": sorted(bits), "image_sizes": [f"{w}x{h}" for w, h in sorted(sizes)],
-            "tile": model_cfg.tile, "tile_overlap": model_cfg.tile_overlap,
-            "lpips": {"status": lp_status, "reason": lp_reason},
-            "categories_source": labels.source, "categories_note": labels.note,
-            "categories_disagreements": labels.disagreements,
-            "run": {k: run_info.get(k) for k in ("precision", "backend", "backend_version", "weights_sha256")},
-            "protocol_notes": notes,
-            "seconds_per_image": float(np.mean(seconds)) if seconds else None}
-    summary = build_summary(rows_in_order, info)
-    atomic_write_json(os.path.join(out_dir, "summary.json"), json_safe(summary))
-    atomic_write_text(os.path.join(out_dir, "summary.md"), summary_markdown(summary))
-    import results_page
-    results_page.make_thumbnails(out_dir, rows_in_order, {s.source: s for s in scenes}, model_cfg.input_mode == "dual")
-    results_page.render_page(out_dir, rows_in_order, json_safe(summary), model_cfg.input_mode == "dual")
-    return summary
 
-
-def protocol_notes(n: int, total: int, sizes: set, bits: set, model_cfg: Config, scenes: list) -> list[str]:
+def protocol_notes(scenes: list, total: int, sizes: set, bits: set, model_cfg: Config) -> list[str]:
     """Where this run departs from Table 1's protocol, so nobody compares unlike numbers."""
     notes = []
-    official = {s for s, _ in dpdd.official_split()["test"]}
-    names = {s.source for s in scenes}
-    if names != official:
-        notes.append(f"Not the Table 1 test set: {n} images"
-                     + (f" (the first {n} of {total})" if n != total else "")
-                     + (", not the 76 official DPDD test scenes" if names != official else "")
-                     + "; the paper's numbers are beside ours for orientation only.")
+    n = len(scenes)
+    if {s.source for s in scenes} != {s for s, _ in dpdd.official_split()["test"]}:
+        notes.append(f"Not the Table 1 test set: {n} images" + (f" (the first {n} of {total})" if n != total else "")
+                     + ", not the 76 official DPDD test scenes; the paper's numbers are beside ours for orientation "
+                       "only.")
     if sizes and sizes != {(1680, 1120)}:
         notes.append("Image size differs from the paper's 1680x1120 (the network was run on reflection-padded "
                      "inputs cropped back).")
@@ -441,24 +454,12 @@ def protocol_notes(n: int, total: int, sizes: set, bits: set, model_cfg: Config,
     return notes
 
 
-def json_safe(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj
-
-
 # --------------------------------------------------------------------------------------------- command line
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
-    parser.add_argument("--weights", help="checkpoint (.keras), Keras 3 .weights.h5, or the authors' Keras 2 .hdf5 "
-                                          "(default: checkpoints/<run_name>/best.keras)")
+    add_inference_args(parser)
     parser.add_argument("--out", help="results folder (default: results/<run_name>)")
-    add_tile_args(parser)
     parser.add_argument("--overwrite", action="store_true", help="redo images already done by an earlier run")
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N test scenes")
     group = parser.add_mutually_exclusive_group()
@@ -466,25 +467,15 @@ def main(argv=None) -> int:
     group.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
     add_config_args(parser)
     args = parser.parse_args(argv)
-    tile_overrides(args)
     cfg = config_from_args(args)
     lpips = "require" if args.require_lpips else "off" if args.no_lpips else "auto"
 
-    import weights as W
     from metrics import LpipsUnavailable, MetricError
-    try:
+    with exit_on_error(LpipsUnavailable, MetricError, interrupted="interrupted: the images and rows written so far "
+                                                                  "are complete; rerun the same command to continue"):
         summary = evaluate(cfg, args.weights, args.out, overwrite=args.overwrite, lpips=lpips, limit=args.limit)
-    except (dpdd.DatasetError, ImageError, W.WeightsError, EvalError, LpipsUnavailable, MetricError) as e:
-        sys.exit(f"error: {e}")
-    except ValueError as e:
-        if type(e).__name__ != "InputShapeError":  # model.py's, raised once the model runs
-            raise
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        sys.exit("interrupted: the images and rows written so far are complete; rerun the same command to continue")
-    out = args.out or os.path.join(cfg.resolve_path("results_dir"), cfg.run_name)
     print(summary_markdown(summary))
-    print(f"wrote {out}/ (images/, metrics.csv, summary.md, summary.json)")
+    print(f"wrote {args.out or cfg.results_folder()}/ (images/, metrics.csv, summary.md, summary.json)")
     return 0
 
 

@@ -27,8 +27,8 @@ import backends  # before keras: a KERAS_BACKEND that is not installed is a one-
 import keras
 import numpy as np
 
-from config import Config, ConfigError, add_config_args, config_from_args
-from data_prep import CHANNELS, StoreError, open_store
+from config import Config, UserError, add_config_args, config_from_args, exit_on_error
+from data_prep import CHANNELS, STORE_MAX, open_store
 from fileio import atomic_path, atomic_write_json, is_temporary
 from model import build_model, dtype_policy
 
@@ -49,7 +49,7 @@ TRANSFORMS = {
 }
 
 
-class TrainError(ValueError):
+class TrainError(UserError):
     """Training cannot start or go on; the one-line message says why and what to do."""
 
 
@@ -68,12 +68,8 @@ def main(argv=None) -> None:
     mode.add_argument("--fresh", action="store_true", help="start over: delete this run's checkpoints and logs")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
-    try:
+    with exit_on_error():  # on Ctrl-C fit_all_epochs has said which checkpoint is kept
         result = train(cfg, resume=True if args.resume else False if args.fresh else None)
-    except (TrainError, StoreError, ConfigError, backends.BackendError) as e:
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        sys.exit(130)
     print(f"done: {result['epochs_done']} epochs, {result['global_step']} steps; last: {result['last']}")
 
 
@@ -99,7 +95,7 @@ def train(cfg: Config, resume: bool | None = None, callbacks=(), verbose: int = 
                          f"(python data_prep.py --split val) or --set select_on=train")
     steps_per_epoch = cfg.steps_per_epoch or stream.steps_per_pass
     saved_state = start_state(cfg, resume, stream, steps_per_epoch, global_batch, devices.chief)
-    folder = run_dir(cfg)
+    folder = cfg.checkpoint_folder()
     os.makedirs(folder, exist_ok=True)
 
     nets = Networks(cfg, steps_per_epoch, devices, jit)
@@ -124,17 +120,6 @@ def train(cfg: Config, resume: bool | None = None, callbacks=(), verbose: int = 
             "val_loss": s["val_loss"], "lr": s["lr"], "best_value": s["best_value"], "best_epoch": s["best_epoch"],
             "replicas": devices.count, "global_batch": global_batch, "steps_per_epoch": steps_per_epoch,
             "history": run.history, "steps_per_s": run.steps_per_s(), **backends.info()}
-
-
-def run_dir(cfg: Config) -> str:
-    return os.path.join(cfg.resolve_path("checkpoint_dir"), cfg.run_name)
-
-
-def checkpoint_path(cfg: Config, which: str = "best") -> str:
-    """checkpoints/<run_name>/{best,last}.keras: a float-input DPDNet for keras.models.load_model(path, compile=False)."""
-    if which not in ("best", "last"):
-        raise ValueError(f"which: 'best' or 'last', got {which!r}")
-    return os.path.join(run_dir(cfg), f"{which}.keras")
 
 
 def read_checkpoint_state(path: str) -> dict:
@@ -273,7 +258,7 @@ class Networks:
         with devices.scope(), dtype_policy(cfg.precision):
             self.net = build_model(cfg)
             inputs = keras.Input((None, None, cfg.in_channels), dtype="uint16", name="patches_uint16")
-            scaled = keras.layers.Rescaling(1 / 65535, dtype="float32", name="to_unit_range")(inputs)
+            scaled = keras.layers.Rescaling(1 / STORE_MAX, dtype="float32", name="to_unit_range")(inputs)
             self.trainer = keras.Model(inputs, self.net(scaled), name="trainer")
             schedule = keras.optimizers.schedules.ExponentialDecay(
                 lr_at(cfg, 0, steps_per_epoch, devices.count), decay_steps=cfg.lr_decay_every * steps_per_epoch,
@@ -364,10 +349,10 @@ def start_state(cfg: Config, resume, stream: PatchStream, steps_per_epoch: int, 
                 chief: bool) -> dict | None:
     """The checkpoint state to resume from, or None for a fresh start (which clears the run's folder); a
     checkpoint made with other settings is refused."""
-    last = checkpoint_path(cfg, "last")
+    last = cfg.checkpoint_path("last")
     if resume is False or (resume is None and not os.path.isfile(last)):
         if chief:
-            clear_run(run_dir(cfg))  # --fresh, or leftovers of a run stopped before its first checkpoint
+            clear_run(cfg.checkpoint_folder())  # --fresh, or leftovers of a run stopped before its first checkpoint
         return None
     if not os.path.isfile(last):
         raise TrainError(f"{last}: no checkpoint to resume; run without --resume to start this run")
@@ -403,8 +388,8 @@ class TrainingRun:
 
     def __init__(self, cfg: Config, nets: Networks, stream: PatchStream, steps_per_epoch: int, chief: bool):
         self.cfg, self.nets, self.stream, self.steps_per_epoch, self.chief = cfg, nets, stream, steps_per_epoch, chief
-        self.dir = run_dir(cfg)
-        self.last, self.best = checkpoint_path(cfg, "last"), checkpoint_path(cfg, "best")
+        self.dir = cfg.checkpoint_folder()
+        self.last, self.best = cfg.checkpoint_path("last"), cfg.checkpoint_path("best")
         self.state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "epoch_loss_sum": 0.0,
                       "epoch_loss_count": 0, "best_value": None, "best_epoch": None, "train_loss": None,
                       "val_loss": None, "lr": None}

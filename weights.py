@@ -13,20 +13,15 @@ import zipfile
 
 import numpy as np
 
-from config import Config
+from config import Config, UserError, changed_keys
 
 ARCH_KEYS = ("input_mode", "base_filters", "depth", "head", "dropout")
 # Our channel index -> the authors' channel index (BGR per view); each permutation is its own inverse.
 BGR_PERM = {3: [2, 1, 0], 6: [2, 1, 0, 5, 4, 3]}
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError):
     """A weights file that cannot be used here; the message names the file and what is wrong."""
-
-
-def default_weights_path(cfg: Config) -> str:
-    """The run's best checkpoint, as train.py writes it: checkpoints/<run_name>/best.keras."""
-    return os.path.join(cfg.resolve_path("checkpoint_dir"), cfg.run_name, "best.keras")
 
 
 def mode_name(input_mode: str) -> str:
@@ -114,14 +109,14 @@ def load_model(path: str, cfg: Config):
 
 def _load_keras_archive(path: str, cfg: Config, saved: dict | None):
     import keras
-    import model as _model  # registers InputGuard for deserialisation  # noqa: F401
+    from model import InputGuard  # noqa: F401  (registered with Keras for deserialisation)
     try:
         loaded = keras.models.load_model(path, compile=False)
     except Exception as e:
         raise WeightsError(f"{path}: Keras could not load it ({_first_line(e)})") from None
     arch = describe_model(loaded, path)
     if saved:
-        clash = [k for k in ("input_mode", "base_filters", "depth", "head") if k in saved and saved[k] != arch[k]]
+        clash = changed_keys(saved, arch, keys=[k for k in arch if k in saved])
         if clash:
             raise WeightsError(f"{path}: the config.json beside it says {clash[0]}={saved[clash[0]]!r} but the "
                                f"model has {arch[clash[0]]!r}")

@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from config import PRESETS, REPO_DIR, Config, ConfigError, add_config_args, config_from_args, make_config
+from config import (PRESETS, REPO_DIR, Config, ConfigError, add_config_args, changed_keys, config_from_args,
+                    make_config)
 
 
 def parse(*argv):
@@ -76,8 +77,11 @@ def test_saved_json_reloads_to_the_same_config(tmp_path):
     path = tmp_path / "config.json"
     cfg.save_json(str(path))
     again = Config.load_json(str(path))
-    assert again == cfg and again.diff(cfg) == []
-    assert set(again.diff(make_config("paper"))) == {"run_name", "input_mode", "batch_size", "learning_rate", "sobel_ksizes"}
+    assert again == cfg and again.differences(cfg.to_dict(), "saved") == []
+    assert set(changed_keys(make_config("paper").to_dict(), again.to_dict())) == {
+        "run_name", "input_mode", "batch_size", "learning_rate", "sobel_ksizes"}
+    assert again.differences({"batch_size": 5, "patch_dir": os.path.join(REPO_DIR, "patches")}, "saved",
+                             keys=("batch_size", "patch_dir")) == ["batch_size: 5 saved, 3 now"]
     assert not [f for f in os.listdir(tmp_path) if f != "config.json"]  # no temporary left behind
 
 

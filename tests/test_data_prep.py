@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 
 import data_prep
-from config import make_config
+from config import REPO_DIR, make_config
 from fileio import is_temporary
 from images import write_image
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = {"working_width": 240, "working_height": 160, "patch_size": 64, "data_workers": 1}
 
 
@@ -330,7 +329,7 @@ def test_missing_root_exits_1_without_tensorflow(tmp_path):
             "try:\n    data_prep.main(sys.argv[1:])\n"
             "finally:\n    print('tensorflow imported' if {'tensorflow', 'keras'} & set(sys.modules) else 'no tensorflow')\n")
     proc = subprocess.run([sys.executable, "-c", code, "--set", f"dataset_root={tmp_path / 'nowhere'}",
-                           "--set", f"patch_dir={tmp_path / 'store'}"], cwd=REPO, capture_output=True, text=True,
+                           "--set", f"patch_dir={tmp_path / 'store'}"], cwd=REPO_DIR, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 1
     assert "no tensorflow" in proc.stdout
@@ -506,7 +505,7 @@ def test_interrupted_runs_resume_to_the_clean_store(tmp_path, monkeypatch):
     # Ctrl-C in a terminal (SIGINT to the process group), then SIGKILL of the group, while the workers write.
     for sig in (signal.SIGINT, signal.SIGKILL):
         shutil.rmtree(store)
-        proc = subprocess.Popen([sys.executable, "data_prep.py"] + argv_for(root, store, **overrides), cwd=REPO,
+        proc = subprocess.Popen([sys.executable, "data_prep.py"] + argv_for(root, store, **overrides), cwd=REPO_DIR,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
         deadline = time.time() + 60
         while time.time() < deadline and not (os.path.isdir(store / "train") and any(

@@ -93,7 +93,7 @@ def test_root_redirects_every_path(tmp_path):
             assert c.resolve_path(key).startswith(str(tmp_path) + os.sep), key
     assert (cfg.input_mode, single.input_mode) == ("dual", "single")
     assert (cfg.run_name, single.run_name) == ("demo_quick", "demo_quick_single")
-    assert cfg.diff(single, ignore=("input_mode", "run_name")) == []   # the same recipe and budget
+    assert single.differences(cfg.to_dict(), "dual", ignore=("input_mode", "run_name")) == []   # the same recipe and budget
 
 
 def test_set_path_wins_over_root(tmp_path):
@@ -113,7 +113,7 @@ def test_demo_presets_leave_the_paper_alone():
     demo_cfg = make_config("demo")
     assert demo_cfg.head == "residual" and make_config("paper").head == "sigmoid"
     assert demo_cfg.augment and not make_config("paper").augment
-    assert make_config("demo_single").diff(demo_cfg, ignore=("input_mode", "run_name")) == []
+    assert make_config("demo_single").differences(demo_cfg.to_dict(), "demo", ignore=("input_mode", "run_name")) == []
     assert make_config("demo_single").run_name == "demo_single"
 
 

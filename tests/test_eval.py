@@ -16,7 +16,7 @@ import pytest
 import dpdd
 import inference
 import metrics
-import weights as W
+import weights
 from config import REPO_DIR, make_config
 from evalkit import TINY, load_script, make_test_split, save_checkpoint, tiny_model, write_keras2_hdf5
 from images import ImageError, quantize, read_image, to_float, write_image
@@ -141,8 +141,8 @@ def test_weights_of_wrong_architecture(tmp_path):
         g.attrs["weight_names"] = np.array([b"conv2d_99/kernel:0", b"conv2d_99/bias:0"])
         g.create_dataset("conv2d_99/kernel:0", data=np.zeros((1, 1, 3, 3), np.float32))
         g.create_dataset("conv2d_99/bias:0", data=np.zeros(3, np.float32))
-    with pytest.raises(W.WeightsError, match="15 conv layers"):
-        W.load_model(path, make_config("paper"))
+    with pytest.raises(weights.WeightsError, match="15 conv layers"):
+        weights.load_model(path, make_config("paper"))
     with h5py.File(path, "r+") as f:  # right count, wrong shape
         del f["model_weights/conv2d_99"]
         f["model_weights"].attrs["layer_names"] = np.array(names[:-1])
@@ -150,29 +150,29 @@ def test_weights_of_wrong_architecture(tmp_path):
         data = k[...]
         del f["model_weights/conv2d_3/conv2d_3/kernel:0"]
         f["model_weights/conv2d_3"].create_dataset("conv2d_3/kernel:0", data=data[:, :, :2, :])
-    with pytest.raises(W.WeightsError, match="conv2d_3 has kernel"):
-        W.load_model(path, make_config("paper"))
+    with pytest.raises(weights.WeightsError, match="conv2d_3 has kernel"):
+        weights.load_model(path, make_config("paper"))
     other = keras.Sequential([keras.Input((None, None, 6)), keras.layers.Conv2D(3, 3, name="c")])
     other.save(str(tmp_path / "other.keras"))
-    with pytest.raises(W.WeightsError, match="not a DPDNet"):
-        W.load_model(str(tmp_path / "other.keras"), make_config("paper"))
+    with pytest.raises(weights.WeightsError, match="not a DPDNet"):
+        weights.load_model(str(tmp_path / "other.keras"), make_config("paper"))
     (tmp_path / "junk.keras").write_bytes(b"not a model")
-    with pytest.raises(W.WeightsError, match="neither"):
-        W.load_model(str(tmp_path / "junk.keras"), make_config("paper"))
+    with pytest.raises(weights.WeightsError, match="neither"):
+        weights.load_model(str(tmp_path / "junk.keras"), make_config("paper"))
 
 
 def test_checkpoint_and_weights_only_files(tmp_path, dual):
     model, cfg, path = dual
-    loaded, model_cfg = W.load_model(path, make_config("single"))  # the saved config wins over the preset
+    loaded, model_cfg = weights.load_model(path, make_config("single"))  # the saved config wins over the preset
     assert (model_cfg.input_mode, model_cfg.base_filters, model_cfg.depth) == ("dual", 4, 2)
     x = np.random.default_rng(7).random((1, 16, 16, 6), dtype=np.float32)
     np.testing.assert_allclose(loaded(x), model(x), atol=1e-6)
     bare = str(tmp_path / "bare.weights.h5")
     model.save_weights(bare)
-    loaded, model_cfg = W.load_model(bare, cfg)  # no config beside it: the given config describes it
+    loaded, model_cfg = weights.load_model(bare, cfg)  # no config beside it: the given config describes it
     np.testing.assert_allclose(loaded(x), model(x), atol=1e-6)
-    with pytest.raises(W.WeightsError, match="does not fit"):
-        W.load_model(bare, make_config("paper", {"base_filters": 8, "depth": 2}))
+    with pytest.raises(weights.WeightsError, match="does not fit"):
+        weights.load_model(bare, make_config("paper", {"base_filters": 8, "depth": 2}))
 
 
 # ------------------------------------------------------------------------------------------ test.py
@@ -198,7 +198,7 @@ def test_evaluate_metrics_per_category_and_lpips_column(tmp_path, dual, split):
     out = tmp_path / "dpdnet"
     rows = read_csv(out / "metrics.csv")
     assert [r["name"] for r in rows] == names
-    cats = dpdd.test_categories(root)
+    cats = dpdd.load_test_labels(root).categories
     assert [r["category"] for r in rows] == [cats[n] for n in names]
     direct = {}
     for r in rows:
@@ -293,7 +293,7 @@ def test_shipped_labels_are_used_and_noted_without_a_dataset_file(tmp_path, dual
             os.rename(os.path.join(root, folder, f"S{i:03d}{suffix}.png"), os.path.join(root, folder, f"{name}{suffix}.png"))
     os.remove(os.path.join(root, "test_categories.csv"))
     summary = T.evaluate(eval_cfg(root, tmp_path), ckpt, lpips="off", progress=False)
-    shipped = dpdd.test_categories()
+    shipped = dpdd.load_test_labels().categories
     assert [r["category"] for r in read_csv(tmp_path / "dpdnet" / "metrics.csv")] == [shipped[n] for n in official]
     assert "third-party copy" in (tmp_path / "dpdnet" / "summary.md").read_text()
     assert summary["categories_source"] == dpdd.TEST_CATEGORIES_CSV

@@ -88,7 +88,7 @@ def test_layout_errors(tmp_path):
 def test_official_split_and_categories():
     split = official_split()
     assert {k: len(v) for k, v in split.items()} == {"train": 350, "val": 74, "test": 76}
-    cats = dpdd.test_categories()
+    cats = dpdd.load_test_labels().categories
     assert len(cats) == 76 and sorted(cats.values()).count("indoor") == 37
     assert set(cats) == {s for s, _ in split["test"]}
     scenes = [dpdd.Scene("test", s, "", "", "", "") for s, _ in split["test"][1:]]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from config import REPO_DIR, make_config
-from model import InputShapeError, build_model, count_params
+from model import InputShapeError, build_model, count_params, dtype_policy
 
 
 @pytest.fixture(scope="module")
@@ -78,14 +78,12 @@ def test_clear_errors_for_bad_shapes():
 
 
 def test_mixed_precision_output_is_float32():
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
+    with dtype_policy("mixed_bfloat16"):
         model = build_model(make_config("paper", {"base_filters": 4}))
-        assert model.get_layer("enc1_conv1").compute_dtype == "bfloat16"
-        y = model(np.random.default_rng(1).random((1, 32, 32, 6), dtype=np.float32))
-        assert keras.backend.standardize_dtype(y.dtype) == "float32"
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    assert keras.config.dtype_policy().name == "float32"  # restored
+    assert model.get_layer("enc1_conv1").compute_dtype == "bfloat16"
+    y = model(np.random.default_rng(1).random((1, 32, 32, 6), dtype=np.float32))
+    assert keras.backend.standardize_dtype(y.dtype) == "float32"
 
 
 def test_residual_head_starts_as_view_mean():

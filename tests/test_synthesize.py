@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import dpdd
+from config import REPO_DIR
 from images import read_image
 from synthesize import (Camera, Layer, Noise, PsfShape, SynthesisError, centroid_x, coc_pixels, dp_kernels, main, make_scene,
                         quantize_coc, render_views, scene_paths, synthesize, to_linear)
@@ -173,7 +174,7 @@ def test_written_layout_is_dpdd_with_16_bit_pngs_and_categories(made):
     with open(dpdd.TEST_CATEGORIES_CSV, newline="") as f:
         assert list(rows[0]) == csv.DictReader(f).fieldnames
     assert [r["index"] for r in rows] == ["1", "2", "3", "4"]
-    cats = dpdd.test_categories(root)
+    cats = dpdd.load_test_labels(root).categories
     assert sorted(cats) == [s.source for s in dpdd.list_scenes(root, "test")]
     assert set(cats.values()) <= {"indoor", "outdoor"}
     with open(os.path.join(root, "scenes.csv"), newline="") as f:
@@ -225,7 +226,7 @@ def test_cli_runs_without_tensorflow(tmp_path):
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
     out = subprocess.run([sys.executable, "-c", code, "--out", str(tmp_path / "d"), "--train", "1", "--val", "1",
                           "--test", "1", "--width", "48", "--height", "32", "--workers", "1", "--no-progress"],
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), capture_output=True, text=True)
+                         cwd=REPO_DIR, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "wrote 3 scenes" in out.stdout and len(dpdd.list_scenes(str(tmp_path / "d"), "test")) == 1
 
