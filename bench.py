@@ -436,7 +436,7 @@ def main() -> None:
                         help="of the network section: infer, train (the bare step), loader (train.py's), loop "
                              "(train.py's whole training loop)")
     parser.add_argument("--sections", default="network,data,test",
-                        help="network (every backend), data (data_prep, decode, loader), test (test.py memory)")
+                        help="network (every backend; the loader and loop parts too), data (data_prep, decode), test (test.py memory)")
     parser.add_argument("--scenes", type=int, default=8, help="train scenes for the data section")
     parser.add_argument("--test-images", default="5,10", help="two test-set sizes for the test.py section")
     parser.add_argument("--height", type=int, default=1120)

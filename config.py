@@ -332,8 +332,9 @@ def add_inference_args(parser: argparse.ArgumentParser) -> None:
     them after --set)."""
     parser.add_argument("--weights", help="checkpoint (.keras), Keras 3 .weights.h5, or the authors' Keras 2 .hdf5 "
                                           "(default: checkpoints/<run_name>/best.keras)")
-    parser.add_argument("--tile", type=int, help="tile size in pixels (multiple of 16) when the whole image does "
-                                                 "not fit the GPU; default: the whole image in one pass, as the paper")
+    parser.add_argument("--tile", type=int, help="tile size in pixels (a multiple of 2**depth: 16 for the paper "
+                                                 "network) when the whole image does not fit the GPU; default: the "
+                                                 "whole image in one pass, as the paper")
     parser.add_argument("--tile-overlap", type=int, help="overlap of neighbouring tiles in pixels (default 128)")
 
 

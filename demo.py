@@ -303,6 +303,15 @@ def demo_summary(args, cfg, syn: dict, store, results: dict, summaries: dict, ro
 
 
 def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from metrics import LpipsUnavailable, MetricError
+    with exit_on_error(OSError, MetricError, LpipsUnavailable,
+                       interrupted="\ninterrupted: run the same command again to go on where it stopped"):
+        run(args)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--quick", action="store_true", help="a few scenes and a short budget (about 1-3 min; CI)")
     parser.add_argument("--root", default=None, help="folder for the data, patches, checkpoints and results "
@@ -312,12 +321,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-lpips", action="store_true", help="skip LPIPS (needs AlexNet weights; n/a offline)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
     add_config_args(parser, default=None, default_text="demo, or demo_quick with --quick")
-    args = parser.parse_args(argv)
-    from metrics import LpipsUnavailable, MetricError
-    with exit_on_error(OSError, MetricError, LpipsUnavailable,
-                       interrupted="\ninterrupted: run the same command again to go on where it stopped"):
-        run(args)
-    return 0
+    return parser
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ PAPER_TABLE1 = {
 ROOT_NAMES = ("dd_dp_dataset_canon", "dd_dp_dataset_png")
 OFFICIAL_SPLIT_CSV = os.path.join(REPO_DIR, "data", "dpdd_splits.csv")
 TEST_CATEGORIES_CSV = os.path.join(REPO_DIR, "data", "dpdd_test_categories.csv")
-HOW_TO_GET = ("Download DPDD (Abuolaim & Brown, ECCV 2020; see README, 'Data') and unpack it next to the repo, "
+HOW_TO_GET = ("Download DPDD (Abuolaim & Brown, ECCV 2020; see README, 'Data') and unpack it in the repository or the folder you run from, "
               "point --set dataset_root=PATH at it, or make a synthetic set with `python synthesize.py`.")
 
 

@@ -3,4 +3,5 @@
 # training tests (marked `backends`) again under JAX. Extra arguments go to both pytest runs.
 source "$(dirname "$0")/env.sh"
 python -m pytest tests -q "$@"
-KERAS_BACKEND=jax python -m pytest tests -q -m backends "$@"
+# Exit status 5 (no test selected) is not a failure: extra arguments may select no training test.
+KERAS_BACKEND=jax python -m pytest tests -q -m backends "$@" || [ $? -eq 5 ]

@@ -1,6 +1,5 @@
 """demo.py: `--quick` end to end in a temporary folder (table, numbers, picture, checkpoints), and its pieces."""
 
-import argparse
 import json
 import math
 import os
@@ -18,12 +17,7 @@ ROWS = ("Blurry input", "DPDNet-Single", "DPDNet")
 
 
 def _args(*argv):
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--root", default=None)
-    parser.add_argument("--preset", default=None)
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    return parser.parse_args(list(argv))
+    return demo.build_parser().parse_args(list(argv))
 
 
 def run_quick_demo(tmp_path, backend):
