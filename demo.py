@@ -304,9 +304,7 @@ def demo_summary(args, cfg, syn: dict, store, results: dict, summaries: dict, ro
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from metrics import LpipsUnavailable, MetricError
-    with exit_on_error(OSError, MetricError, LpipsUnavailable,
-                       interrupted="\ninterrupted: run the same command again to go on where it stopped"):
+    with exit_on_error(OSError, interrupted="\ninterrupted: run the same command again to go on where it stopped"):
         run(args)
     return 0
 

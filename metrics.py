@@ -27,15 +27,17 @@ import warnings
 import numpy as np
 from skimage.metrics import structural_similarity
 
+from config import UserError
+
 RANGE_TOLERANCE = 0.01  # values in [-0.01, 1.01] are accepted (rounding); beyond that the input is wrong
 DOWNLOAD_SOCKET_TIMEOUT_S = 15
 
 
-class MetricError(ValueError):
+class MetricError(UserError):
     """Inputs the metrics cannot be computed on (shape, channels, dtype, NaN/inf, range); one-line message."""
 
 
-class LpipsUnavailable(RuntimeError):
+class LpipsUnavailable(UserError):
     """LPIPS cannot be computed (packages, weights offline, unreadable files, its process died); one line why."""
 
 

@@ -470,9 +470,8 @@ def main(argv=None) -> int:
     cfg = config_from_args(args)
     lpips = "require" if args.require_lpips else "off" if args.no_lpips else "auto"
 
-    from metrics import LpipsUnavailable, MetricError
-    with exit_on_error(LpipsUnavailable, MetricError, interrupted="interrupted: the images and rows written so far "
-                                                                  "are complete; rerun the same command to continue"):
+    with exit_on_error(interrupted="interrupted: the images and rows written so far are complete; rerun the same "
+                                   "command to continue"):
         summary = evaluate(cfg, args.weights, args.out, overwrite=args.overwrite, lpips=lpips, limit=args.limit)
     print(summary_markdown(summary))
     print(f"wrote {args.out or cfg.results_folder()}/ (images/, metrics.csv, summary.md, summary.json)")
