@@ -102,7 +102,7 @@ def train_on_families(cfg, steps: int, progress: bool):
     data_prep.build_store(cfg, progress=progress)
     epochs = max(1, steps // cfg.steps_per_epoch)          # the preset's schedule, scaled to the budget
     cfg = dataclasses.replace(cfg, epochs=epochs, lr_decay_every=max(1, round(cfg.lr_decay_every * epochs / cfg.epochs)))
-    result = train.train(cfg, verbose=1 if progress else 2)
+    result = train.train(cfg, resume=False, verbose=1 if progress else 2)   # a fresh run: settings may have changed
     return result["best"] or result["last"]
 
 

@@ -293,7 +293,7 @@ def test_domain_families_restrict_the_draws_and_are_recorded(tmp_path):
 
 def test_zoom_scales_the_blur_and_is_validated(tmp_path):
     from synthesize import Domain
-    whole = [make_scene(0, "train", i, 96, 64, 50.0, render=False, domain=Domain(cameras=("dslr",)))[1]
+    whole = [make_scene(0, "train", i, 96, 64, 50.0, render=False, domain=Domain(cameras=("dslr",), zoom=(1.0, 1.0)))[1]
              for i in range(12)]
     crop = [make_scene(0, "train", i, 96, 64, 50.0, render=False, domain=Domain(cameras=("dslr",), zoom=(4.0, 4.0)))[1]
             for i in range(12)]
