@@ -52,7 +52,7 @@ class Config:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-7
-    loss: str = "mse"                           # mse (paper), l1, charbonnier or l1_edge (train.make_loss)
+    loss: str = "mse"                           # mse (paper), l1 or l1_edge (train.make_loss)
     augment: bool = False                       # flips/rotations of patches (off in the paper)
     select_on: str = "val"                      # keep `best` by lowest val loss, or "train" as the authors did
     checkpoint_every_steps: int = 500           # `last` is also written every epoch
@@ -192,7 +192,7 @@ _FIELD_TYPES = {
 _CHOICES = {
     "input_mode": ("dual", "single"),
     "head": ("sigmoid", "residual"),
-    "loss": ("mse", "l1", "charbonnier", "l1_edge"),
+    "loss": ("mse", "l1", "l1_edge"),
     "select_on": ("val", "train"),
     "precision": ("float32", "mixed_bfloat16", "mixed_float16"),
     "strategy": ("default", "mirrored", "multiworker"),
