@@ -325,11 +325,12 @@ class Networks:
 
 
 def make_loss(kind: str):
-    """MSE (the paper) or L1 between the float output and the uint16 target scaled to [0, 1] on the device."""
+    """The per-pixel loss between the float output and the uint16 target scaled to [0, 1] on the device: mse
+    (the paper) or l1."""
     ops = keras.ops
 
     def loss(y_true, y_pred):
-        diff = ops.cast(y_true, "float32") / 65535.0 - ops.cast(y_pred, "float32")
+        diff = ops.cast(y_true, "float32") / STORE_MAX - ops.cast(y_pred, "float32")
         return ops.mean(ops.square(diff) if kind == "mse" else ops.abs(diff), axis=-1)
 
     loss.__name__ = f"{kind}_loss"

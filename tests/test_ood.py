@@ -52,4 +52,5 @@ def test_ood_check_reports_each_set(tmp_path):
     for r in sets.values():
         assert r["n"] == 2 and 10 < r["input_psnr"] < 60 and np.isfinite(r["gain"])
         assert r["gain"] == pytest.approx(r["model_psnr"] - r["input_psnr"])
+        assert 0 <= r["blurred_pixels"] <= 1 and "blurred_gain" in r
     assert "| renderer2 |" in (tmp_path / "out" / "summary.md").read_text()

@@ -290,3 +290,28 @@ def test_domain_families_restrict_the_draws_and_are_recorded(tmp_path):
     assert {m["camera"] for m in default} == {"dslr", "phone"} and {m["tone"] for m in default} == {"srgb", "gamma", "linear"}
     with pytest.raises(SynthesisError, match="psf_families"):
         synthesize(str(tmp_path / "x"), 1, 0, 0, 96, 64, progress=False, domain=Domain(psf_families=("disc",)))
+
+
+def test_zoom_scales_the_blur_and_is_validated(tmp_path):
+    from synthesize import Domain
+    whole = [make_scene(0, "train", i, 96, 64, 50.0, render=False, domain=Domain(cameras=("dslr",), zoom=(1.0, 1.0)))[1]
+             for i in range(12)]
+    crop = [make_scene(0, "train", i, 96, 64, 50.0, render=False, domain=Domain(cameras=("dslr",), zoom=(4.0, 4.0)))[1]
+            for i in range(12)]
+    ratio = [c["max_abs_coc_px"] / w["max_abs_coc_px"] for w, c in zip(whole, crop) if w["max_abs_coc_px"] > 0.1]
+    assert np.median(ratio) == pytest.approx(4.0, rel=0.02)      # same scenes and cameras, 4x the blur in pixels
+    with pytest.raises(SynthesisError, match="zoom"):
+        synthesize(str(tmp_path / "x"), 1, 0, 0, 96, 64, progress=False, domain=Domain(zoom=(2.0, 1.0)))
+
+
+def test_target_noise_puts_the_inputs_noise_into_the_target():
+    back, front = _scene()
+    back = Layer(back.colour, back.alpha, CAM.focus_m)              # the back layer in focus
+    args = ([back, front], CAM, Noise(shot=1e-3, read=2e-3))
+    _, _, combined, clean = render_views(*args, rng=np.random.default_rng(1))
+    _, _, combined2, noisy = render_views(*args, rng=np.random.default_rng(1), target_noise=True)
+    assert np.array_equal(combined, combined2)                     # the input does not change
+    focus = slice(0, 4), slice(0, 56)                              # the in-focus back layer, away from the front one
+    same = np.abs(noisy[focus] - combined[focus])
+    assert np.mean(same < 1e-5) > 0.9              # in focus the target is the input (but where a view clipped)
+    assert same.mean() < np.abs(clean[focus] - combined[focus]).mean() / 10
