@@ -81,13 +81,18 @@ def evaluate(model, cfg, scenes: list[dict]) -> dict:
                      psnr_masked(s["sharp"], s["combined"], sharp), psnr_masked(s["sharp"], pred, sharp),
                      psnr_masked(s["sharp"], s["combined"], blurred), psnr_masked(s["sharp"], pred, blurred)])
     a = np.array(rows, dtype=np.float64)
-    mean = lambda col: float(np.nanmean(a[:, col]))
-    return {"n": len(scenes), "input_psnr": mean(0), "model_psnr": mean(1), "gain": mean(1) - mean(0),
-            "worst_gain": float(np.min(a[:, 1] - a[:, 0])),
-            "sharp_gain": float(np.nanmean(a[:, 3] - a[:, 2])), "sharp_pixels": float(np.mean(
+    return {"n": len(scenes), "input_psnr": _mean(a[:, 0]), "model_psnr": _mean(a[:, 1]),
+            "gain": _mean(a[:, 1]) - _mean(a[:, 0]), "worst_gain": float(np.min(a[:, 1] - a[:, 0])),
+            "sharp_gain": _mean(a[:, 3] - a[:, 2]), "sharp_pixels": float(np.mean(
                 [np.mean(s["blur"] < SHARP_PX) for s in scenes])),
-            "blurred_gain": float(np.nanmean(a[:, 5] - a[:, 4])), "blurred_pixels": float(np.mean(
+            "blurred_gain": _mean(a[:, 5] - a[:, 4]), "blurred_pixels": float(np.mean(
                 [np.mean(s["blur"] >= BLURRED_PX) for s in scenes]))}
+
+
+def _mean(values: np.ndarray) -> float:
+    """The mean over the scenes that have a value (a scene without such pixels has NaN); NaN if none has."""
+    values = values[~np.isnan(values)]
+    return float(np.mean(values)) if values.size else float("nan")
 
 
 def train_on_families(cfg, steps: int, progress: bool):
