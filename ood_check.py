@@ -162,11 +162,10 @@ def main(argv=None) -> int:
                 raise weights.WeightsError(f"{path}: the check is for dual-pixel (DPDNet) models")
             results[label] = {name: evaluate(model, model_cfg, scenes) for name, scenes in sets.items()}
             print(table({label: results[label]}).split("\n", 2)[2], flush=True)
-    from fileio import atomic_write_json, atomic_write_text
-    os.makedirs(args.out, exist_ok=True)
+    from fileio import atomic_write_json, atomic_write_text, json_safe
     summary = {"train_families": TRAIN_FAMILIES, "held_out_families": HELD_OUT_FAMILIES, "seed": SEED,
                "size": [args.width, args.height], "sharp_px": SHARP_PX, "results": results}
-    atomic_write_json(os.path.join(args.out, "summary.json"), summary)
+    atomic_write_json(os.path.join(args.out, "summary.json"), json_safe(summary))
     text = (f"# Out-of-distribution check (ood_check.py)\n\nTraining families: {TRAIN_FAMILIES}\n\n"
             f"Held-out families: {HELD_OUT_FAMILIES}\n\n{table(results)}\n\nGains are mean PSNR over the set minus "
             f"the blurry input's; in-focus gain: PSNR over pixels blurred by less than {SHARP_PX:g} px; defocused gain: over "

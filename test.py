@@ -326,7 +326,7 @@ def evaluate(cfg: Config, weights_path: str | None = None, out_dir: str | None =
     atomic_write_json(os.path.join(out_dir, "summary.json"), json_safe(summary))
     atomic_write_text(os.path.join(out_dir, "summary.md"), summary_markdown(summary))
     results_page.make_thumbnails(out_dir, rows, {s.source: s for s in scenes}, model_cfg.input_mode == "dual")
-    results_page.render_page(out_dir, rows, json_safe(summary), model_cfg.input_mode == "dual")
+    results_page.render_page(out_dir, rows, summary, model_cfg.input_mode == "dual")
     return summary
 
 

@@ -254,7 +254,8 @@ class Networks:
     def __init__(self, cfg: Config, steps_per_epoch: int, devices: backends.Replicas, jit: bool):
         self.cfg = cfg
         plain = cfg.precision == "float32" and devices.count == 1 and cfg.strategy == "default"
-        self.export = None if plain else build_model(cfg)  # float32, outside any distribution scope
+        with dtype_policy("float32"):  # outside any distribution scope
+            self.export = None if plain else build_model(cfg)
         with devices.scope(), dtype_policy(cfg.precision):
             self.net = build_model(cfg)
             inputs = keras.Input((None, None, cfg.in_channels), dtype="uint16", name="patches_uint16")
