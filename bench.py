@@ -82,6 +82,7 @@ def _device_name() -> str:
 
 def _backend_tools(xla: bool):
     """Per-backend: put an array on the device, a synchronised forward function, a matmul for the peak rate."""
+    import backends  # noqa: F401  (before keras, as in train.py)
     import keras
     import numpy as np
     backend = keras.backend.backend()
@@ -154,7 +155,8 @@ def network_worker(args) -> list[dict]:
     backend, version, to_device, forward_fn, matmul_fn = _backend_tools(xla)
     cfg = make_config("paper", {"precision": precision, "xla": xla})
     h, w = (args.height, args.width)
-    rows, base = [], {"backend": version, "precision": precision, "xla": xla if backend == "tensorflow" else backend == "jax"}
+    import backends
+    rows, base = [], {"backend": version, "precision": precision, "xla": backends.jit_compile(xla)}
     rng = np.random.default_rng(0)
 
     if args.matmul:
@@ -187,7 +189,7 @@ def network_worker(args) -> list[dict]:
         with dtype_policy(precision):
             model = build_model(cfg)
         model.compile(optimizer=keras.optimizers.Adam(2e-5), loss="mse",
-                      jit_compile=xla if backend == "tensorflow" else "auto")
+                      jit_compile=backends.jit_compile(xla))
         x = to_device(rng.random((b, p, p, 6), dtype=np.float32))
         y = to_device(rng.random((b, p, p, 3), dtype=np.float32))
         t = _timed(lambda: model.train_on_batch(x, y), args.warmup, args.repeats)
@@ -484,7 +486,8 @@ def main() -> None:
     import tempfile
     with tempfile.TemporaryDirectory(prefix="dpdnet_bench_") as workdir:
         args.store_settings = json.dumps(store_settings(args, workdir))
-        if "data" in args.sections or {"loader", "loop"} & set(args.parts):  # they read the data section's store
+        if "data" in args.sections or ("network" in args.sections and {"loader", "loop"} & set(args.parts)):
+            # the loader and loop parts read the data section's store
             rows += data_rows(args, workdir)
         if "network" in args.sections:
             for backend in backends:
