@@ -71,8 +71,7 @@ class Config:
 
     def resolve_path(self, name: str) -> str:
         """Absolute path of a path setting; relative ones live under the repository, so scripts work from any folder."""
-        value = getattr(self, name)
-        return value if os.path.isabs(value) else os.path.join(REPO_DIR, value)
+        return _resolve(getattr(self, name))
 
     def checkpoint_folder(self) -> str:
         """checkpoints/<run_name>/: where train.py writes the run's checkpoints and logs."""
@@ -336,7 +335,8 @@ def add_inference_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile", type=int, help="tile size in pixels (a multiple of 2**depth: 16 for the paper "
                                                  "network) when the whole image does not fit the GPU; default: the "
                                                  "whole image in one pass, as the paper")
-    parser.add_argument("--tile-overlap", type=int, help="overlap of neighbouring tiles in pixels (default 128)")
+    parser.add_argument("--tile-overlap", type=int, help="overlap of neighbouring tiles in pixels "
+                                                         f"(default {Config.tile_overlap})")
 
 
 def config_from_args(args: argparse.Namespace, verbose: bool = True) -> Config:

@@ -1,6 +1,6 @@
 """Running a model on a whole image of any size: build the network input from the views, pad to a multiple
 of 2**depth, predict in one pass or in tiles with blended seams, crop back and clamp to [0, 1].
-test.py, deblur.py and demo.py all go through predict_image."""
+test.py (so demo.py), deblur.py and ood_check.py all go through predict_image."""
 
 from __future__ import annotations
 
