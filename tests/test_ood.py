@@ -54,3 +54,22 @@ def test_ood_check_reports_each_set(tmp_path):
         assert r["gain"] == pytest.approx(r["model_psnr"] - r["input_psnr"])
         assert 0 <= r["blurred_pixels"] <= 1 and "blurred_gain" in r
     assert "| renderer2 |" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_a_model_that_returns_its_input_gains_nothing_anywhere(tmp_path):
+    """The residual head with a zero correction returns the mean of the views, which is the combined image up
+    to rounding and tone curves (the combined image is toned from the linear sum): whole-image, in-focus and
+    defocused mean gains must all be about zero, so a mask or a PSNR applied differently to the input and the
+    output would show. At this size few scenes have pixels blurred by 3 px or more (NaN: none has)."""
+    model, cfg = tiny_model("dual", seed=1, head="residual")
+    correction = model.get_layer("head_correction")
+    correction.bias.assign(np.zeros(correction.bias.shape, np.float32))
+    assert not np.any(correction.kernel.numpy())
+    ckpt = save_checkpoint(model, cfg, str(tmp_path / "ck"))
+    assert ood_check.main(["--weights", ckpt, "--scenes", "3", "--width", "64", "--height", "48",
+                           "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    (sets,) = json.loads((tmp_path / "out" / "summary.json").read_text())["results"].values()
+    for name, r in sets.items():
+        for key in ("gain", "sharp_gain"):
+            assert abs(r[key]) < 0.1, (name, key, r[key])
+        assert r["blurred_gain"] == "nan" or abs(r["blurred_gain"]) < 0.1, (name, r["blurred_gain"])
