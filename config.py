@@ -43,6 +43,7 @@ class Config:
     depth: int = 4                              # number of 2x2 poolings; sizes must be multiples of 2**depth
     dropout: float = 0.4
     head: str = "sigmoid"                       # sigmoid: the paper; residual: mean of inputs + zero-init correction
+    activation: str = "relu"                    # relu: the paper; leaky_relu (slope 0.2): units cannot die
 
     # --- training (the paper's recipe) ---
     batch_size: int = 5
@@ -234,6 +235,7 @@ _FIELD_TYPES = {
 _CHOICES = {
     "input_mode": ("dual", "single"),
     "head": ("sigmoid", "residual"),
+    "activation": ("relu", "leaky_relu"),
     "loss": ("mse", "l1"),
     "select_on": ("val", "train"),
     "precision": ("float32", "mixed_bfloat16", "mixed_float16"),

@@ -85,6 +85,7 @@ def build_model(cfg: Config, height: int | None = None, width: int | None = None
     setter imports TensorFlow wherever it is installed, also under PyTorch).
     """
     seeds = iter(range(cfg.seed * 1000, cfg.seed * 1000 + 1000))
+    act = cfg.activation
     guard = InputGuard(2 ** cfg.depth, cfg.in_channels, cfg.input_mode, name="input_guard")
     guard.check((height, width, cfg.in_channels))
     inputs = keras.Input((height, width, cfg.in_channels), name="dp_views" if cfg.input_mode == "dual" else "image")
@@ -93,25 +94,25 @@ def build_model(cfg: Config, height: int | None = None, width: int | None = None
     skips = []
     for level in range(1, cfg.depth + 1):
         filters = cfg.base_filters * 2 ** (level - 1)
-        x = _conv(filters, 3, f"enc{level}_conv1", next(seeds))(x)
-        x = _conv(filters, 3, f"enc{level}_conv2", next(seeds))(x)
+        x = _conv(filters, 3, f"enc{level}_conv1", next(seeds), act)(x)
+        x = _conv(filters, 3, f"enc{level}_conv2", next(seeds), act)(x)
         if level == cfg.depth:
             x = layers.Dropout(cfg.dropout, seed=next(seeds), name=f"enc{level}_dropout")(x)
         skips.append(x)
         x = layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
 
     filters = cfg.base_filters * 2 ** cfg.depth
-    x = _conv(filters, 3, "bottleneck_conv1", next(seeds))(x)
-    x = _conv(filters, 3, "bottleneck_conv2", next(seeds))(x)
+    x = _conv(filters, 3, "bottleneck_conv1", next(seeds), act)(x)
+    x = _conv(filters, 3, "bottleneck_conv2", next(seeds), act)(x)
     x = layers.Dropout(cfg.dropout, seed=next(seeds), name="bottleneck_dropout")(x)
 
     for level in range(cfg.depth, 0, -1):
         filters = cfg.base_filters * 2 ** (level - 1)
         x = layers.UpSampling2D(2, interpolation="nearest", name=f"dec{level}_upsample")(x)
-        x = _conv(filters, 2, f"dec{level}_upconv", next(seeds))(x)
+        x = _conv(filters, 2, f"dec{level}_upconv", next(seeds), act)(x)
         x = layers.Concatenate(name=f"dec{level}_concat")([skips[level - 1], x])
-        x = _conv(filters, 3, f"dec{level}_conv1", next(seeds))(x)
-        x = _conv(filters, 3, f"dec{level}_conv2", next(seeds))(x)
+        x = _conv(filters, 3, f"dec{level}_conv1", next(seeds), act)(x)
+        x = _conv(filters, 3, f"dec{level}_conv2", next(seeds), act)(x)
 
     # The residual head's correction is linear in the decoder features: behind a 3-channel ReLU (the paper's
     # head_conv) it often died early in training (all three units negative, the network stuck at its input).

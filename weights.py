@@ -15,7 +15,7 @@ import numpy as np
 
 from config import Config, UserError, changed_keys
 
-ARCH_KEYS = ("input_mode", "base_filters", "depth", "head", "dropout")
+ARCH_KEYS = ("input_mode", "base_filters", "depth", "head", "activation", "dropout")
 # Our channel index -> the authors' channel index (BGR per view); each permutation is its own inverse.
 BGR_PERM = {3: [2, 1, 0], 6: [2, 1, 0, 5, 4, 3]}
 
@@ -56,7 +56,8 @@ def describe_model(model, path: str = "model") -> dict:
     depth = sum(1 for n in names if re.fullmatch(r"enc\d+_pool", n))
     return {"input_mode": "dual" if channels == 6 else "single",
             "base_filters": int(model.get_layer("enc1_conv1").filters), "depth": depth,
-            "head": "residual" if "head_correction" in names else "sigmoid"}
+            "head": "residual" if "head_correction" in names else "sigmoid",
+            "activation": model.get_layer("enc1_conv1").get_config()["activation"]}
 
 
 def _build(cfg: Config):

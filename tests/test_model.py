@@ -93,6 +93,26 @@ def test_residual_head_starts_as_view_mean():
     np.testing.assert_allclose(np.asarray(y), (x[..., :3] + x[..., 3:]) / 2, atol=1e-6)
 
 
+def test_leaky_relu_units_pass_negative_inputs_at_a_fifth(tmp_path):
+    """activation=leaky_relu: the first conv's output equals a NumPy 3x3 convolution followed by max(z, 0.2 z),
+    so a unit below zero still passes a gradient; the setting survives a save and weights.load_model."""
+    import weights
+    cfg = make_config("paper", {"base_filters": 4, "depth": 2, "patch_size": 64, "activation": "leaky_relu"})
+    model = build_model(cfg)
+    x = np.random.default_rng(3).random((1, 16, 16, 6), dtype=np.float32) - 0.5
+    first = keras.Model(model.inputs, model.get_layer("enc1_conv1").output)
+    got = np.asarray(first(x))[0]
+    kernel, bias = model.get_layer("enc1_conv1").get_weights()
+    padded = np.pad(x[0], ((1, 1), (1, 1), (0, 0)))
+    z = bias + sum(padded[dy:dy + 16, dx:dx + 16] @ kernel[dy, dx] for dy in range(3) for dx in range(3))
+    np.testing.assert_allclose(got, np.where(z > 0, z, 0.2 * z), atol=1e-5)
+    assert (got < 0).any()
+    path = str(tmp_path / "leaky.keras")
+    model.save(path)
+    loaded, loaded_cfg = weights.load_model(path, make_config("paper"))
+    assert loaded_cfg.activation == "leaky_relu"
+
+
 def _backend_available(name):
     probe = {"torch": "torch", "jax": "jax"}[name]
     return subprocess.run([sys.executable, "-c", f"import {probe}"], capture_output=True).returncode == 0
