@@ -14,10 +14,14 @@ sharp images are always noise-free, also where the training targets carried nois
     python ood_check.py --weights checkpoints/demo/best.keras            # evaluate a dual-pixel model
     python ood_check.py --train                                           # train on the training families first
     python ood_check.py --train --weights W1 --weights W2 --out results/ood
+    python ood_check.py --reference --weights checkpoints/demo/best.keras  # what renderer2 data itself teaches
 
---train synthesises 100 training scenes from TRAIN_FAMILIES under ood/ (about 30 s), trains the demo preset's
-DPDNet on them (--set overrides apply; --steps sets the budget) and adds it to the models checked. Writes
-summary.md and summary.json to --out (default results/ood).
+--train synthesises the demo's number of training scenes (400) from TRAIN_FAMILIES under ood/ (about 1 min),
+trains the demo preset's DPDNet on them (--set overrides apply; --steps sets the budget) and adds it to the
+models checked. --reference trains the same recipe on 100 renderer2 scenes (seed REFERENCE_SEED, not the test
+scenes'): its gain on the renderer2 set is what this network and budget attain there when the renderer is
+known, the yardstick for the other models' out-of-distribution gain. Writes summary.md and summary.json to
+--out (default results/ood).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ TRAIN_FAMILIES = {"psf_families": ("butterworth", "ramp"), "tones": ("srgb", "ga
 HELD_OUT_FAMILIES = {"psf_families": ("soft", "polygon"), "tones": ("linear",), "noise_levels": ("high",),
                      "bits": (10, 12)}
 SEED = 11                         # not the demo's synthesis seed 0
+REFERENCE_SEED = 500              # renderer2 training scenes for --reference
 SHARP_PX = 1.0                    # pixels whose blur diameter is below this count as in focus
 BLURRED_PX = 3.0                  # pixels whose blur diameter is at least this count as clearly defocused
 
@@ -97,15 +102,40 @@ def _mean(values: np.ndarray) -> float:
 
 def train_on_families(cfg, steps: int, progress: bool):
     """Synthesise TRAIN_FAMILIES data, train the demo DPDNet on it; returns the best checkpoint."""
-    import dataclasses
-    import data_prep
     import synthesize
-    import train
-    synthesize.synthesize(cfg.resolve_path("dataset_root"), n_train=100, n_val=10, n_test=4,
+    from demo import SCENES
+    synthesize.synthesize(cfg.resolve_path("dataset_root"), n_train=SCENES["full"]["n_train"], n_val=10, n_test=4,
                           width=cfg.working_width, height=cfg.working_height, seed=SEED, workers=cfg.data_workers, progress=progress,
                           domain=synthesize.Domain(**TRAIN_FAMILIES))
+    return _train(cfg, steps, progress)
+
+
+def train_on_renderer2(cfg, steps: int, max_blur: float, progress: bool):
+    """Write renderer2 train/val scenes in the DPDD layout, train the same recipe on them; returns the best checkpoint."""
+    import dataclasses
+    from images import write_image
+    from synthesize import scene_paths
+    sys.path.insert(0, os.path.join(REPO_DIR, "tests"))
+    from dp_renderer2 import render_set
+    cfg = dataclasses.replace(cfg, dataset_root=cfg.dataset_root + "_renderer2", patch_dir=cfg.patch_dir + "_renderer2",
+                              run_name="ood_renderer2")
+    root = cfg.resolve_path("dataset_root")
+    for split, count in (("train", 100), ("val", 10)):
+        scenes = render_set(count, seed=REFERENCE_SEED + ("train", "val").index(split), h=cfg.working_height,
+                            w=cfg.working_width, max_blur=max_blur)
+        for i, s in enumerate(scenes):
+            for key, image in scene_paths(root, split, i).items():
+                write_image(image, s[{"source": "combined", "target": "sharp"}.get(key, key)], bits=16)
+    return _train(cfg, steps, progress)
+
+
+def _train(cfg, steps: int, progress: bool):
+    """Build the patch store and train cfg's run for `steps`, the preset's lr schedule scaled to the budget."""
+    import dataclasses
+    import data_prep
+    import train
     data_prep.build_store(cfg, progress=progress)
-    epochs = max(1, steps // cfg.steps_per_epoch)          # the preset's schedule, scaled to the budget
+    epochs = max(1, steps // cfg.steps_per_epoch)
     cfg = dataclasses.replace(cfg, epochs=epochs, lr_decay_every=max(1, round(cfg.lr_decay_every * epochs / cfg.epochs)))
     result = train.train(cfg, resume=False, verbose=1 if progress else 2)   # a fresh run: settings may have changed
     return result["best"] or result["last"]
@@ -126,7 +156,10 @@ def main(argv=None) -> int:
     parser.add_argument("--weights", action="append", default=[], help="a dual-pixel checkpoint to check "
                                                                         "(repeatable)")
     parser.add_argument("--train", action="store_true", help="train the demo DPDNet on TRAIN_FAMILIES first")
-    parser.add_argument("--steps", type=int, default=4000, help="--train's budget in steps (default 4000)")
+    parser.add_argument("--reference", action="store_true", help="also train the demo DPDNet on renderer2 scenes: "
+                                                                  "the gain attainable there")
+    parser.add_argument("--steps", type=int, default=4000, help="--train's and --reference's budget in steps "
+                                                                "(default 4000)")
     parser.add_argument("--scenes", type=int, default=24, help="test scenes per set (default 24)")
     parser.add_argument("--width", type=int, default=320, help="test image width (default 320, the demo's)")
     parser.add_argument("--height", type=int, default=208, help="test image height (default 208)")
@@ -139,14 +172,17 @@ def main(argv=None) -> int:
                       ("patch_dir", "ood/patches"), ("checkpoint_dir", "ood/checkpoints"))] + \
                      ["run_name=ood_train_families"] + args.overrides
     cfg = config_from_args(args, verbose=False)
-    if not args.weights and not args.train:
-        sys.exit("error: nothing to check: give --weights and/or --train")
+    if not args.weights and not args.train and not args.reference:
+        sys.exit("error: nothing to check: give --weights, --train and/or --reference")
     import synthesize
     import weights
     with exit_on_error(OSError):
         models = {}
         if args.train:
             models["trained on the training families"] = train_on_families(cfg, args.steps, not args.no_progress)
+        if args.reference:
+            models["trained on renderer2 (reference)"] = train_on_renderer2(
+                cfg, args.steps, synthesize.default_max_coc(cfg.working_width), not args.no_progress)
         for path in args.weights:
             models[os.path.relpath(os.path.abspath(path), REPO_DIR)] = path
         t0 = time.time()

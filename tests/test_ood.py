@@ -73,3 +73,25 @@ def test_a_model_that_returns_its_input_gains_nothing_anywhere(tmp_path):
         for key in ("gain", "sharp_gain"):
             assert abs(r[key]) < 0.1, (name, key, r[key])
         assert r["blurred_gain"] == "nan" or abs(r["blurred_gain"]) < 0.1, (name, r["blurred_gain"])
+
+
+def test_reference_model_trains_on_renderer2_scenes_other_than_the_test_ones(tmp_path):
+    """--reference writes 100 train and 10 val renderer2 scenes in the DPDD layout, from another seed than the
+    test set's, trains on them and reports the result as one more model."""
+    paths = {"dataset_root": tmp_path / "data", "patch_dir": tmp_path / "patches", "checkpoint_dir": tmp_path / "ck"}
+    sets = [f"{k}={v}" for k, v in paths.items()] + ["working_width=64", "working_height=48", "patch_size=32",
+                                                       "base_filters=4", "depth=2", "steps_per_epoch=5"]
+    argv = ["--reference", "--steps", "10", "--scenes", "2", "--width", "64", "--height", "48",
+            "--out", str(tmp_path / "out"), "--no-progress"]
+    assert ood_check.main(argv + [a for s in sets for a in ("--set", s)]) == 0
+    root = str(paths["dataset_root"]) + "_renderer2"
+    for split, count in (("train", 100), ("val", 10)):
+        for side in ("c", "l", "r"):
+            assert len(os.listdir(os.path.join(root, f"{split}_{side}", "source"))) == count
+    from images import read_image, to_float
+    first = to_float(read_image(os.path.join(root, "train_c", "source", "syn_train_00000_s.png")))
+    test_first = ood_check.renderer2_set(1, 64, 48)[0]["combined"]
+    assert np.abs(first - test_first).max() > 0.1
+    results = json.loads((tmp_path / "out" / "summary.json").read_text())["results"]
+    assert set(results) == {"trained on renderer2 (reference)"}
+    assert set(results["trained on renderer2 (reference)"]) == {"in-dist", "held-out", "renderer2"}
