@@ -503,10 +503,19 @@ def test_interrupted_runs_resume_to_the_clean_store(tmp_path, monkeypatch):
     assert snapshot(store) == clean
 
     # Ctrl-C in a terminal (SIGINT to the process group), then SIGKILL of the group, while the workers write.
+    # Every process of the run (the workers too) loads a sitecustomize that makes each save take 0.3 s longer, so
+    # the run is still writing when the first scene lands, however fast the machine is.
+    slow = tmp_path / "slow_saves"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text("import time\nimport numpy as np\n_save = np.save\n\n\n"
+                                           "def save(*args, **kwargs):\n    _save(*args, **kwargs)\n    time.sleep(0.3)\n\n\n"
+                                           "np.save = save\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(slow), os.environ.get("PYTHONPATH")]))}
     for sig in (signal.SIGINT, signal.SIGKILL):
         shutil.rmtree(store)
         proc = subprocess.Popen([sys.executable, "data_prep.py"] + argv_for(root, store, **overrides), cwd=REPO_DIR,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                env=env)
         deadline = time.time() + 60
         while time.time() < deadline and not (os.path.isdir(store / "train") and any(
                 n.endswith(".npy") and not is_temporary(n) for n in os.listdir(store / "train"))):
