@@ -35,7 +35,7 @@ from results_page import crop_box, format_metric, table1_markdown
 import backends  # noqa: E402  (before keras: a KERAS_BACKEND that is not installed is a one-line exit)
 
 # Synthetic scenes per split, and the synthesis seed (fixed, so the test split is the same whatever cfg.seed is).
-SCENES = {"full": {"n_train": 100, "n_val": 10, "n_test": 20}, "quick": {"n_train": 16, "n_val": 2, "n_test": 4}}
+SCENES = {"full": {"n_train": 400, "n_val": 10, "n_test": 20}, "quick": {"n_train": 16, "n_val": 2, "n_test": 4}}
 SYNTH_SEED = 0
 INPUT_LABEL = "Blurry input"
 METHODS = (INPUT_LABEL, "DPDNet-Single", "DPDNet")
