@@ -503,16 +503,21 @@ def test_interrupted_runs_resume_to_the_clean_store(tmp_path, monkeypatch):
     assert snapshot(store) == clean
 
     # Ctrl-C in a terminal (SIGINT to the process group), then SIGKILL of the group, while the workers write.
-    # Every process of the run (the workers too) loads a sitecustomize that makes each save take 0.3 s longer, so
-    # the run is still writing when the first scene lands, however fast the machine is.
-    slow = tmp_path / "slow_saves"
-    slow.mkdir()
-    (slow / "sitecustomize.py").write_text("import time\nimport numpy as np\n_save = np.save\n\n\n"
-                                           "def save(*args, **kwargs):\n    _save(*args, **kwargs)\n    time.sleep(0.3)\n\n\n"
-                                           "np.save = save\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(slow), os.environ.get("PYTHONPATH")]))}
+    # Every process of the run loads a sitecustomize that lets each process save one scene and then holds its
+    # next save until the test opens the gate (after the signal), so the run is mid-way whatever the machine.
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    (gate / "sitecustomize.py").write_text(
+        "import os\nimport time\nimport numpy as np\n_save, _done = np.save, []\n\n\n"
+        "def save(*args, **kwargs):\n    _save(*args, **kwargs)\n    deadline = time.time() + 60\n"
+        "    while _done and not os.path.exists(os.path.join(os.path.dirname(__file__), 'open')) \\\n"
+        "            and time.time() < deadline:\n        time.sleep(0.01)\n    _done.append(1)\n\n\n"
+        "np.save = save\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(gate), os.environ.get("PYTHONPATH")]))}
     for sig in (signal.SIGINT, signal.SIGKILL):
         shutil.rmtree(store)
+        if (gate / "open").exists():
+            (gate / "open").unlink()
         proc = subprocess.Popen([sys.executable, "data_prep.py"] + argv_for(root, store, **overrides), cwd=REPO_DIR,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
                                 env=env)
@@ -521,9 +526,11 @@ def test_interrupted_runs_resume_to_the_clean_store(tmp_path, monkeypatch):
                 n.endswith(".npy") and not is_temporary(n) for n in os.listdir(store / "train"))):
             time.sleep(0.005)
         os.killpg(proc.pid, sig)
+        (gate / "open").touch()
         err = proc.communicate(timeout=60)[1]
         left = snapshot(store)
-        assert "manifest.json" not in left and any(p.endswith(".npy") for p in left)
+        landed = sorted(p for p in left if p.endswith(".npy"))
+        assert "manifest.json" not in left and landed, (sig, landed, proc.returncode, err[-500:])
         assert len([p for p in left if p.endswith(".npy")]) < 14
         if sig == signal.SIGINT:
             assert proc.returncode == 130 and "interrupted: the store is incomplete" in err
