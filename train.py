@@ -38,6 +38,7 @@ from model import build_model, dtype_policy
 RESUMABLE_KEYS = ("epochs", "checkpoint_every_steps", "xla", "data_workers", "loader_workers", "dataset_root",
                   "patch_dir", "checkpoint_dir", "results_dir", "tile", "tile_overlap")
 STATE_FORMAT = 1
+NO_GAIN = 0.02                       # a best val loss within 2% of the blurry input's: the network learnt nothing
 STATE_JSON = "training_state.json"   # extra entries inside a .keras checkpoint (Keras ignores them on load)
 STATE_ARRAYS = "training_state.npz"
 # Patch transforms per input mode (see augment_patch): a horizontal flip mirrors the aperture, so the left and
@@ -109,17 +110,40 @@ def train(cfg: Config, resume: bool | None = None, callbacks=(), verbose: int = 
         cfg.save_json(os.path.join(folder, "config.json"))
     print(f"{'resuming ' + run.last + ' at' if saved_state else 'training'} {describe(cfg, run, devices)}; "
           f"checkpoints in {folder}")
+    baseline = input_val_loss(stream, cfg)
+    if baseline is not None:
+        print(f"val loss of the blurry input itself (the loss to beat): {baseline:.6g}")
     with devices.scope():
         fit_all_epochs(run, callbacks, verbose)
 
     s = run.state
     if s["best_epoch"] is not None:
         print(f"best ({cfg.select_on} loss {s['best_value']:.6g}, epoch {s['best_epoch']}): {run.best}")
+    val_losses = [h["val_loss"] for h in run.history if "val_loss" in h]
+    if baseline is not None and val_losses and min(val_losses) >= baseline * (1 - NO_GAIN):
+        print(f"warning: the best val loss of this run ({min(val_losses):.6g}) is within {NO_GAIN:.0%} of the blurry "
+              f"input's ({baseline:.6g}): the network has learnt (almost) nothing. One stuck at its input often "
+              f"trains with a lower learning_rate", file=sys.stderr)
     return {"run_dir": folder, "last": run.last, "best": run.best if os.path.isfile(run.best) else None,
             "epochs_done": s["epoch"], "global_step": s["global_step"], "train_loss": s["train_loss"],
             "val_loss": s["val_loss"], "lr": s["lr"], "best_value": s["best_value"], "best_epoch": s["best_epoch"],
             "replicas": devices.count, "global_batch": global_batch, "steps_per_epoch": steps_per_epoch,
-            "history": run.history, "steps_per_s": run.steps_per_s(), **backends.info()}
+            "history": run.history, "steps_per_s": run.steps_per_s(), "input_val_loss": baseline, **backends.info()}
+
+
+def input_val_loss(stream: PatchStream, cfg: Config) -> float | None:
+    """The loss of returning the blurry input (the mean of the two views, or the combined image) on the val
+    patches, averaged as Keras averages val_loss: what a network that has learnt anything beats."""
+    if not stream.num_val:
+        return None
+    loss, total, count = make_loss(cfg.loss), 0.0, 0
+    for k in range(stream.val_batches):
+        x, y = stream.val_batch(k)
+        x = x.astype(np.float32) / STORE_MAX
+        base = (x[..., :3] + x[..., 3:]) / 2 if cfg.input_mode == "dual" else x
+        per_pixel = keras.ops.convert_to_numpy(loss(y, base))
+        total, count = total + float(per_pixel.sum(dtype=np.float64)), count + per_pixel.size
+    return total / count
 
 
 def read_checkpoint_state(path: str) -> dict:

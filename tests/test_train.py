@@ -128,6 +128,28 @@ def test_loss_decreases_and_lr_halves_on_schedule(store, tmp_path):
 RESUME_SETTINGS = dict(epochs=3, checkpoint_every_steps=5, augment=True, seed=3)  # 8 steps per epoch, dropout 0.4
 
 
+def test_a_network_that_learns_nothing_is_told_so(store, tmp_path, capsys):
+    """train.py prints the val loss of returning the blurry input (here checked against the store's val patches
+    in NumPy), a residual network that cannot move (lr 1e-12, zero correction) scores exactly that, and the run
+    ends with a warning that it learnt nothing."""
+    import re
+    from data_prep import open_store
+    from train import train
+    _, root, patches = store
+    cfg = _cfg(root, patches, str(tmp_path), head="residual", dropout=0.0, learning_rate=1e-12, epochs=1,
+               steps_per_epoch=2)
+    result = train(cfg, resume=False, verbose=0)
+    val_store = open_store(cfg)
+    x = val_store.gather("val", range(len(val_store.index["val"]))).astype(np.float64) / 65535
+    expected = float(np.mean(((x[..., 0:3] + x[..., 3:6]) / 2 - x[..., 9:12]) ** 2))
+    assert result["input_val_loss"] == pytest.approx(expected, rel=1e-5)
+    assert result["val_loss"] == pytest.approx(expected, rel=1e-4)
+    out = capsys.readouterr()
+    printed = float(re.search(r"the loss to beat\): ([0-9.e-]+)", out.out).group(1))
+    assert printed == pytest.approx(expected, rel=1e-5)
+    assert "the network has learnt (almost) nothing" in out.err
+
+
 @pytest.fixture(scope="module")
 def reference(store):
     """An uninterrupted run that the interrupted ones must reproduce."""
