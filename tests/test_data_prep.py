@@ -503,30 +503,34 @@ def test_interrupted_runs_resume_to_the_clean_store(tmp_path, monkeypatch):
     assert snapshot(store) == clean
 
     # Ctrl-C in a terminal (SIGINT to the process group), then SIGKILL of the group, while the workers write.
-    # Every process of the run loads a sitecustomize that lets each process save one scene and then holds its
-    # next save until the test opens the gate (after the signal), so the run is mid-way whatever the machine.
+    # The run starts from a script that holds each process's second save until the test opens the gate (after
+    # the signal), so the run is mid-way whatever the machine; spawned workers re-run its top level, so they
+    # are held too. It gives its main process the terminal's SIGINT state (default handler, not blocked).
     gate = tmp_path / "gate"
-    gate.mkdir()
-    (gate / "sitecustomize.py").write_text(
-        "import os\nimport time\nimport numpy as np\n_save, _done = np.save, []\n\n\n"
+    run_held = tmp_path / "run_held.py"
+    run_held.write_text(
+        "import os\nimport signal\nimport sys\nimport time\n\nimport numpy as np\n\n"
+        f"GATE = {str(gate)!r}\n_save, _done = np.save, []\n\n\n"
         "def save(*args, **kwargs):\n    _save(*args, **kwargs)\n    deadline = time.time() + 60\n"
-        "    while _done and not os.path.exists(os.path.join(os.path.dirname(__file__), 'open')) \\\n"
-        "            and time.time() < deadline:\n        time.sleep(0.01)\n    _done.append(1)\n\n\n"
-        "np.save = save\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(gate), os.environ.get("PYTHONPATH")]))}
+        "    while _done and not os.path.exists(GATE) and time.time() < deadline:\n        time.sleep(0.01)\n"
+        "    _done.append(1)\n\n\nnp.save = save\n\n"
+        "if __name__ == '__main__':\n"
+        "    signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})\n"
+        f"    sys.path.insert(0, {REPO_DIR!r})\n"
+        "    import data_prep\n    data_prep.main(sys.argv[1:])\n")
     for sig in (signal.SIGINT, signal.SIGKILL):
         shutil.rmtree(store)
-        if (gate / "open").exists():
-            (gate / "open").unlink()
-        proc = subprocess.Popen([sys.executable, "data_prep.py"] + argv_for(root, store, **overrides), cwd=REPO_DIR,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                                env=env)
+        if gate.exists():
+            gate.unlink()
+        proc = subprocess.Popen([sys.executable, str(run_held)] + argv_for(root, store, **overrides), cwd=REPO_DIR,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
         deadline = time.time() + 60
         while time.time() < deadline and not (os.path.isdir(store / "train") and any(
                 n.endswith(".npy") and not is_temporary(n) for n in os.listdir(store / "train"))):
             time.sleep(0.005)
         os.killpg(proc.pid, sig)
-        (gate / "open").touch()
+        gate.touch()
         err = proc.communicate(timeout=60)[1]
         left = snapshot(store)
         landed = sorted(p for p in left if p.endswith(".npy"))
