@@ -61,12 +61,19 @@ def synthetic_set(domain, n: int, width: int, height: int) -> list[dict]:
     return out
 
 
+def _renderer2():
+    """tests/dp_renderer2.py, the independent renderer (it lives with the tests that check it)."""
+    tests = os.path.join(REPO_DIR, "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    import dp_renderer2
+    return dp_renderer2
+
+
 def renderer2_set(n: int, width: int, height: int) -> list[dict]:
     """n scenes from the independent renderer in tests/, with the same largest blur as synthesize.py."""
-    sys.path.insert(0, os.path.join(REPO_DIR, "tests"))
-    from dp_renderer2 import render_set
     import synthesize
-    return render_set(n, seed=SEED, h=height, w=width, max_blur=synthesize.default_max_coc(width))
+    return _renderer2().render_set(n, seed=SEED, h=height, w=width, max_blur=synthesize.default_max_coc(width))
 
 
 def psnr_masked(gt: np.ndarray, pred: np.ndarray, mask: np.ndarray) -> float:
@@ -115,14 +122,12 @@ def train_on_renderer2(cfg, steps: int, max_blur: float, progress: bool):
     import dataclasses
     from images import write_image
     from synthesize import scene_paths
-    sys.path.insert(0, os.path.join(REPO_DIR, "tests"))
-    from dp_renderer2 import render_set
     cfg = dataclasses.replace(cfg, dataset_root=cfg.dataset_root + "_renderer2", patch_dir=cfg.patch_dir + "_renderer2",
                               run_name="ood_renderer2")
     root = cfg.resolve_path("dataset_root")
     for split, count in (("train", 100), ("val", 10)):
-        scenes = render_set(count, seed=REFERENCE_SEED + ("train", "val").index(split), h=cfg.working_height,
-                            w=cfg.working_width, max_blur=max_blur)
+        scenes = _renderer2().render_set(count, seed=REFERENCE_SEED + ("train", "val").index(split),
+                                         h=cfg.working_height, w=cfg.working_width, max_blur=max_blur)
         for i, s in enumerate(scenes):
             for key, image in scene_paths(root, split, i).items():
                 write_image(image, s[{"source": "combined", "target": "sharp"}.get(key, key)], bits=16)
