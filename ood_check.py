@@ -1,15 +1,20 @@
 """Out-of-distribution check for models trained on synthetic dual-pixel data: does the gain over the blurry
-input survive on data not made like the training data? Three test sets, all rendered in memory:
+input survive on data not made like the training data? Five test sets, all rendered in memory:
 
   in-dist    synthesize.py scenes from the training families (TRAIN_FAMILIES below)
   held-out   synthesize.py scenes from families held back from that training (HELD_OUT_FAMILIES): other PSF
              shapes, tone curve, ISO range and bit depths
   renderer2  scenes from tests/dp_renderer2.py, a second renderer written independently of synthesize.py
+  renderer2 noise-free             the same scenes without their noise: what is left to gain is deblurring
+  renderer2 optics, our content    renderer2's PSFs, planes and tones over synthesize.py's content, noise-free:
+                                   whether the deblurring travels to other optics when the content does not change
 
 For each set and model: PSNR of the blurry combined image and of the model's output against the sharp image,
 the gain, the gain on in-focus pixels only (blur under 1 px: they must stay sharp, so it must not be
-negative) and on clearly defocused pixels (blur of 3 px or more: what deblurring, not denoising, earns). The
-sharp images are always noise-free, also where the training targets carried noise (Domain.target_noise).
+negative) and on clearly defocused pixels (blur of 3 px or more: what deblurring, not denoising, earns), and
+the gain by blur size (BANDS, over the set's pooled pixels). The sharp images are always noise-free, also where
+the training targets carried noise (Domain.target_noise). On the noise-free sets in-focus input pixels are
+nearly exact, so there only the defocused and band gains say anything.
 
     python ood_check.py --weights checkpoints/demo/best.keras            # evaluate a dual-pixel model
     python ood_check.py --train                                           # train on the training families first
@@ -45,6 +50,7 @@ SEED = 11                         # not the demo's synthesis seed 0
 REFERENCE_SEED = 500              # renderer2 training scenes for --reference
 SHARP_PX = 1.0                    # pixels whose blur diameter is below this count as in focus
 BLURRED_PX = 3.0                  # pixels whose blur diameter is at least this count as clearly defocused
+BANDS = ((0, 1), (1, 3), (3, 6), (6, 10), (10, math.inf))   # blur diameters (px) of the gain-by-blur-size table
 
 
 def synthetic_set(domain, n: int, width: int, height: int) -> list[dict]:
@@ -70,10 +76,22 @@ def _renderer2():
     return dp_renderer2
 
 
-def renderer2_set(n: int, width: int, height: int) -> list[dict]:
-    """n scenes from the independent renderer in tests/, with the same largest blur as synthesize.py."""
+def renderer2_set(n: int, width: int, height: int, noise: bool = True, our_content: bool = False) -> list[dict]:
+    """n scenes from the independent renderer in tests/, with the same largest blur as synthesize.py; without
+    noise and with synthesize.py's content (photographs, textures, dead leaves, patterns) on request."""
     import synthesize
-    return _renderer2().render_set(n, seed=SEED, h=height, w=width, max_blur=synthesize.default_max_coc(width))
+    return _renderer2().render_set(n, seed=SEED, h=height, w=width, max_blur=synthesize.default_max_coc(width),
+                                   noise=noise, content=synthesize.random_content if our_content else None)
+
+
+def check_sets(n: int, width: int, height: int) -> dict[str, list[dict]]:
+    """The five sets of the module docstring, n scenes each."""
+    import synthesize
+    return {"in-dist": synthetic_set(synthesize.Domain(**TRAIN_FAMILIES), n, width, height),
+            "held-out": synthetic_set(synthesize.Domain(**HELD_OUT_FAMILIES), n, width, height),
+            "renderer2": renderer2_set(n, width, height),
+            "renderer2 noise-free": renderer2_set(n, width, height, noise=False),
+            "renderer2 optics, our content": renderer2_set(n, width, height, noise=False, our_content=True)}
 
 
 def psnr_masked(gt: np.ndarray, pred: np.ndarray, mask: np.ndarray) -> float:
@@ -82,12 +100,14 @@ def psnr_masked(gt: np.ndarray, pred: np.ndarray, mask: np.ndarray) -> float:
 
 
 def evaluate(model, cfg, scenes: list[dict]) -> dict:
-    """Mean PSNR of input and output, over whole images, over in-focus and over clearly defocused pixels."""
+    """Mean PSNR of input and output, over whole images, over in-focus and over clearly defocused pixels, and
+    the gain by blur size."""
     from inference import network_input, predict_image
     from metrics import psnr
-    rows = []
+    rows, preds = [], []
     for s in scenes:
         pred = predict_image(model, network_input(cfg, s["left"], s["right"], s["combined"]), cfg)
+        preds.append(pred)
         sharp, blurred = s["blur"] < SHARP_PX, s["blur"] >= BLURRED_PX
         rows.append([psnr(s["sharp"], s["combined"]), psnr(s["sharp"], pred),
                      psnr_masked(s["sharp"], s["combined"], sharp), psnr_masked(s["sharp"], pred, sharp),
@@ -98,7 +118,28 @@ def evaluate(model, cfg, scenes: list[dict]) -> dict:
             "sharp_gain": _mean(a[:, 3] - a[:, 2]), "sharp_pixels": float(np.mean(
                 [np.mean(s["blur"] < SHARP_PX) for s in scenes])),
             "blurred_gain": _mean(a[:, 5] - a[:, 4]), "blurred_pixels": float(np.mean(
-                [np.mean(s["blur"] >= BLURRED_PX) for s in scenes]))}
+                [np.mean(s["blur"] >= BLURRED_PX) for s in scenes])), "bands": band_gains(scenes, preds)}
+
+
+def band_label(lo: float, hi: float) -> str:
+    return f"{lo:g}-{hi:g} px" if math.isfinite(hi) else f">={lo:g} px"
+
+
+def band_gains(scenes: list[dict], preds: list[np.ndarray]) -> dict:
+    """Per blur band: the fraction of the set's pixels in it and the PSNR gain over them, pooled (the squared
+    errors of every scene's pixels in the band summed before the ratio, so a band a scene barely has counts
+    by its pixels); gain NaN where no pixel falls in the band."""
+    out = {}
+    for lo, hi in BANDS:
+        err_in = err_out = count = 0.0
+        for s, pred in zip(scenes, preds):
+            band = (s["blur"] >= lo) & (s["blur"] < hi)
+            err_in += float(((s["combined"] - s["sharp"]) ** 2)[band].sum())
+            err_out += float(((np.clip(pred, 0, 1) - s["sharp"]) ** 2)[band].sum())
+            count += float(band.sum())
+        gain = 10 * math.log10(max(err_in, 1e-20) / max(err_out, 1e-20)) if count else float("nan")
+        out[band_label(lo, hi)] = {"pixels": count / sum(s["blur"].size for s in scenes), "gain": gain}
+    return out
 
 
 def _mean(values: np.ndarray) -> float:
@@ -156,6 +197,22 @@ def table(results: dict) -> str:
          for model, sets in results.items() for name, r in sets.items()])
 
 
+def band_table(results: dict) -> str:
+    """Gain by blur size, one column per band: 'gain (share of the set's pixels)'."""
+    from results_page import markdown_table
+    labels = [band_label(lo, hi) for lo, hi in BANDS]
+    return markdown_table(
+        ["model", "set"] + [f"{b} gain dB (pixels)" for b in labels],
+        [[model, name] + [_band_cell(r["bands"][b]) for b in labels]
+         for model, sets in results.items() for name, r in sets.items()])
+
+
+def _band_cell(band: dict) -> str:
+    share = 100 * band["pixels"]
+    share = f"{share:.0f}%" if share >= 0.5 or share == 0 else "<1%"
+    return f"- ({share})" if not math.isfinite(band["gain"]) else f"{band['gain']:+.2f} ({share})"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--weights", action="append", default=[], help="a dual-pixel checkpoint to check "
@@ -192,10 +249,8 @@ def main(argv=None) -> int:
             models[os.path.relpath(os.path.abspath(path), REPO_DIR)] = path
         t0 = time.time()
         size = (args.width, args.height)
-        sets = {"in-dist": synthetic_set(synthesize.Domain(**TRAIN_FAMILIES), args.scenes, *size),
-                "held-out": synthetic_set(synthesize.Domain(**HELD_OUT_FAMILIES), args.scenes, *size),
-                "renderer2": renderer2_set(args.scenes, *size)}
-        print(f"rendered {3 * args.scenes} test scenes in {time.time() - t0:.0f} s", flush=True)
+        sets = check_sets(args.scenes, *size)
+        print(f"rendered {len(sets) * args.scenes} test scenes in {time.time() - t0:.0f} s", flush=True)
         results = {}
         for label, path in models.items():
             model, model_cfg = weights.load_model(path, cfg)
@@ -203,16 +258,20 @@ def main(argv=None) -> int:
                 raise weights.WeightsError(f"{path}: the check is for dual-pixel (DPDNet) models")
             results[label] = {name: evaluate(model, model_cfg, scenes) for name, scenes in sets.items()}
             print(table({label: results[label]}).split("\n", 2)[2], flush=True)
+            print(band_table({label: results[label]}).split("\n", 2)[2], flush=True)
     from fileio import atomic_write_json, atomic_write_text, json_safe
     summary = {"train_families": TRAIN_FAMILIES, "held_out_families": HELD_OUT_FAMILIES, "seed": SEED,
-               "size": [args.width, args.height], "sharp_px": SHARP_PX, "results": results}
+               "size": [args.width, args.height], "sharp_px": SHARP_PX, "blurred_px": BLURRED_PX,
+               "bands_px": [[lo, hi] for lo, hi in BANDS], "results": results}
     atomic_write_json(os.path.join(args.out, "summary.json"), json_safe(summary))
     text = (f"# Out-of-distribution check (ood_check.py)\n\nTraining families: {TRAIN_FAMILIES}\n\n"
             f"Held-out families: {HELD_OUT_FAMILIES}\n\n{table(results)}\n\nGains are mean PSNR over the set minus "
             f"the blurry input's; in-focus gain: PSNR over pixels blurred by less than {SHARP_PX:g} px; defocused gain: over "
-            f"pixels blurred by {BLURRED_PX:g} px or more (scenes without such pixels left out).\n")
+            f"pixels blurred by {BLURRED_PX:g} px or more (scenes without such pixels left out).\n\n"
+            f"## Gain by blur size\n\nPSNR gain over the pixels of each blur band, pooled over the set's scenes; in "
+            f"brackets the share of the set's pixels in the band.\n\n{band_table(results)}\n")
     atomic_write_text(os.path.join(args.out, "summary.md"), text)
-    print("\n" + table(results))
+    print("\n" + table(results) + "\n\n" + band_table(results))
     return 0
 
 

@@ -93,9 +93,11 @@ def _encode(lin: np.ndarray, tone: str) -> np.ndarray:
 
 
 def render_scene(rng: np.random.Generator, h: int = 208, w: int = 320, max_blur: float = 12.0,
-                 tone: str | None = None) -> dict:
+                 tone: str | None = None, noise: bool = True, content=None) -> dict:
     """One scene: float32 'left', 'right', 'combined', 'sharp' (H, W, 3) in [0, 1] and 'blur' (H, W), the
-    |blur diameter| in pixels of the surface seen at each pixel, plus a description."""
+    |blur diameter| in pixels of the surface seen at each pixel, plus a description. noise=False: the same
+    scene without its photon and read noise. content(rng, h, w): another source of plane textures (display
+    values in [0, 1], (H, W, 3)) instead of this renderer's own."""
     n_planes = int(rng.integers(2, 5))
     blurs = rng.uniform(-max_blur, max_blur, n_planes)
     blurs[int(rng.integers(n_planes))] = 0.0                   # one surface in focus
@@ -106,7 +108,7 @@ def render_scene(rng: np.random.Generator, h: int = 208, w: int = 320, max_blur:
     lin_left, lin_right, sharp = np.zeros((h, w, 3)), np.zeros((h, w, 3)), np.zeros((h, w, 3))
     blur_map = np.zeros((h, w))
     for i, b in enumerate(blurs):               # back (index 0, full frame) to front
-        colour = _texture(rng, h, w) ** 2.2
+        colour = np.clip((content or _texture)(rng, h, w), 0, 1) ** 2.2
         alpha = np.ones((h, w)) if i == 0 else _shape_mask(rng, h, w)
         sharp = colour * alpha[..., None] + sharp * (1 - alpha[..., None])
         blur_map = abs(b) * alpha + blur_map * (1 - alpha)
@@ -121,16 +123,18 @@ def render_scene(rng: np.random.Generator, h: int = 208, w: int = 320, max_blur:
     lin_left, lin_right = lin_left * np.sqrt(ratio), lin_right / np.sqrt(ratio)
     photons = float(10 ** rng.uniform(2.5, 4.5))                # photons at white per view
     noisy = [rng.poisson(np.clip(v, 0, None) * photons) / photons + rng.normal(0, 0.002, v.shape)
-             for v in (lin_left, lin_right)]
+             for v in (lin_left, lin_right)] if noise else [lin_left, lin_right]
     combined = (noisy[0] + noisy[1]) / 2
     out = {k: _encode(v, tone).astype(np.float32) for k, v in
            (("left", noisy[0]), ("right", noisy[1]), ("combined", combined), ("sharp", sharp))}
     out["blur"] = blur_map.astype(np.float32)
     out["desc"] = {"blurs": [round(float(b), 2) for b in blurs], "blades": blades, "softness": round(softness, 3),
-                   "tone": tone, "lr_ratio": round(ratio, 3), "photons": round(photons)}
+                   "tone": tone, "lr_ratio": round(ratio, 3), "photons": round(photons) if noise else None}
     return out
 
 
-def render_set(n: int, seed: int = 1234, h: int = 208, w: int = 320, max_blur: float = 12.0) -> list[dict]:
-    """n scenes, deterministic for the seed."""
-    return [render_scene(np.random.default_rng([seed, i]), h, w, max_blur) for i in range(n)]
+def render_set(n: int, seed: int = 1234, h: int = 208, w: int = 320, max_blur: float = 12.0, noise: bool = True,
+               content=None) -> list[dict]:
+    """n scenes, deterministic for the seed (and the same scenes with or without noise)."""
+    return [render_scene(np.random.default_rng([seed, i]), h, w, max_blur, noise=noise, content=content)
+            for i in range(n)]

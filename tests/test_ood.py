@@ -4,6 +4,7 @@ held-out families really differ from the training ones, and ood_check.py reports
 import json
 import os
 
+import cv2
 import numpy as np
 import pytest
 
@@ -37,6 +38,51 @@ def test_renderer2_scene_has_a_sharp_surface_and_blur_elsewhere():
     assert all(0 <= s[k].min() and s[k].max() <= 1 for k in ("left", "right", "combined", "sharp"))
 
 
+def test_renderer2_without_noise_renders_the_same_scene_clean():
+    """noise=False keeps every draw of the scene (sharp image, blur map, planes, PSFs) and drops only the noise:
+    on in-focus pixels far from any blurred plane, the linear combined image is then exactly the sharp one times
+    the left/right gains' mean, (sqrt(r) + 1 / sqrt(r)) / 2."""
+    noisy = render_scene(np.random.default_rng(5), 64, 96, max_blur=8.0, tone="linear")
+    clean = render_scene(np.random.default_rng(5), 64, 96, max_blur=8.0, tone="linear", noise=False)
+    np.testing.assert_array_equal(clean["sharp"], noisy["sharp"])
+    np.testing.assert_array_equal(clean["blur"], noisy["blur"])
+    assert clean["desc"]["blurs"] == noisy["desc"]["blurs"] and clean["desc"]["photons"] is None
+    assert np.abs(noisy["combined"] - clean["combined"]).mean() > 1e-3
+    r = clean["desc"]["lr_ratio"]
+    far_from_blur = cv2.erode((clean["blur"] == 0).astype(np.uint8), np.ones((11, 11), np.uint8)) > 0
+    assert far_from_blur.sum() > 100
+    expected = clean["sharp"] * (np.sqrt(r) + 1 / np.sqrt(r)) / 2
+    np.testing.assert_allclose(clean["combined"][far_from_blur], np.clip(expected, 0, 1)[far_from_blur], atol=1e-5)
+
+
+def test_renderer2_takes_other_content():
+    """content replaces the renderer's own textures: with a flat grey source every plane is the same grey."""
+    s = render_scene(np.random.default_rng(5), 48, 64, max_blur=6.0, tone="linear", noise=False,
+                     content=lambda rng, h, w: np.full((h, w, 3), 0.5, np.float32))
+    np.testing.assert_allclose(s["sharp"], 0.5 ** 2.2, rtol=1e-5)
+
+
+def test_band_gains_pool_the_squared_errors_of_each_band():
+    """Two 4x4 scenes, sharp all zero. Scene A: 8 pixels blurred 2 px, input error 0.1, output error 0.05; scene
+    B: 4 pixels blurred 7 px with input error 0.2 and output 0.1, 4 blurred 2 px with both errors 0.1. Pooled
+    over the 1-3 px band: input MSE 0.01, output (8 * 0.0025 + 4 * 0.01) / 12 = 0.005, gain 3.01 dB; 6-10 px:
+    6.02 dB; in focus (the other 8 pixels of A, 8 of B, all exact): both zero, gain 0; no pixel of 3-6 px."""
+    def scene(blur_vals, err_in, err_out):
+        blur = np.array(blur_vals, np.float32).reshape(4, 4)
+        e_in = np.array(err_in, np.float32).reshape(4, 4, 1).repeat(3, axis=2)
+        e_out = np.array(err_out, np.float32).reshape(4, 4, 1).repeat(3, axis=2)
+        return {"blur": blur, "sharp": np.zeros((4, 4, 3), np.float32), "combined": e_in}, e_out
+    a, pa = scene([2] * 8 + [0] * 8, [0.1] * 8 + [0] * 8, [0.05] * 8 + [0] * 8)
+    b, pb = scene([7] * 4 + [2] * 4 + [0] * 8, [0.2] * 4 + [0.1] * 4 + [0] * 8, [0.1] * 4 + [0.1] * 4 + [0] * 8)
+    bands = ood_check.band_gains([a, b], [pa, pb])
+    assert list(bands) == ["0-1 px", "1-3 px", "3-6 px", "6-10 px", ">=10 px"]
+    assert bands["1-3 px"]["gain"] == pytest.approx(10 * np.log10(2), abs=1e-4)
+    assert bands["6-10 px"]["gain"] == pytest.approx(10 * np.log10(4), abs=1e-4)
+    assert bands["0-1 px"]["gain"] == pytest.approx(0.0)
+    assert np.isnan(bands["3-6 px"]["gain"]) and bands["3-6 px"]["pixels"] == 0
+    assert [bands[k]["pixels"] for k in ("0-1 px", "1-3 px", "6-10 px")] == [0.5, 12 / 32, 4 / 32]
+
+
 def test_held_out_families_share_nothing_with_the_training_ones():
     for key, values in ood_check.HELD_OUT_FAMILIES.items():
         assert not set(values) & set(ood_check.TRAIN_FAMILIES[key]), key
@@ -48,12 +94,14 @@ def test_ood_check_reports_each_set(tmp_path):
     assert ood_check.main(["--weights", ckpt, "--scenes", "2", "--width", "64", "--height", "48", "--out", str(tmp_path / "out"), "--no-progress"]) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     (label, sets), = summary["results"].items()
-    assert set(sets) == {"in-dist", "held-out", "renderer2"}
+    assert set(sets) == {"in-dist", "held-out", "renderer2", "renderer2 noise-free", "renderer2 optics, our content"}
     for r in sets.values():
-        assert r["n"] == 2 and 10 < r["input_psnr"] < 60 and np.isfinite(r["gain"])
+        assert r["n"] == 2 and 10 < r["input_psnr"] < 90 and np.isfinite(r["gain"])
         assert r["gain"] == pytest.approx(r["model_psnr"] - r["input_psnr"])
         assert 0 <= r["blurred_pixels"] <= 1 and "blurred_gain" in r
-    assert "| renderer2 |" in (tmp_path / "out" / "summary.md").read_text()
+        assert sum(b["pixels"] for b in r["bands"].values()) == pytest.approx(1.0)
+    text = (tmp_path / "out" / "summary.md").read_text()
+    assert "| renderer2 |" in text and "| renderer2 noise-free |" in text and "## Gain by blur size" in text
 
 
 def test_a_model_that_returns_its_input_gains_nothing_anywhere(tmp_path):
@@ -94,4 +142,5 @@ def test_reference_model_trains_on_renderer2_scenes_other_than_the_test_ones(tmp
     assert np.abs(first - test_first).max() > 0.1
     results = json.loads((tmp_path / "out" / "summary.json").read_text())["results"]
     assert set(results) == {"trained on renderer2 (reference)"}
-    assert set(results["trained on renderer2 (reference)"]) == {"in-dist", "held-out", "renderer2"}
+    assert set(results["trained on renderer2 (reference)"]) == {"in-dist", "held-out", "renderer2", "renderer2 noise-free",
+                                                                  "renderer2 optics, our content"}
