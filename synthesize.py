@@ -106,6 +106,10 @@ class PsfShape:
     right_scale, right_blur: the right PSF's size and extra softness relative to the left (phone halves
         are not exact mirror images). chroma: red blur (1 + chroma), blue (1 - chroma) times the green one
         (longitudinal chromatic aberration).
+    field, field_tilt: how the PSF changes across the frame (real PSFs are calibrated per field position, not
+        one per lens): towards the left and right edges the aperture becomes a cat's eye cut by up to `field`
+        along the horizontal, and the right PSF's size relative to the left's is multiplied by
+        (1 + field_tilt * u), u = -1 at the left edge, 0 at the centre, +1 at the right edge; see at().
     """
     beta: float = 0.15
     order: int = 4
@@ -122,11 +126,30 @@ class PsfShape:
     right_scale: float = 1.0
     right_blur: float = 0.0
     chroma: float = 0.0
+    field: float = 0.0
+    field_tilt: float = 0.0
 
     def symmetric(self) -> bool:
         """True when the right PSF is exactly the left one mirrored (and all channels share one PSF)."""
         return (self.family in ("butterworth", "ramp") and self.cats_eye == 0 and self.right_scale == 1.0
                 and self.right_blur == 0 and self.chroma == 0)
+
+    def varies(self) -> bool:
+        """True when the PSF changes across the frame (rendered by blending FIELD_ANCHORS' PSFs)."""
+        return self.field > 0 or self.field_tilt != 0
+
+    def at(self, u: float) -> "PsfShape":
+        """The PSF at horizontal field position u (-1: the frame's left edge, 0: its centre, +1: its right edge),
+        a shape that no longer varies; at the centre the shape itself (its own cat's eye, if any)."""
+        if not self.varies():
+            return self
+        cut = max(self.cats_eye, self.field * abs(u)) if u else self.cats_eye
+        angle = 0.0 if u and cut > self.cats_eye else self.cats_angle
+        return dataclasses.replace(self, cats_eye=cut, cats_angle=angle, field=0.0, field_tilt=0.0,
+                                   right_scale=self.right_scale * (1 + self.field_tilt * u))
+
+
+FIELD_ANCHORS = (-1.0, 0.0, 1.0)     # field positions whose PSFs are blended (linearly in x) across the frame
 
 
 def _gauss_smooth(k: np.ndarray, sigma: float) -> np.ndarray:
@@ -376,7 +399,31 @@ def _blur_views(make_stack, nonzero, c: float, psf: PsfShape, shared: int):
 
     Returns the box and, per view, an array of colour (3) followed by each shared channel once per colour
     channel (3 * shared), since with chromatic aberration every colour has its own PSF and so its own coverage.
+    A PSF that varies across the frame is rendered with each of FIELD_ANCHORS' PSFs, blended with weights that
+    fall linearly from 1 at an anchor's column to 0 at the next anchor's (they sum to 1 in every column).
     """
+    if not psf.varies():
+        return _blur_views_at(make_stack, nonzero, c, psf, shared)
+    parts = [(u, *_blur_views_at(make_stack, nonzero, c, psf.at(u), shared)) for u in FIELD_ANCHORS]
+    if parts[0][1] is None:
+        return None, []
+    # each anchor's box is the nonzero pixels' box grown by its own PSF's radius, and its blur is zero outside
+    rows = slice(min(p[1][0].start for p in parts), max(p[1][0].stop for p in parts))
+    cols = slice(min(p[1][1].start for p in parts), max(p[1][1].stop for p in parts))
+    w = nonzero.shape[1]
+    x = (np.arange(cols.start, cols.stop, dtype=np.float32) / max(w - 1, 1) * 2 - 1)[None, :, None]
+    spacing = FIELD_ANCHORS[1] - FIELD_ANCHORS[0]
+    views = [np.zeros((rows.stop - rows.start, cols.stop - cols.start, parts[0][2][0].shape[2]), np.float32)
+             for _ in range(2)]
+    for u, (r, q), blurred in parts:
+        weight = np.clip(1.0 - np.abs(x - u) / spacing, 0.0, 1.0)[:, q.start - cols.start:q.stop - cols.start]
+        for view, b in zip(views, blurred):
+            view[r.start - rows.start:r.stop - rows.start, q.start - cols.start:q.stop - cols.start] += weight * b
+    return (rows, cols), views
+
+
+def _blur_views_at(make_stack, nonzero, c: float, psf: PsfShape, shared: int):
+    """_blur_views for a PSF that is the same all over the frame."""
     kls, krs = view_kernels(c, psf)
     if kls[0] is kls[1] is kls[2] and krs[0] is krs[1] is krs[2]:
         box, (bl, br) = _blur_region(make_stack, nonzero, [kls[0], krs[0]])
@@ -878,6 +925,8 @@ class Domain:
     asymmetry: the right PSF's size within 1 +- this of the left's (phones; half of it on a DSLR).
     cats_eye: the largest fraction of the aperture cut off (drawn in 30% of scenes).
     chroma: the largest relative blur difference of red and blue against green (drawn in half the scenes).
+    field / field_tilt: the largest cat's-eye cut at the frame's left and right edges and the largest change of
+      the right PSF's relative size there (PsfShape.field, field_tilt; drawn in 40% of scenes, 0 disables).
     grey_fraction: DSLR scenes drawn one-channel (phones: half of them).
     zoom: the image shows 1/zoom of the sensor's width (a crop, or a camera with a smaller downscale), zoom
       drawn log-uniform in this range per scene: blur in pixels grows with it (up to --max-coc). At 320 wide,
@@ -903,6 +952,8 @@ class Domain:
     asymmetry: float = 0.15
     cats_eye: float = 0.35
     chroma: float = 0.08
+    field: float = 0.0
+    field_tilt: float = 0.0
     grey_fraction: float = 0.05
     zoom: tuple = (1.0, 5.25)
     target_noise: bool = False
@@ -916,9 +967,17 @@ class Domain:
                                      f"got {', '.join(map(str, values)) or 'nothing'}")
         if not (len(self.zoom) == 2 and 0 < self.zoom[0] <= self.zoom[1]):
             raise SynthesisError(f"zoom: must be a range (lo, hi) with 0 < lo <= hi, got {self.zoom}")
+        if not 0 <= self.field < 1:
+            raise SynthesisError(f"field: the cat's-eye cut must be in [0, 1), got {self.field}")
+        if not 0 <= self.field_tilt < 1:
+            raise SynthesisError(f"field_tilt: must be in [0, 1), got {self.field_tilt}")
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+# Domain settings added after a dataset format, and the value a manifest without them was made with.
+DOMAIN_ADDED = {"field": 0.0, "field_tilt": 0.0}
 
 
 def _draw_psf(rng, domain: Domain, phone: bool) -> PsfShape:
@@ -938,6 +997,9 @@ def _draw_psf(rng, domain: Domain, phone: bool) -> PsfShape:
         kw.update(right_scale=float(rng.uniform(1 - asym, 1 + asym)), right_blur=float(rng.uniform(0, 0.1)))
     if rng.random() < 0.5:
         kw.update(chroma=float(rng.uniform(-domain.chroma, domain.chroma)))
+    if (domain.field or domain.field_tilt) and rng.random() < 0.4:
+        kw.update(field=float(rng.uniform(0, domain.field)),
+                  field_tilt=float(rng.uniform(-domain.field_tilt, domain.field_tilt)))
     return PsfShape(**kw)
 
 
@@ -1063,7 +1125,8 @@ def make_scene(seed: int, split: str, index: int, width: int, height: int, max_c
             "defocused_fraction": round(float((np.abs(coc) >= DEFOCUS_VISIBLE_PX).mean()), 4),
             "camera": scene.camera_kind, "psf": scene.psf.family, "iso": round(scene.iso),
             "tone": scene.sensor.tone, "bits": scene.sensor.bits, "grey": int(scene.sensor.grey),
-            "lr_ratio": round(math.exp(scene.sensor.imbalance), 3)}
+            "lr_ratio": round(math.exp(scene.sensor.imbalance), 3), "psf_field": round(scene.psf.field, 3),
+            "psf_field_tilt": round(scene.psf.field_tilt, 3)}
     if not render:
         return {}, meta
     left, right, combined, sharp = render_views(scene.layers, scene.camera, scene.noise, scene.vignetting,
@@ -1164,10 +1227,14 @@ def check_output_folder(root: str, manifest: str, want: dict, counts: dict) -> N
     if os.path.isfile(manifest):
         with open(manifest) as f:
             have = json.load(f)
-        clash = changed_keys(have, want)
+        clash = [(k, have.get(k), want[k]) for k in changed_keys(have, want, ignore=("domain",))]
+        old_domain = have.get("domain", {})
+        clash += [(f"domain.{k}", old_domain.get(k, DOMAIN_ADDED.get(k)), want["domain"][k])
+                  for k in changed_keys(old_domain, want["domain"], defaults=DOMAIN_ADDED)]
         if clash:
-            raise SynthesisError(f"{manifest}: folder was made with {clash[0]}={have.get(clash[0])!r}, not "
-                                 f"{want[clash[0]]!r}; use another --out or remove the folder")
+            key, was, now = clash[0]
+            raise SynthesisError(f"{manifest}: folder was made with {key}={was!r}, not {now!r}; use another --out "
+                                 f"or remove the folder")
     elif os.path.isdir(root) and any(os.path.isdir(os.path.join(root, f"{s}_c")) for s in SPLITS):
         raise SynthesisError(f"{root}: holds a dataset not made by synthesize.py (no synthesize.json); use another --out")
     for split, n in counts.items():
@@ -1197,14 +1264,16 @@ def _scene_results(tasks: list, workers: int):
 
 
 def domain_from_args(args) -> Domain:
-    """The Domain of --psf-families/--cameras/--noise-levels/--tones/--bits; a bad value is a SynthesisError."""
+    """The Domain of --psf-families/--cameras/--noise-levels/--tones/--bits/--field/--field-tilt; a bad value is
+    a SynthesisError."""
     def items(text, kind=str):
         try:
             return tuple(kind(t.strip()) for t in text.split(",") if t.strip())
         except ValueError:
             raise SynthesisError(f"cannot read {text!r} as a comma-separated list") from None
     return Domain(psf_families=items(args.psf_families), cameras=items(args.cameras),
-                  noise_levels=items(args.noise_levels), tones=items(args.tones), bits=items(args.bits, int))
+                  noise_levels=items(args.noise_levels), tones=items(args.tones), bits=items(args.bits, int),
+                  field=args.field, field_tilt=args.field_tilt)
 
 
 def main(argv=None) -> None:
@@ -1227,6 +1296,11 @@ def main(argv=None) -> None:
         parser.add_argument(flag, default=",".join(map(str, default)),
                             help=f"comma-separated choice drawn per scene (default {','.join(map(str, default))}; "
                                  f"see Domain in synthesize.py)")
+    parser.add_argument("--field", type=float, default=d.field,
+                        help="PSFs that change across the frame, in 40%% of scenes: the largest cat's-eye cut at the "
+                             "left and right edges (e.g. 0.35; default 0: off; see Domain)")
+    parser.add_argument("--field-tilt", type=float, default=d.field_tilt,
+                        help="... and the largest change of the right PSF's relative size there (e.g. 0.15; default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     print("settings: " + ", ".join(f"{k}={v}" for k, v in vars(args).items()))

@@ -2,6 +2,7 @@
 the DPDD layout it writes, determinism and resuming."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 import dpdd
 from config import REPO_DIR
 from images import read_image
-from synthesize import (Camera, Layer, Noise, PsfShape, SynthesisError, centroid_x, coc_pixels, dp_kernels, main, make_scene,
+from synthesize import (Camera, Domain, Layer, Noise, PsfShape, SynthesisError, centroid_x, coc_pixels, dp_kernels, main, make_scene,
                         quantize_coc, render_views, scene_paths, synthesize, to_linear)
 
 CAM = Camera(focal_mm=50.0, f_number=1.8, focus_m=2.0, downscale=12.0)
@@ -215,6 +216,17 @@ def test_resume_skips_finished_scenes_and_refuses_other_settings(made, tmp_path)
     assert _files(root) == _files(base / "a") and not os.path.exists(leftover)
     with pytest.raises(SynthesisError, match="seed=7"):
         synthesize(root, seed=9, workers=1, **kw)
+    with pytest.raises(SynthesisError, match=r"domain\.tones=\['srgb', 'gamma', 'linear'\], not \['linear'\]"):
+        synthesize(root, seed=7, workers=1, domain=Domain(tones=("linear",)), **kw)
+    manifest = os.path.join(root, "synthesize.json")            # written before the field settings existed
+    with open(manifest) as f:
+        old = json.load(f)
+    del old["domain"]["field"], old["domain"]["field_tilt"]
+    with open(manifest, "w") as f:
+        json.dump(old, f)
+    assert synthesize(root, seed=7, workers=1, **kw)["written"] == 0
+    with pytest.raises(SynthesisError, match="domain.field=0.0, not 0.3"):
+        synthesize(root, seed=7, workers=1, domain=Domain(field=0.3), **kw)
     with pytest.raises(SynthesisError, match="beyond the 1 train scenes"):
         synthesize(root, seed=7, workers=1, **{**kw, "n_train": 1})
     with pytest.raises(SystemExit, match="error: image size 20x64"):
@@ -315,3 +327,41 @@ def test_target_noise_puts_the_inputs_noise_into_the_target():
     same = np.abs(noisy[focus] - combined[focus])
     assert np.mean(same < 1e-5) > 0.9              # in focus the target is the input (but where a view clipped)
     assert same.mean() < np.abs(clean[focus] - combined[focus]).mean() / 10
+
+
+def _footprints(image: np.ndarray, columns: list[int], half: int = 14) -> list[tuple[float, float, float]]:
+    """(horizontal variance, vertical variance, total) of the light around each point's column."""
+    out = []
+    for cx in columns:
+        patch = image[:, cx - half:cx + half + 1]
+        y, x = np.mgrid[0:patch.shape[0], -half:half + 1]
+        m = patch.sum()
+        my, mx = (patch * y).sum() / m, (patch * x).sum() / m
+        out.append((float((patch * (x - mx) ** 2).sum() / m), float((patch * (y - my) ** 2).sum() / m), float(m)))
+    return out
+
+
+def test_a_psf_that_varies_across_the_frame_is_a_cats_eye_at_the_edges_and_round_in_the_middle():
+    """Three points behind focus (blur ~10.6 px) at 10%, 50% and 90% of the width. With field=0.35 the
+    aperture is cut horizontally towards the edges (field position u = -0.8, +0.8: cut 0.28), so the points
+    spread less across than down there, and not in the middle; without it all three are alike. field_tilt
+    makes the right view's PSF larger towards the right edge than towards the left."""
+    h, w = 41, 201
+    cols = [20, 100, 180]
+    colour = np.zeros((h, w, 3), np.float32)
+    colour[20, cols] = 1.0
+    layers = [Layer(colour, np.ones((h, w), np.float32), 50.0)]
+
+    def spreads(shape):
+        left, right, combined, _ = render_views(layers, CAM, psf=shape)
+        return [_footprints(to_linear(v)[..., 1], cols) for v in (left, right, combined)]
+
+    _, _, plain = spreads(PsfShape(family="soft"))
+    _, _, cut = spreads(PsfShape(family="soft", field=0.35))
+    assert all(0.95 < vx / vy < 1.05 for vx, vy, _ in plain)
+    assert 0.95 < cut[1][0] / cut[1][1] < 1.05                      # the centre keeps the round aperture
+    assert cut[0][0] / cut[0][1] < 0.85 and cut[2][0] / cut[2][1] < 0.85
+    assert all(total == pytest.approx(1.0, abs=0.02) for _, _, total in cut)   # the blend keeps the light
+    _, right, _ = spreads(PsfShape(family="soft", field_tilt=0.3))
+    size = [vx + vy for vx, vy, _ in right]
+    assert size[0] < size[1] < size[2] and size[2] / size[0] > 1.5
