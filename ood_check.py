@@ -1,5 +1,5 @@
 """Out-of-distribution check for models trained on synthetic dual-pixel data: does the gain over the blurry
-input survive on data not made like the training data? Five test sets, all rendered in memory:
+input survive on data not made like the training data? Six test sets, all rendered in memory:
 
   in-dist    synthesize.py scenes from the training families (TRAIN_FAMILIES below)
   held-out   synthesize.py scenes from families held back from that training (HELD_OUT_FAMILIES): other PSF
@@ -8,6 +8,8 @@ input survive on data not made like the training data? Five test sets, all rende
   renderer2 noise-free             the same scenes without their noise: what is left to gain is deblurring
   renderer2 optics, our content    renderer2's PSFs, planes and tones over synthesize.py's content, noise-free:
                                    whether the deblurring travels to other optics when the content does not change
+  renderer2 small blur             renderer2 scenes with blur of at most SMALL_BLUR_PX, as on phones: nearly
+                                   sharp images, where a model that sharpens what is already sharp loses
 
 For each set and model: PSNR of the blurry combined image and of the model's output against the sharp image,
 the gain, the gain on in-focus pixels only (blur under 1 px: they must stay sharp, so it must not be
@@ -51,6 +53,7 @@ REFERENCE_SEED = 500              # renderer2 training scenes for --reference
 SHARP_PX = 1.0                    # pixels whose blur diameter is below this count as in focus
 BLURRED_PX = 3.0                  # pixels whose blur diameter is at least this count as clearly defocused
 BANDS = ((0, 1), (1, 3), (3, 6), (6, 10), (10, math.inf))   # blur diameters (px) of the gain-by-blur-size table
+SMALL_BLUR_PX = 3.0               # the small-blur set's largest blur diameter (phone dual-pixel blur: a few px)
 
 
 def synthetic_set(domain, n: int, width: int, height: int) -> list[dict]:
@@ -76,22 +79,25 @@ def _renderer2():
     return dp_renderer2
 
 
-def renderer2_set(n: int, width: int, height: int, noise: bool = True, our_content: bool = False) -> list[dict]:
-    """n scenes from the independent renderer in tests/, with the same largest blur as synthesize.py; without
-    noise and with synthesize.py's content (photographs, textures, dead leaves, patterns) on request."""
+def renderer2_set(n: int, width: int, height: int, noise: bool = True, our_content: bool = False,
+                  max_blur: float | None = None) -> list[dict]:
+    """n scenes from the independent renderer in tests/, by default with the same largest blur as synthesize.py;
+    without noise and with synthesize.py's content (photographs, textures, dead leaves, patterns) on request."""
     import synthesize
-    return _renderer2().render_set(n, seed=SEED, h=height, w=width, max_blur=synthesize.default_max_coc(width),
+    return _renderer2().render_set(n, seed=SEED, h=height, w=width,
+                                   max_blur=synthesize.default_max_coc(width) if max_blur is None else max_blur,
                                    noise=noise, content=synthesize.random_content if our_content else None)
 
 
 def check_sets(n: int, width: int, height: int) -> dict[str, list[dict]]:
-    """The five sets of the module docstring, n scenes each."""
+    """The six sets of the module docstring, n scenes each."""
     import synthesize
     return {"in-dist": synthetic_set(synthesize.Domain(**TRAIN_FAMILIES), n, width, height),
             "held-out": synthetic_set(synthesize.Domain(**HELD_OUT_FAMILIES), n, width, height),
             "renderer2": renderer2_set(n, width, height),
             "renderer2 noise-free": renderer2_set(n, width, height, noise=False),
-            "renderer2 optics, our content": renderer2_set(n, width, height, noise=False, our_content=True)}
+            "renderer2 optics, our content": renderer2_set(n, width, height, noise=False, our_content=True),
+            "renderer2 small blur": renderer2_set(n, width, height, max_blur=SMALL_BLUR_PX)}
 
 
 def psnr_masked(gt: np.ndarray, pred: np.ndarray, mask: np.ndarray) -> float:

@@ -83,6 +83,14 @@ def test_band_gains_pool_the_squared_errors_of_each_band():
     assert [bands[k]["pixels"] for k in ("0-1 px", "1-3 px", "6-10 px")] == [0.5, 12 / 32, 4 / 32]
 
 
+def test_small_blur_set_is_the_renderer_at_phone_blur():
+    """At the demo's size the renderer2 set's blur reaches 13.7 px; the small-blur set's stays under 3 px."""
+    default = ood_check.renderer2_set(3, 320, 208)
+    small = ood_check.renderer2_set(3, 320, 208, max_blur=ood_check.SMALL_BLUR_PX)
+    assert max(s["blur"].max() for s in default) > 6
+    assert max(s["blur"].max() for s in small) < 3 and max(s["blur"].max() for s in small) > 1
+
+
 def test_held_out_families_share_nothing_with_the_training_ones():
     for key, values in ood_check.HELD_OUT_FAMILIES.items():
         assert not set(values) & set(ood_check.TRAIN_FAMILIES[key]), key
@@ -94,7 +102,8 @@ def test_ood_check_reports_each_set(tmp_path):
     assert ood_check.main(["--weights", ckpt, "--scenes", "2", "--width", "64", "--height", "48", "--out", str(tmp_path / "out"), "--no-progress"]) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     (label, sets), = summary["results"].items()
-    assert set(sets) == {"in-dist", "held-out", "renderer2", "renderer2 noise-free", "renderer2 optics, our content"}
+    assert set(sets) == {"in-dist", "held-out", "renderer2", "renderer2 noise-free", "renderer2 optics, our content",
+                         "renderer2 small blur"}
     for r in sets.values():
         assert r["n"] == 2 and 10 < r["input_psnr"] < 90 and np.isfinite(r["gain"])
         assert r["gain"] == pytest.approx(r["model_psnr"] - r["input_psnr"])
@@ -142,5 +151,4 @@ def test_reference_model_trains_on_renderer2_scenes_other_than_the_test_ones(tmp
     assert np.abs(first - test_first).max() > 0.1
     results = json.loads((tmp_path / "out" / "summary.json").read_text())["results"]
     assert set(results) == {"trained on renderer2 (reference)"}
-    assert set(results["trained on renderer2 (reference)"]) == {"in-dist", "held-out", "renderer2", "renderer2 noise-free",
-                                                                  "renderer2 optics, our content"}
+    assert set(results["trained on renderer2 (reference)"]) == set(ood_check.check_sets(1, 64, 48))
