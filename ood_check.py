@@ -102,7 +102,12 @@ def check_sets(n: int, width: int, height: int) -> dict[str, list[dict]]:
 
 def psnr_masked(gt: np.ndarray, pred: np.ndarray, mask: np.ndarray) -> float:
     err = ((np.clip(pred, 0, 1) - gt) ** 2)[mask]
-    return float("nan") if err.size == 0 else 10 * math.log10(1.0 / max(float(err.mean()), 1e-12))
+    return float("nan") if err.size == 0 else _db(float(err.mean()))
+
+
+def _db(mse: float) -> float:
+    """PSNR of a mean squared error for data range 1, floored at 1e-12 (120 dB) so exact pixels stay finite."""
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
 
 
 def evaluate(model, cfg, scenes: list[dict]) -> dict:
@@ -137,13 +142,14 @@ def band_gains(scenes: list[dict], preds: list[np.ndarray]) -> dict:
     by its pixels); gain NaN where no pixel falls in the band."""
     out = {}
     for lo, hi in BANDS:
-        err_in = err_out = count = 0.0
+        err_in = err_out = values = count = 0.0
         for s, pred in zip(scenes, preds):
             band = (s["blur"] >= lo) & (s["blur"] < hi)
             err_in += float(((s["combined"] - s["sharp"]) ** 2)[band].sum())
             err_out += float(((np.clip(pred, 0, 1) - s["sharp"]) ** 2)[band].sum())
+            values += float(band.sum()) * s["sharp"].shape[-1]
             count += float(band.sum())
-        gain = 10 * math.log10(max(err_in, 1e-20) / max(err_out, 1e-20)) if count else float("nan")
+        gain = _db(err_out / values) - _db(err_in / values) if count else float("nan")
         out[band_label(lo, hi)] = {"pixels": count / sum(s["blur"].size for s in scenes), "gain": gain}
     return out
 

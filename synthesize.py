@@ -107,9 +107,10 @@ class PsfShape:
         are not exact mirror images). chroma: red blur (1 + chroma), blue (1 - chroma) times the green one
         (longitudinal chromatic aberration).
     field, field_tilt: how the PSF changes across the frame (real PSFs are calibrated per field position, not
-        one per lens): towards the left and right edges the aperture becomes a cat's eye cut by up to `field`
-        along the horizontal, and the right PSF's size relative to the left's is multiplied by
-        (1 + field_tilt * u), u = -1 at the left edge, 0 at the centre, +1 at the right edge; see at().
+        one per lens): at the left and right edges (u = -1, +1; the centre u = 0) the aperture is a cat's eye
+        cut by `field` along the horizontal, and the right PSF's size relative to the left's is multiplied by
+        (1 + field_tilt * u); see at(). Only these three PSFs are rendered; the images they make are blended
+        linearly across the width in between (_blur_views).
     """
     beta: float = 0.15
     order: int = 4
@@ -139,14 +140,13 @@ class PsfShape:
         return self.field > 0 or self.field_tilt != 0
 
     def at(self, u: float) -> "PsfShape":
-        """The PSF at horizontal field position u (-1: the frame's left edge, 0: its centre, +1: its right edge),
+        """The PSF of anchor u in FIELD_ANCHORS (-1: the frame's left edge, 0: its centre, +1: its right edge),
         a shape that no longer varies; at the centre the shape itself (its own cat's eye, if any)."""
         if not self.varies():
             return self
-        cut = max(self.cats_eye, self.field * abs(u)) if u else self.cats_eye
-        angle = 0.0 if u and cut > self.cats_eye else self.cats_angle
-        return dataclasses.replace(self, cats_eye=cut, cats_angle=angle, field=0.0, field_tilt=0.0,
-                                   right_scale=self.right_scale * (1 + self.field_tilt * u))
+        cut = max(self.cats_eye, self.field * abs(u))
+        return dataclasses.replace(self, cats_eye=cut, cats_angle=0.0 if cut > self.cats_eye else self.cats_angle,
+                                   field=0.0, field_tilt=0.0, right_scale=self.right_scale * (1 + self.field_tilt * u))
 
 
 FIELD_ANCHORS = (-1.0, 0.0, 1.0)     # field positions whose PSFs are blended (linearly in x) across the frame
@@ -241,7 +241,8 @@ def view_kernels(signed_coc_px: float, shape: PsfShape = PsfShape()) -> tuple[li
     """Per colour channel (R, G, B) the left and right PSFs (odd square, each summing to 1) for a signed CoC.
 
     The channels share one PSF unless shape.chroma != 0. Behind the focal plane (c > 0) the left view's PSF
-    lies left of centre, in front of it right of centre; c = 0 is a 1x1 delta.
+    lies left of centre, in front of it right of centre; c = 0 is a 1x1 delta. A shape that varies across the
+    frame gives its PSF at the centre (shape.at(u) for the others).
     """
     c = float(signed_coc_px)
     scales = (1.0 + shape.chroma, 1.0, 1.0 - shape.chroma) if shape.chroma else (1.0, 1.0, 1.0)
@@ -927,6 +928,8 @@ class Domain:
     chroma: the largest relative blur difference of red and blue against green (drawn in half the scenes).
     field / field_tilt: the largest cat's-eye cut at the frame's left and right edges and the largest change of
       the right PSF's relative size there (PsfShape.field, field_tilt; drawn in 40% of scenes, 0 disables).
+      Turning them on takes one more draw per scene from the scene's stream, so the sensor drawn after it (tone,
+      bits, left/right gains, grey) changes too: the same content and cameras with other sensors.
     grey_fraction: DSLR scenes drawn one-channel (phones: half of them).
     zoom: the image shows 1/zoom of the sensor's width (a crop, or a camera with a smaller downscale), zoom
       drawn log-uniform in this range per scene: blur in pixels grows with it (up to --max-coc). At 320 wide,

@@ -64,8 +64,9 @@ def test_renderer2_takes_other_content():
 
 def test_band_gains_pool_the_squared_errors_of_each_band():
     """Two 4x4 scenes, sharp all zero. Scene A: 8 pixels blurred 2 px, input error 0.1, output error 0.05; scene
-    B: 4 pixels blurred 7 px with input error 0.2 and output 0.1, 4 blurred 2 px with both errors 0.1. Pooled
-    over the 1-3 px band: input MSE 0.01, output (8 * 0.0025 + 4 * 0.01) / 12 = 0.005, gain 3.01 dB; 6-10 px:
+    B: 4 pixels blurred 7 px with input error 0.2 and output 0.1, 4 blurred 2 px with input error 0.1 and
+    output 0.2. Pooled over the 1-3 px band: input MSE 0.01, output (8 * 0.0025 + 4 * 0.04) / 12 = 0.015, gain
+    -1.76 dB (the mean of the scenes' own gains would be 0 dB, their pixel-weighted mean +2.01); 6-10 px:
     6.02 dB; in focus (the other 8 pixels of A, 8 of B, all exact): both zero, gain 0; no pixel of 3-6 px."""
     def scene(blur_vals, err_in, err_out):
         blur = np.array(blur_vals, np.float32).reshape(4, 4)
@@ -73,10 +74,10 @@ def test_band_gains_pool_the_squared_errors_of_each_band():
         e_out = np.array(err_out, np.float32).reshape(4, 4, 1).repeat(3, axis=2)
         return {"blur": blur, "sharp": np.zeros((4, 4, 3), np.float32), "combined": e_in}, e_out
     a, pa = scene([2] * 8 + [0] * 8, [0.1] * 8 + [0] * 8, [0.05] * 8 + [0] * 8)
-    b, pb = scene([7] * 4 + [2] * 4 + [0] * 8, [0.2] * 4 + [0.1] * 4 + [0] * 8, [0.1] * 4 + [0.1] * 4 + [0] * 8)
+    b, pb = scene([7] * 4 + [2] * 4 + [0] * 8, [0.2] * 4 + [0.1] * 4 + [0] * 8, [0.1] * 4 + [0.2] * 4 + [0] * 8)
     bands = ood_check.band_gains([a, b], [pa, pb])
     assert list(bands) == ["0-1 px", "1-3 px", "3-6 px", "6-10 px", ">=10 px"]
-    assert bands["1-3 px"]["gain"] == pytest.approx(10 * np.log10(2), abs=1e-4)
+    assert bands["1-3 px"]["gain"] == pytest.approx(10 * np.log10(0.01 / 0.015), abs=1e-4)
     assert bands["6-10 px"]["gain"] == pytest.approx(10 * np.log10(4), abs=1e-4)
     assert bands["0-1 px"]["gain"] == pytest.approx(0.0)
     assert np.isnan(bands["3-6 px"]["gain"]) and bands["3-6 px"]["pixels"] == 0

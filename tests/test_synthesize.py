@@ -181,6 +181,7 @@ def test_written_layout_is_dpdd_with_16_bit_pngs_and_categories(made):
     with open(os.path.join(root, "scenes.csv"), newline="") as f:
         meta = list(csv.DictReader(f))
     assert len(meta) == 9 and all(r["category"] == ("outdoor" if float(r["far_m"]) >= 10 else "indoor") for r in meta)
+    assert {r["psf_field"] for r in meta} == {r["psf_field_tilt"] for r in meta} == {"0.0"}     # off by default
 
 
 def test_data_prep_builds_a_patch_store_from_it(made, tmp_path):
@@ -343,8 +344,8 @@ def _footprints(image: np.ndarray, columns: list[int], half: int = 14) -> list[t
 
 def test_a_psf_that_varies_across_the_frame_is_a_cats_eye_at_the_edges_and_round_in_the_middle():
     """Three points behind focus (blur ~10.6 px) at 10%, 50% and 90% of the width. With field=0.35 the
-    aperture is cut horizontally towards the edges (field position u = -0.8, +0.8: cut 0.28), so the points
-    spread less across than down there, and not in the middle; without it all three are alike. field_tilt
+    aperture is cut horizontally at the edges (the points there are 80% the edge PSF's image, 20% the centre's),
+    so they spread less across than down, and not in the middle; without it all three are alike. field_tilt
     makes the right view's PSF larger towards the right edge than towards the left."""
     h, w = 41, 201
     cols = [20, 100, 180]
@@ -365,3 +366,27 @@ def test_a_psf_that_varies_across_the_frame_is_a_cats_eye_at_the_edges_and_round
     _, right, _ = spreads(PsfShape(family="soft", field_tilt=0.3))
     size = [vx + vy for vx, vy, _ in right]
     assert size[0] < size[1] < size[2] and size[2] / size[0] > 1.5
+
+
+def test_a_varying_psf_on_a_small_object_blurs_as_on_the_whole_frame():
+    """The three field PSFs of an object have boxes of different sizes (field_tilt changes the right PSF's
+    size); blending them inside the object's own box must give what the same blend gives over the whole frame."""
+    from synthesize import _blur_views
+    h, w = 48, 120
+    rng = np.random.default_rng(0)
+    colour = rng.uniform(0, 1, (h, w, 3)).astype(np.float32)
+    alpha = np.zeros((h, w), np.float32)
+    alpha[15:25, 50:70] = 1.0
+    shape = PsfShape(family="soft", field=0.35, field_tilt=0.5)
+
+    def stack(rows, cols):
+        return np.concatenate([colour[rows, cols] * alpha[rows, cols, None], alpha[rows, cols, None]], axis=2)
+
+    box, views = _blur_views(stack, alpha > 0, 9.0, shape, shared=1)
+    full_box, full = _blur_views(stack, np.ones((h, w), bool), 9.0, shape, shared=1)
+    assert full_box == (slice(0, h), slice(0, w)) and box != full_box
+    for view, whole in zip(views, full):
+        pasted = np.zeros_like(whole)
+        pasted[box] = view
+        np.testing.assert_allclose(pasted, whole, atol=1e-6)
+        assert whole[box].sum() == pytest.approx(whole.sum(), rel=1e-6)     # nothing blurred outside the box
