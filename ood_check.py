@@ -204,9 +204,14 @@ def table(results: dict) -> str:
     return markdown_table(
         ["model", "set", "n", "input dB", "model dB", "gain dB", "worst gain dB", "in-focus gain dB",
          "defocused gain dB"],
-        [[model, name, str(r["n"]), f"{r['input_psnr']:.2f}", f"{r['model_psnr']:.2f}", f"{r['gain']:+.2f}",
-          f"{r['worst_gain']:+.2f}", f"{r['sharp_gain']:+.2f}", f"{r['blurred_gain']:+.2f}"]
+        [[model, name, str(r["n"]), f"{r['input_psnr']:.2f}", f"{r['model_psnr']:.2f}", _signed(r["gain"]),
+          _signed(r["worst_gain"]), _signed(r["sharp_gain"]), _signed(r["blurred_gain"])]
          for model, sets in results.items() for name, r in sets.items()])
+
+
+def _signed(value: float) -> str:
+    """A gain for the tables: +1.23, or - where the set has no such pixels (NaN)."""
+    return f"{value:+.2f}" if math.isfinite(value) else "-"
 
 
 def band_table(results: dict) -> str:
@@ -222,7 +227,7 @@ def band_table(results: dict) -> str:
 def _band_cell(band: dict) -> str:
     share = 100 * band["pixels"]
     share = f"{share:.0f}%" if share >= 0.5 or share == 0 else "<1%"
-    return f"- ({share})" if not math.isfinite(band["gain"]) else f"{band['gain']:+.2f} ({share})"
+    return f"{_signed(band['gain'])} ({share})"
 
 
 def main(argv=None) -> int:
