@@ -7,7 +7,9 @@ synthesize.py and models the optics another way on purpose:
   onto the pixel grid, so the halves have soft, uneven edges and a little sampling noise.
 - Content without scikit-image: sums of random oriented sinusoids, random-walk noise, checks and blobs.
 - Scenes as 2-4 fronto-parallel planes with a signed blur diameter drawn directly (no thin-lens camera),
-  one plane always in focus, composited back to front in linear light with FFT convolution (scipy).
+  one plane always in focus, composited back to front in linear light with FFT convolution (scipy). The signed
+  blur falls from the back plane to the front one, as depth orders it in any camera: planes behind the
+  in-focus one are blurred behind focus, planes in front of it in front of focus.
 - Poisson-Gaussian noise from a photon count, a left/right gain ratio and sRGB, gamma 2.2 or linear output.
 
 Sign convention as in DPDD: behind the focal plane (positive blur) the left view's PSF lies left of centre.
@@ -99,9 +101,9 @@ def render_scene(rng: np.random.Generator, h: int = 208, w: int = 320, max_blur:
     scene without its photon and read noise. content(rng, h, w): another source of plane textures (display
     values in [0, 1], (H, W, 3)) instead of this renderer's own."""
     n_planes = int(rng.integers(2, 5))
-    blurs = rng.uniform(-max_blur, max_blur, n_planes)
-    blurs[int(rng.integers(n_planes))] = 0.0                   # one surface in focus
-    blurs[0] = abs(blurs[0]) if rng.random() < 0.7 else blurs[0]   # the background mostly behind focus
+    sizes = np.sort(rng.uniform(0, max_blur, n_planes - 1))[::-1]   # |blur| of the planes out of focus
+    focus = int(rng.integers(n_planes))                        # one surface in focus; planes go back to front,
+    blurs = np.concatenate([sizes[:focus], [0.0], -np.sort(sizes[focus:])])   # so the signed blur falls
     blades = int(rng.choice([0, 0, 5, 6, 8]))
     softness = float(rng.uniform(0.05, 0.5))
     tone = tone or str(rng.choice(["srgb", "gamma", "linear"]))

@@ -29,6 +29,19 @@ def test_renderer2_psfs_follow_the_dpdd_sign_convention():
             assert _cx(front_l) > d / 8 and _cx(front_r) < -d / 8
 
 
+def test_renderer2_planes_are_in_depth_order():
+    """Back to front, the signed blur falls (a nearer plane is never blurred as if farther than a farther one),
+    exactly one plane is in focus, and every size stays within max_blur; over many scenes the in-focus plane
+    is sometimes the background, sometimes the front."""
+    focus_at = set()
+    for i in range(40):
+        blurs = render_scene(np.random.default_rng([7, i]), 16, 24, max_blur=8.0)["desc"]["blurs"]
+        assert all(a > b for a, b in zip(blurs, blurs[1:])), blurs
+        assert blurs.count(0.0) == 1 and max(abs(b) for b in blurs) <= 8.0
+        focus_at.add("back" if blurs[0] == 0 else "front" if blurs[-1] == 0 else "middle")
+    assert focus_at == {"back", "front", "middle"}
+
+
 def test_renderer2_scene_has_a_sharp_surface_and_blur_elsewhere():
     s = render_scene(np.random.default_rng(3), 64, 96, max_blur=8.0)
     assert {k: s[k].shape for k in ("left", "right", "combined", "sharp")} == {k: (64, 96, 3) for k in
@@ -118,7 +131,9 @@ def test_a_model_that_returns_its_input_gains_nothing_anywhere(tmp_path):
     """The residual head with a zero correction returns the mean of the views, which is the combined image up
     to rounding and tone curves (the combined image is toned from the linear sum): whole-image, in-focus and
     defocused mean gains must all be about zero, so a mask or a PSNR applied differently to the input and the
-    output would show. At this size few scenes have pixels blurred by 3 px or more (NaN: none has)."""
+    output would show. At this size few scenes have pixels blurred by 3 px or more (NaN: none has). On the
+    noise-free sets in-focus input pixels are nearly exact, so there the tone curves' tiny difference is worth
+    tenths of a dB and only the blurred bands are held to it."""
     model, cfg = tiny_model("dual", seed=1, head="residual")
     correction = model.get_layer("head_correction")
     correction.bias.assign(np.zeros(correction.bias.shape, np.float32))
@@ -127,10 +142,14 @@ def test_a_model_that_returns_its_input_gains_nothing_anywhere(tmp_path):
     assert ood_check.main(["--weights", ckpt, "--scenes", "3", "--width", "64", "--height", "48",
                            "--out", str(tmp_path / "out"), "--no-progress"]) == 0
     (sets,) = json.loads((tmp_path / "out" / "summary.json").read_text())["results"].values()
+    noise_free = {"renderer2 noise-free", "renderer2 optics, our content"}
+    assert noise_free < set(sets)
     for name, r in sets.items():
-        for key in ("gain", "sharp_gain"):
+        for key in () if name in noise_free else ("gain", "sharp_gain"):
             assert abs(r[key]) < 0.1, (name, key, r[key])
         assert r["blurred_gain"] == "nan" or abs(r["blurred_gain"]) < 0.1, (name, r["blurred_gain"])
+        for band in ("3-6 px", "6-10 px", ">=10 px"):
+            assert r["bands"][band]["gain"] == "nan" or abs(r["bands"][band]["gain"]) < 0.1, (name, band)
 
 
 def test_reference_model_trains_on_renderer2_scenes_other_than_the_test_ones(tmp_path):
