@@ -27,7 +27,8 @@ nearly exact, so there only the defocused and band gains say anything.
 trains the demo preset's DPDNet on them (--set overrides apply; --steps sets the budget) and adds it to the
 models checked. --reference trains the same recipe on 100 renderer2 scenes (seed REFERENCE_SEED, not the test
 scenes'): its gain on the renderer2 set is what this network and budget attain there when the renderer is
-known, the yardstick for the other models' out-of-distribution gain. Writes summary.md and summary.json to
+known, the yardstick for the other models' out-of-distribution gain (on the noisy set mostly a denoising one;
+the noise-free set compares deblurring). Writes summary.md and summary.json to
 --out (default results/ood).
 """
 
