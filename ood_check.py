@@ -143,13 +143,13 @@ def band_gains(scenes: list[dict], preds: list[np.ndarray]) -> dict:
     by its pixels); gain NaN where no pixel falls in the band."""
     out = {}
     for lo, hi in BANDS:
-        err_in = err_out = values = count = 0.0
+        err_in = err_out = count = 0.0
         for s, pred in zip(scenes, preds):
             band = (s["blur"] >= lo) & (s["blur"] < hi)
             err_in += float(((s["combined"] - s["sharp"]) ** 2)[band].sum())
             err_out += float(((np.clip(pred, 0, 1) - s["sharp"]) ** 2)[band].sum())
-            values += float(band.sum()) * s["sharp"].shape[-1]
             count += float(band.sum())
+        values = count * scenes[0]["sharp"].shape[-1]          # squared errors summed: pixels x channels
         gain = _db(err_out / values) - _db(err_in / values) if count else float("nan")
         out[band_label(lo, hi)] = {"pixels": count / sum(s["blur"].size for s in scenes), "gain": gain}
     return out
