@@ -69,6 +69,10 @@ class Config:
     # --- evaluation ---
     tile: int = 0                               # 0: whole image in one pass (the paper); else tile size
     tile_overlap: int = 128                     # measured max |tiled - whole| at 512/128: 2.4e-3 (512/64: 1.6e-2)
+    self_ensemble: str = "auto"                 # average the outputs over the transforms of `augment` (4 flips
+                                                # for dual, 8 flips/turns for single: 4x or 8x the time): on,
+                                                # off, or auto: on for weights trained with augment (the paper's
+                                                # were not: off)
 
     def resolve_path(self, name: str) -> str:
         """Absolute path of a path setting; relative ones live under the repository, so scripts work from any folder."""
@@ -238,6 +242,7 @@ _CHOICES = {
     "activation": ("relu", "leaky_relu"),
     "loss": ("mse", "l1"),
     "select_on": ("val", "train"),
+    "self_ensemble": ("auto", "on", "off"),
     "precision": ("float32", "mixed_bfloat16", "mixed_float16"),
     "strategy": ("default", "mirrored", "multiworker"),
     "lr_scaling": ("none", "linear"),

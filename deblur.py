@@ -9,7 +9,8 @@ Bit depth is read from each file (8-bit divided by 255, 16-bit by 65535) and the
 One-channel (grey) views, as phones often store dual-pixel data (one green channel), are copied into R, G and
 B for the network; the output is then one channel too, the mean of the network's three, and deblur.py says so.
 --rotate turns top/bottom views of vertical dual-pixel sensors by 90 degrees so that the disparity is
-horizontal, as in the training data, and turns the result back.
+horizontal, as in the training data, and turns the result back. Weights trained with flips (`augment`, as the demo
+presets do) are run on every one of those flips and the outputs averaged (self_ensemble; 4x the time).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 import weights
 from config import Config, UserError, add_config_args, add_inference_args, config_from_args, exit_on_error
 from images import IMAGE_EXTENSIONS, ImageError, bit_depth, read_image, write_image
-from inference import prefer_low_memory_cpu
+from inference import ensemble_transforms, prefer_low_memory_cpu
 
 prefer_low_memory_cpu()  # before TensorFlow is imported
 
@@ -154,6 +155,10 @@ def run(args, cfg: Config) -> list[str]:
     model, model_cfg = weights.load_model(weights_path, cfg)
     if model_cfg.tile and model_cfg.tile % 2 ** model_cfg.depth:
         raise DeblurError(f"--tile {model_cfg.tile} is not a multiple of {2 ** model_cfg.depth} (2**depth)")
+    passes = len(ensemble_transforms(model_cfg))
+    if passes > 1:
+        print(f"self-ensemble: each output is the mean of {passes} passes over flipped inputs, the flips these weights "
+              f"were trained with (--set self_ensemble=off: one pass, {passes}x faster)")
     single_inputs = model_cfg.input_mode == "single" if folder_mode else bool(args.single)
     if model_cfg.input_mode == "dual" and single_inputs:
         raise DeblurError(f"{weights_path}: these are DPDNet weights (left+right dual-pixel views); pass --left and "

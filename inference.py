@@ -1,6 +1,7 @@
 """Running a model on a whole image of any size: build the network input from the views, pad to a multiple
-of 2**depth, predict in one pass or in tiles with blended seams, crop back and clamp to [0, 1].
-test.py (so demo.py), deblur.py and ood_check.py all go through predict_image."""
+of 2**depth, predict in one pass or in tiles with blended seams, crop back and clamp to [0, 1]; for weights
+trained with augmentation, average over its flips (the self-ensemble). test.py (so demo.py), deblur.py and
+ood_check.py all go through predict_image."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import weakref
 
 import numpy as np
 
+import transforms
 from config import Config
 from images import ImageError, crop, pad_to_multiple, to_float
 
@@ -130,12 +132,30 @@ def predict_tiled(model, x: np.ndarray, tile: int, overlap: int, multiple: int) 
     return out
 
 
-def predict_image(model, x: np.ndarray, cfg: Config) -> np.ndarray:
-    """Deblur one (H, W, C) float32 input of any size: float32 (H, W, 3) in [0, 1].
+def ensemble_transforms(cfg: Config) -> tuple[str, ...]:
+    """The transforms predict_image averages the outputs over: all of the input mode's augmentation transforms
+    when self_ensemble is on, or auto and the weights were trained with augment (they saw each of them, so each
+    is a fair second opinion); otherwise the identity alone."""
+    if cfg.self_ensemble == "on" or (cfg.self_ensemble == "auto" and cfg.augment):
+        return transforms.TRANSFORMS[cfg.input_mode]
+    return ("identity",)
 
-    Pads by reflection to a multiple of 2**cfg.depth (nothing changes at 1680x1120), runs one pass, or
-    tiles of cfg.tile pixels overlapping by cfg.tile_overlap when cfg.tile > 0, then crops back and clamps.
-    """
+
+def predict_image(model, x: np.ndarray, cfg: Config) -> np.ndarray:
+    """Deblur one (H, W, C) float32 input of any size: float32 (H, W, 3) in [0, 1]: the mean of the outputs for
+    each transform of ensemble_transforms(cfg), each turned back (one output without the self-ensemble)."""
+    names = ensemble_transforms(cfg)
+    total = np.zeros(x.shape[:2] + (3,), np.float32)
+    for name in names:
+        turned = np.ascontiguousarray(transforms.apply(x, name, swap_views=cfg.input_mode == "dual"))
+        total += transforms.invert(_predict_once(model, turned, cfg), name)
+    return total / len(names)
+
+
+def _predict_once(model, x: np.ndarray, cfg: Config) -> np.ndarray:
+    """One output for x: padded by reflection to a multiple of 2**cfg.depth (nothing changes at 1680x1120), one
+    pass, or tiles of cfg.tile pixels overlapping by cfg.tile_overlap when cfg.tile > 0, then cropped back and
+    clamped."""
     multiple = 2 ** cfg.depth
     padded, size = pad_to_multiple(x, multiple)
     h, w = padded.shape[:2]

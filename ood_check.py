@@ -200,6 +200,18 @@ def _train(cfg, steps: int, progress: bool):
     return result["best"] or result["last"]
 
 
+def inference_variants(name: str, model_cfg) -> dict:
+    """{label: config} to evaluate a model with: as it runs by default and, where that is a self-ensemble, also in
+    one pass, so that the table shows what the ensemble adds."""
+    import dataclasses
+    from inference import ensemble_transforms
+    n = len(ensemble_transforms(model_cfg))
+    if n == 1:
+        return {name: model_cfg}
+    return {f"{name}, one pass": dataclasses.replace(model_cfg, self_ensemble="off"),
+            f"{name}, self-ensemble of {n}": model_cfg}
+
+
 def table(results: dict) -> str:
     from results_page import markdown_table
     return markdown_table(
@@ -270,13 +282,14 @@ def main(argv=None) -> int:
         sets = check_sets(args.scenes, *size)
         print(f"rendered {len(sets) * args.scenes} test scenes in {time.time() - t0:.0f} s", flush=True)
         results = {}
-        for label, path in models.items():
+        for name, path in models.items():
             model, model_cfg = weights.load_model(path, cfg)
             if model_cfg.input_mode != "dual":
                 raise weights.WeightsError(f"{path}: the check is for dual-pixel (DPDNet) models")
-            results[label] = {name: evaluate(model, model_cfg, scenes) for name, scenes in sets.items()}
-            print(table({label: results[label]}).split("\n", 2)[2], flush=True)
-            print(band_table({label: results[label]}).split("\n", 2)[2], flush=True)
+            for label, run_cfg in inference_variants(name, model_cfg).items():
+                results[label] = {s: evaluate(model, run_cfg, scenes) for s, scenes in sets.items()}
+                print(table({label: results[label]}).split("\n", 2)[2], flush=True)
+                print(band_table({label: results[label]}).split("\n", 2)[2], flush=True)
     from fileio import atomic_write_json, atomic_write_text, json_safe
     summary = {"train_families": TRAIN_FAMILIES, "held_out_families": HELD_OUT_FAMILIES, "seed": SEED,
                "size": [args.width, args.height], "sharp_px": SHARP_PX, "blurred_px": BLURRED_PX,

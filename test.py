@@ -35,7 +35,7 @@ from config import (Config, UserError, add_config_args, add_inference_args, conf
 from dpdd import GROUPS, METRICS, PAPER_TABLE1
 from fileio import atomic_write_json, atomic_write_text, is_temporary, json_safe
 from images import ImageError, bit_depth, read_image, to_float, write_image
-from inference import prefer_low_memory_cpu
+from inference import ensemble_transforms, prefer_low_memory_cpu
 from results_page import format_metric, table1_markdown
 
 prefer_low_memory_cpu()  # before TensorFlow is imported
@@ -214,7 +214,9 @@ def summary_markdown(summary: dict) -> str:
                  f"{', '.join(summary['image_sizes'])})")
     tiling = (f"tiles of {summary['tile']} px overlapping by {summary['tile_overlap']} px, seams blended"
               if summary["tile"] else "whole image, one pass")
-    lines.append(f"- Inference: {tiling}")
+    ensemble = (f"; the mean of the outputs for {summary['self_ensemble']} flips/turns of the input (self-ensemble)"
+                if summary.get("self_ensemble", 1) > 1 else "")
+    lines.append(f"- Inference: {tiling}{ensemble}")
     if lp["status"] == "alexnet":
         lines.append("- LPIPS: AlexNet, version 0.1 (the `lpips` package), RGB, ground truth first.")
     elif lp["status"] == "random":
@@ -292,7 +294,8 @@ def evaluate(cfg: Config, weights_path: str | None = None, out_dir: str | None =
     model, model_cfg = load_for_test(weights_path, cfg)
 
     run_info = {**_weights_stamp(weights_path), "input_mode": model_cfg.input_mode, "tile": model_cfg.tile,
-                "tile_overlap": model_cfg.tile_overlap, "precision": model_cfg.precision, **backends.info(),
+                "tile_overlap": model_cfg.tile_overlap, "self_ensemble": len(ensemble_transforms(model_cfg)),
+                "precision": model_cfg.precision, **backends.info(),
                 "dataset_root": root, "lpips_random": lpips == "random"}
     done = resumable_rows(out_dir, run_info, scenes, overwrite)
     rows = [done[s.source] for s in scenes if s.source in done]
@@ -316,6 +319,7 @@ def evaluate(cfg: Config, weights_path: str | None = None, out_dir: str | None =
             "images": len(scenes), "input_bits": sorted(seen["bits"]),
             "image_sizes": [f"{w}x{h}" for w, h in sorted(seen["sizes"])],
             "tile": model_cfg.tile, "tile_overlap": model_cfg.tile_overlap,
+            "self_ensemble": len(ensemble_transforms(model_cfg)),
             "lpips": {"status": lp_status, "reason": lp_reason},
             "categories_source": labels.source, "categories_note": labels.note,
             "categories_disagreements": labels.disagreements,
@@ -348,7 +352,7 @@ def resumable_rows(out_dir: str, run_info: dict, scenes: list, overwrite: bool) 
     if os.path.isfile(info_path):
         with open(info_path) as f:
             old = json.load(f)
-        changed = differences(old, run_info, "then")
+        changed = differences(old, run_info, "then", defaults={"self_ensemble": 1})  # runs before it: one pass
         if changed:
             raise EvalError(f"{out_dir} holds results of another run ({changed[0]}); rerun with --overwrite or "
                             f"--set run_name=NEW")

@@ -31,6 +31,7 @@ from config import Config, UserError, add_config_args, config_from_args, exit_on
 from data_prep import CHANNELS, STORE_MAX, open_store
 from fileio import atomic_path, atomic_write_json, is_temporary
 from model import build_model, dtype_policy
+import transforms
 
 # Settings that may differ between a checkpoint and the run resuming it: the length of training, how often
 # `last` is written, run-time switches that leave the arithmetic of a step unchanged, and where things live
@@ -41,15 +42,6 @@ STATE_FORMAT = 1
 NO_GAIN = 0.02                       # a best val loss within 2% of the blurry input's: the network learnt nothing
 STATE_JSON = "training_state.json"   # extra entries inside a .keras checkpoint (Keras ignores them on load)
 STATE_ARRAYS = "training_state.npz"
-# Patch transforms per input mode (see augment_patch): a horizontal flip mirrors the aperture, so the left and
-# right views trade places; 90-degree turns would make the dual-pixel disparity vertical, which a
-# left/right-split sensor never records, so they are used for the single (combined) image only.
-TRANSFORMS = {
-    "dual": ("identity", "hflip_swap", "vflip", "rot180_swap"),
-    "single": ("identity", "hflip", "vflip", "rot180", "rot90", "rot270", "transpose", "antitranspose"),
-}
-
-
 class TrainError(UserError):
     """Training cannot start or go on; the one-line message says why and what to do."""
 
@@ -192,53 +184,27 @@ class PatchStream:
 
     def train_batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         rows = self.train_rows(step)
-        transforms = None
+        picked = None
         if self.cfg.augment:
-            choices = TRANSFORMS[self.cfg.input_mode]
+            choices = transforms.TRANSFORMS[self.cfg.input_mode]
             picks = np.random.default_rng([self.cfg.seed, 1, step]).integers(0, len(choices), len(rows))
-            transforms = [choices[i] for i in picks]
-        return self.gather("train", rows, transforms)
+            picked = [choices[i] for i in picks]
+        return self.gather("train", rows, picked)
 
     def val_batch(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self.gather("val", np.arange(k * self.global_batch, min((k + 1) * self.global_batch, self.num_val)))
 
-    def gather(self, split: str, rows, transforms=None) -> tuple[np.ndarray, np.ndarray]:
+    def gather(self, split: str, rows, names=None) -> tuple[np.ndarray, np.ndarray]:
         """This process's share of `rows`: input and target patches, each transform applied to both."""
         index, count = self.process
         share = slice(len(rows) * index // count, len(rows) * (index + 1) // count)
         rows = rows[share]
         x = self.store.gather(split, rows, self.inputs)
         y = self.store.gather(split, rows, CHANNELS["target"])
-        if transforms:
-            for k, name in enumerate(transforms[share]):
-                x[k], y[k] = augment_patch(x[k], y[k], name)
+        if names:
+            for k, name in enumerate(names[share]):
+                x[k], y[k] = transforms.apply(x[k], name, swap_views=True), transforms.apply(y[k], name)
         return x, y
-
-
-def augment_patch(x: np.ndarray, y: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Apply one named transform to an input patch (P, P, C) and its target (P, P, 3).
-
-    Dual-pixel input (left, right): a horizontal mirror of the scene is what the opposite half of the aperture
-    would see, so a horizontal flip also swaps the views (each view keeps its own vignetting side and half-disc
-    blur shape); a vertical flip keeps them. Rotations by 90 degrees are only offered for the combined image.
-    """
-    if name == "identity":
-        return x, y
-    if name in ("hflip", "hflip_swap", "rot180", "rot180_swap"):
-        x, y = x[:, ::-1], y[:, ::-1]
-    if name in ("vflip", "rot180", "rot180_swap"):
-        x, y = x[::-1], y[::-1]
-    if name.endswith("_swap"):
-        x = np.concatenate([x[..., 3:6], x[..., 0:3]], axis=-1)
-    if name == "rot90":
-        x, y = np.rot90(x, 1), np.rot90(y, 1)
-    elif name == "rot270":
-        x, y = np.rot90(x, 3), np.rot90(y, 3)
-    elif name == "transpose":
-        x, y = x.transpose(1, 0, 2), y.transpose(1, 0, 2)
-    elif name == "antitranspose":
-        x, y = np.rot90(x, 2).transpose(1, 0, 2), np.rot90(y, 2).transpose(1, 0, 2)
-    return x, y
 
 
 class Batches(keras.utils.PyDataset):

@@ -16,6 +16,7 @@ import numpy as np
 from config import Config, UserError, changed_keys
 
 ARCH_KEYS = ("input_mode", "base_filters", "depth", "head", "activation", "dropout")
+TRAINED_KEYS = ("augment",)   # how the weights were trained, which decides how they are best run (self_ensemble)
 # Our channel index -> the authors' channel index (BGR per view); each permutation is its own inverse.
 BGR_PERM = {3: [2, 1, 0], 6: [2, 1, 0, 5, 4, 3]}
 
@@ -29,7 +30,8 @@ def mode_name(input_mode: str) -> str:
 
 
 def saved_config(weights_path: str) -> dict | None:
-    """The architecture settings saved beside a checkpoint (config.json in its folder), or None."""
+    """The architecture and training settings (ARCH_KEYS, TRAINED_KEYS) saved beside a checkpoint (config.json in
+    its folder), or None."""
     folder = os.path.dirname(os.path.abspath(weights_path))
     stem = os.path.basename(weights_path).split(".")[0]
     for name in (f"{stem}.config.json", "config.json"):
@@ -40,7 +42,7 @@ def saved_config(weights_path: str) -> dict | None:
                     values = json.load(f)
             except (OSError, ValueError) as e:
                 raise WeightsError(f"{path}: unreadable config beside the weights ({e})") from None
-            return {k: values[k] for k in ARCH_KEYS if k in values}
+            return {k: values[k] for k in ARCH_KEYS + TRAINED_KEYS if k in values}
     return None
 
 
@@ -67,16 +69,16 @@ def _build(cfg: Config):
         return build_model(cfg)
 
 
-def _with_arch(cfg: Config, arch: dict) -> Config:
-    return dataclasses.replace(cfg, **{k: v for k, v in arch.items() if k in ARCH_KEYS})
+def _with_saved(cfg: Config, arch: dict) -> Config:
+    return dataclasses.replace(cfg, **{k: v for k, v in arch.items() if k in ARCH_KEYS + TRAINED_KEYS})
 
 
 def load_model(path: str, cfg: Config):
     """Load any supported weights file; returns (model, model_cfg).
 
     model_cfg is cfg with the architecture (input mode, width, depth, head) the file holds, read from the
-    checkpoint's saved config.json or from the weights themselves; cfg supplies it only for a bare Keras 3
-    .weights.h5 without a saved config. Raises WeightsError with one line on anything unusable.
+    checkpoint's saved config.json or from the weights themselves, and with `augment` from that config.json;
+    cfg supplies them where the file does not say. Raises WeightsError with one line on anything unusable.
     """
     if not os.path.isfile(path):
         raise WeightsError(f"{path}: weights file not found (train a model with train.py, or pass --weights)")
@@ -92,7 +94,7 @@ def load_model(path: str, cfg: Config):
     except OSError:
         raise WeightsError(f"{path}: neither a .keras archive nor an HDF5 file") from None
     if keras3_weights:
-        model_cfg = _with_arch(cfg, saved or {})
+        model_cfg = _with_saved(cfg, saved or {})
         model = _build(model_cfg)
         try:
             with warnings.catch_warnings():  # Keras 3.15 warns about weightless containers it skips
@@ -121,7 +123,7 @@ def _load_keras_archive(path: str, cfg: Config, saved: dict | None):
         if clash:
             raise WeightsError(f"{path}: the config.json beside it says {clash[0]}={saved[clash[0]]!r} but the "
                                f"model has {arch[clash[0]]!r}")
-    model_cfg = _with_arch(cfg, {**(saved or {}), **arch})
+    model_cfg = _with_saved(cfg, {**(saved or {}), **arch})
     if loaded.get_layer("enc1_conv1").dtype_policy.name == model_cfg.precision:
         return loaded, model_cfg
     model = _build(model_cfg)
@@ -213,7 +215,7 @@ def load_keras2_hdf5(path: str, cfg: Config, bgr: bool = True):
                            f"(single)")
     arch = {"input_mode": "dual" if saved.in_channels == 6 else "single", "base_filters": saved.base_filters,
             "depth": saved.depth, "head": "sigmoid"}
-    model_cfg = _with_arch(cfg, arch)
+    model_cfg = _with_saved(cfg, arch)
     model = _build(model_cfg)
     ours = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     if len(ours) != len(saved.convs):

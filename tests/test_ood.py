@@ -154,7 +154,8 @@ def test_a_model_that_returns_its_input_gains_nothing_anywhere(tmp_path):
 
 def test_reference_model_trains_on_renderer2_scenes_other_than_the_test_ones(tmp_path):
     """--reference writes 100 train and 10 val renderer2 scenes in the DPDD layout, from another seed than the
-    test set's, trains on them and reports the result as one more model."""
+    test set's, trains on them and reports the result as one more model, in one pass and as the self-ensemble
+    of the flips it trained with."""
     paths = {"dataset_root": tmp_path / "data", "patch_dir": tmp_path / "patches", "checkpoint_dir": tmp_path / "ck"}
     sets = [f"{k}={v}" for k, v in paths.items()] + ["working_width=64", "working_height=48", "patch_size=32",
                                                        "base_filters=4", "depth=2", "steps_per_epoch=5"]
@@ -170,5 +171,6 @@ def test_reference_model_trains_on_renderer2_scenes_other_than_the_test_ones(tmp
     test_first = ood_check.renderer2_set(1, 64, 48)[0]["combined"]
     assert np.abs(first - test_first).max() > 0.1
     results = json.loads((tmp_path / "out" / "summary.json").read_text())["results"]
-    assert set(results) == {"trained on renderer2 (reference)"}
-    assert set(results["trained on renderer2 (reference)"]) == set(ood_check.check_sets(1, 64, 48))
+    ref = "trained on renderer2 (reference)"
+    assert set(results) == {f"{ref}, one pass", f"{ref}, self-ensemble of 4"}  # trained with flips: both ways
+    assert set(results[f"{ref}, one pass"]) == set(ood_check.check_sets(1, 64, 48))
