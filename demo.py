@@ -97,6 +97,7 @@ def summary_markdown(summary: dict) -> str:
              f"{tr['loss']} loss, Adam lr {tr['learning_rate']:g} x{tr['lr_decay_factor']:g} every "
              f"{tr['lr_decay_every'] * tr['steps_per_epoch']} steps, {tr['steps']} steps of batch {tr['batch_size']} "
              f"each (the same budget); weights: the checkpoint with the lowest val loss.",
+             *([f"- Inference: {_ensemble_text(summary['self_ensemble'])}."] if "self_ensemble" in summary else []),
              "- Toy scale: a small network, a few minutes of CPU training, synthetic scenes. It shows what the second "
              f"view is worth, not the paper's numbers (Table 1: DPDNet {paper['DPDNet']}, DPDNet-Single "
              f"{paper['DPDNet-Single']} on DPDD).",
@@ -104,6 +105,12 @@ def summary_markdown(summary: dict) -> str:
              "- Wall time: " + ", ".join(f"{k.replace('_', ' ')} {v:.0f} s" for k, v in t.items()),
              f"- Picture: comparison.png ({', '.join(summary['comparison_scenes'])})", ""]
     return "\n".join(lines)
+
+
+def _ensemble_text(passes: dict) -> str:
+    """How many flipped passes each network's outputs average (test.py's self-ensemble)."""
+    return "; ".join(f"{label} {'one pass' if n == 1 else f'the mean of {n} flipped passes (self-ensemble)'}"
+                     for label, n in passes.items())
 
 
 def method_entry(groups: dict, rows: list[dict]) -> dict:
@@ -296,6 +303,7 @@ def demo_summary(args, cfg, syn: dict, store, results: dict, summaries: dict, ro
                                                      "learning_rate", "lr_decay_factor", "lr_decay_every",
                                                      "steps_per_epoch", "epochs", "batch_size")}},
         "checkpoints": {k: v["best"] or v["last"] for k, v in results.items()},
+        "self_ensemble": {k: summaries[k]["self_ensemble"] for k in results},
         "comparison_scenes": names,
         "seconds": seconds,
         **backends.info(),
