@@ -10,7 +10,8 @@ One-channel (grey) views, as phones often store dual-pixel data (one green chann
 B for the network; the output is then one channel too, the mean of the network's three, and deblur.py says so.
 --rotate turns top/bottom views of vertical dual-pixel sensors by 90 degrees so that the disparity is
 horizontal, as in the training data, and turns the result back. Weights trained with flips (`augment`, as the demo
-presets do) are run on every one of those flips and the outputs averaged (self_ensemble; 4x the time).
+presets do) are run on every one of those flips and the outputs averaged (self_ensemble; 4x the time, 8x
+for the single-image model).
 """
 
 from __future__ import annotations
@@ -155,10 +156,6 @@ def run(args, cfg: Config) -> list[str]:
     model, model_cfg = weights.load_model(weights_path, cfg)
     if model_cfg.tile and model_cfg.tile % 2 ** model_cfg.depth:
         raise DeblurError(f"--tile {model_cfg.tile} is not a multiple of {2 ** model_cfg.depth} (2**depth)")
-    passes = len(ensemble_transforms(model_cfg))
-    if passes > 1:
-        print(f"self-ensemble: each output is the mean of {passes} passes over flipped inputs, the flips these weights "
-              f"were trained with (--set self_ensemble=off: one pass, {passes}x faster)")
     single_inputs = model_cfg.input_mode == "single" if folder_mode else bool(args.single)
     if model_cfg.input_mode == "dual" and single_inputs:
         raise DeblurError(f"{weights_path}: these are DPDNet weights (left+right dual-pixel views); pass --left and "
@@ -167,6 +164,10 @@ def run(args, cfg: Config) -> list[str]:
         raise DeblurError(f"{weights_path}: these are DPDNet-Single weights (one combined image); pass --single "
                           f"IMAGE instead of --left/--right")
 
+    passes = len(ensemble_transforms(model_cfg))
+    if passes > 1:
+        print(f"self-ensemble: each output is the mean of {passes} passes over flips of the input "
+              f"(--set self_ensemble=off: one pass, {passes}x faster)")
     if not folder_mode:
         check_output_path(args.out, [p for p in (args.left, args.right, args.single) if p])
         bits, channels = deblur_file(model, model_cfg, args.out, args.left, args.right, args.single, args.rotate)

@@ -7,7 +7,8 @@ is run once on a random dual-pixel input before success is reported: largest dif
     python export.py --weights dpdnet.hdf5 --format saved_model --out dpdnet_savedmodel  # any multiple of 16
 
 The exported function takes NHWC float32 in [0, 1] (left view then right view, or the one image for
-DPDNet-Single) and returns NHWC float32 in [0, 1]: the Keras model followed by the clamp test.py applies.
+DPDNet-Single) and returns NHWC float32 in [0, 1]: the Keras model followed by the clamp test.py applies, one
+pass (for weights trained with flips test.py and deblur.py average several; do that around the exported model).
 """
 
 from __future__ import annotations

@@ -11,10 +11,11 @@ input survive on data not made like the training data? Six test sets, all render
   renderer2 small blur             renderer2 scenes with blur of at most SMALL_BLUR_PX, as on phones: nearly
                                    sharp images, where a model that sharpens what is already sharp loses
 
-For each set and model: PSNR of the blurry combined image and of the model's output against the sharp image,
-the gain, the gain on in-focus pixels only (blur under 1 px: they must stay sharp, so it must not be
-negative) and on clearly defocused pixels (blur of 3 px or more: what deblurring, not denoising, earns), and
-the gain by blur size (BANDS, over the set's pooled pixels). The sharp images are always noise-free, also where
+For each set and model (a model trained with flips twice: in one pass and as the self-ensemble over those flips
+that test.py and deblur.py use, inference.ensemble_transforms): PSNR of the blurry combined image and of the
+model's output against the sharp image, the gain, the gain on in-focus pixels only (blur under 1 px: they must
+stay sharp, so it must not be negative) and on clearly defocused pixels (blur of 3 px or more: what
+deblurring, not denoising, earns), and the gain by blur size (BANDS, over the set's pooled pixels). The sharp images are always noise-free, also where
 the training targets carried noise (Domain.target_noise). On the noise-free sets in-focus input pixels are
 nearly exact, so there only the defocused and band gains say anything.
 

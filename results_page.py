@@ -126,14 +126,21 @@ def _summary_table(summary: dict) -> str:
     return (f"<table class=summary><tr><th rowspan=2>Method</th>{head}</tr><tr>{sub}</tr>{body}</table>")
 
 
+def inference_text(summary: dict) -> str:
+    """How test.py ran the network: whole images or tiles, one pass or the self-ensemble's mean of several."""
+    passes = summary.get("self_ensemble", 1)
+    tiling = (f"tiles of {summary['tile']} px overlapping by {summary['tile_overlap']} px, seams blended"
+              if summary.get("tile") else "whole image")
+    runs = f"the mean of {passes} passes over flips of the input (self-ensemble)" if passes > 1 else "one pass"
+    return f"{tiling}, {runs}"
+
+
 def _notes(summary: dict) -> list[str]:
     run, lp = summary.get("run", {}), summary["lpips"]
     sha = f" (SHA-256 {run['weights_sha256']})" if run.get("weights_sha256") else ""
-    tiling = (f"tiles of {summary['tile']} px overlapping by {summary['tile_overlap']} px" if summary.get("tile")
-              else "whole image in one pass")
     notes = [f"Weights: {summary['weights']}{sha}",
              f"Backend: {run.get('backend', '?')} {run.get('backend_version', '')}, "
-             f"precision {run.get('precision', '?')}, {tiling}",
+             f"precision {run.get('precision', '?')}, {inference_text(summary)}",
              f"LPIPS: {lp['status']}" + (f" ({lp['reason']})" if lp.get("reason") else ""),
              f"Indoor/outdoor labels: {summary['categories_note']}"]
     notes += summary.get("categories_disagreements", [])

@@ -1,5 +1,5 @@
-"""Evaluate a trained DPDNet on the DPDD test split by the paper's Table 1 protocol: whole images, one pass,
-output clamped to [0, 1], PSNR/SSIM/MAE on floats per image, then LPIPS in one pass over the saved 16-bit
+"""Evaluate a trained DPDNet on the DPDD test split by the paper's Table 1 protocol: whole images, one pass
+(weights trained with flips: the mean over them, see inference.ensemble_transforms), output clamped to [0, 1], PSNR/SSIM/MAE on floats per image, then LPIPS in one pass over the saved 16-bit
 outputs (a separate process), then indoor/outdoor/combined means.
 
     python test.py --weights checkpoints/dpdnet/best.keras        # or the authors' .hdf5
@@ -36,7 +36,7 @@ from dpdd import GROUPS, METRICS, PAPER_TABLE1
 from fileio import atomic_write_json, atomic_write_text, is_temporary, json_safe
 from images import ImageError, bit_depth, read_image, to_float, write_image
 from inference import ensemble_transforms, prefer_low_memory_cpu
-from results_page import format_metric, table1_markdown
+from results_page import format_metric, inference_text, table1_markdown
 
 prefer_low_memory_cpu()  # before TensorFlow is imported
 import backends  # noqa: E402  (after the line above, before keras)
@@ -212,11 +212,7 @@ def summary_markdown(summary: dict) -> str:
     lines.append(f"- Images: {summary['images']} from `{summary['dataset_root']}` "
                  f"({', '.join(f'{b}-bit' for b in summary['input_bits'])} input, "
                  f"{', '.join(summary['image_sizes'])})")
-    tiling = (f"tiles of {summary['tile']} px overlapping by {summary['tile_overlap']} px, seams blended"
-              if summary["tile"] else "whole image, one pass")
-    ensemble = (f"; the mean of the outputs for {summary['self_ensemble']} flips/turns of the input (self-ensemble)"
-                if summary.get("self_ensemble", 1) > 1 else "")
-    lines.append(f"- Inference: {tiling}{ensemble}")
+    lines.append(f"- Inference: {inference_text(summary)}")
     if lp["status"] == "alexnet":
         lines.append("- LPIPS: AlexNet, version 0.1 (the `lpips` package), RGB, ground truth first.")
     elif lp["status"] == "random":
@@ -455,6 +451,10 @@ def protocol_notes(scenes: list, total: int, sizes: set, bits: set, model_cfg: C
         notes.append("8-bit input: the paper's numbers are for the 16-bit images.")
     if model_cfg.tile:
         notes.append("Tiled inference: the paper ran whole images in one pass.")
+    passes = len(ensemble_transforms(model_cfg))
+    if passes > 1:
+        notes.append(f"Self-ensemble: each output is the mean of {passes} passes over flips of the input; the paper "
+                     f"ran one.")
     return notes
 
 

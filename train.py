@@ -37,11 +37,13 @@ import transforms
 # `last` is written, run-time switches that leave the arithmetic of a step unchanged, and where things live
 # (the store itself is checked against its manifest).
 RESUMABLE_KEYS = ("epochs", "checkpoint_every_steps", "xla", "data_workers", "loader_workers", "dataset_root",
-                  "patch_dir", "checkpoint_dir", "results_dir", "tile", "tile_overlap")
+                  "patch_dir", "checkpoint_dir", "results_dir", "tile", "tile_overlap", "self_ensemble")
 STATE_FORMAT = 1
 NO_GAIN = 0.02                       # a best val loss within 2% of the blurry input's: the network learnt nothing
 STATE_JSON = "training_state.json"   # extra entries inside a .keras checkpoint (Keras ignores them on load)
 STATE_ARRAYS = "training_state.npz"
+
+
 class TrainError(UserError):
     """Training cannot start or go on; the one-line message says why and what to do."""
 
@@ -203,7 +205,7 @@ class PatchStream:
         y = self.store.gather(split, rows, CHANNELS["target"])
         if names:
             for k, name in enumerate(names[share]):
-                x[k], y[k] = transforms.apply(x[k], name, swap_views=True), transforms.apply(y[k], name)
+                x[k], y[k] = transforms.apply(x[k], name, swap_views=self.cfg.input_mode == "dual"), transforms.apply(y[k], name)
         return x, y
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from config import Config, UserError, changed_keys
 
 ARCH_KEYS = ("input_mode", "base_filters", "depth", "head", "activation", "dropout")
-TRAINED_KEYS = ("augment",)   # how the weights were trained, which decides how they are best run (self_ensemble)
+TRAINED_KEYS = ("augment",)   # how the weights were trained, which decides how they are run (trained_with_flips)
 # Our channel index -> the authors' channel index (BGR per view); each permutation is its own inverse.
 BGR_PERM = {3: [2, 1, 0], 6: [2, 1, 0, 5, 4, 3]}
 
@@ -69,20 +69,42 @@ def _build(cfg: Config):
         return build_model(cfg)
 
 
-def _with_saved(cfg: Config, arch: dict) -> Config:
-    return dataclasses.replace(cfg, **{k: v for k, v in arch.items() if k in ARCH_KEYS + TRAINED_KEYS})
+def _with_arch(cfg: Config, arch: dict) -> Config:
+    return dataclasses.replace(cfg, **{k: v for k, v in arch.items() if k in ARCH_KEYS})
 
 
 def load_model(path: str, cfg: Config):
     """Load any supported weights file; returns (model, model_cfg).
 
     model_cfg is cfg with the architecture (input mode, width, depth, head) the file holds, read from the
-    checkpoint's saved config.json or from the weights themselves, and with `augment` from that config.json;
-    cfg supplies them where the file does not say. Raises WeightsError with one line on anything unusable.
+    checkpoint's saved config.json or from the weights themselves (cfg supplies it only for a bare Keras 3
+    .weights.h5 without a saved config), and with `augment` as the weights were trained (trained_with_flips).
+    Raises WeightsError with one line on anything unusable.
     """
     if not os.path.isfile(path):
         raise WeightsError(f"{path}: weights file not found (train a model with train.py, or pass --weights)")
     saved = saved_config(path)
+    model, model_cfg = _load(path, cfg, saved)
+    return model, dataclasses.replace(model_cfg, augment=trained_with_flips(path, saved))
+
+
+def trained_with_flips(path: str, saved: dict | None) -> bool:
+    """Whether the weights were trained with `augment`'s flips, which turns the self-ensemble on (inference): as
+    the config.json beside them says, else the config train.py keeps inside its .keras checkpoints, else False
+    (the authors' files and bare weights do not say; the paper trained without flips)."""
+    if saved and "augment" in saved:
+        return bool(saved["augment"])
+    if zipfile.is_zipfile(path):
+        from train import TrainError, read_checkpoint_state
+        try:
+            return bool(read_checkpoint_state(path).get("config", {}).get("augment", False))
+        except TrainError:
+            return False
+    return False
+
+
+def _load(path: str, cfg: Config, saved: dict | None):
+    """The model in the file, by its kind (.keras archive, Keras 3 weights, Keras 2 HDF5), and its config."""
     if zipfile.is_zipfile(path):
         return _load_keras_archive(path, cfg, saved)
     import h5py
@@ -94,7 +116,7 @@ def load_model(path: str, cfg: Config):
     except OSError:
         raise WeightsError(f"{path}: neither a .keras archive nor an HDF5 file") from None
     if keras3_weights:
-        model_cfg = _with_saved(cfg, saved or {})
+        model_cfg = _with_arch(cfg, saved or {})
         model = _build(model_cfg)
         try:
             with warnings.catch_warnings():  # Keras 3.15 warns about weightless containers it skips
@@ -123,7 +145,7 @@ def _load_keras_archive(path: str, cfg: Config, saved: dict | None):
         if clash:
             raise WeightsError(f"{path}: the config.json beside it says {clash[0]}={saved[clash[0]]!r} but the "
                                f"model has {arch[clash[0]]!r}")
-    model_cfg = _with_saved(cfg, {**(saved or {}), **arch})
+    model_cfg = _with_arch(cfg, {**(saved or {}), **arch})
     if loaded.get_layer("enc1_conv1").dtype_policy.name == model_cfg.precision:
         return loaded, model_cfg
     model = _build(model_cfg)
@@ -215,7 +237,7 @@ def load_keras2_hdf5(path: str, cfg: Config, bgr: bool = True):
                            f"(single)")
     arch = {"input_mode": "dual" if saved.in_channels == 6 else "single", "base_filters": saved.base_filters,
             "depth": saved.depth, "head": "sigmoid"}
-    model_cfg = _with_saved(cfg, arch)
+    model_cfg = _with_arch(cfg, arch)
     model = _build(model_cfg)
     ours = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     if len(ours) != len(saved.convs):

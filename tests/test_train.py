@@ -394,6 +394,30 @@ def test_mixed_bfloat16_resumes_and_saves_a_float32_network(store, tmp_path):
     assert {layer.dtype_policy.name for layer in net.layers} == {"float32"}
 
 
+def test_augmented_batches_are_stored_patches_flipped_with_their_targets(store):
+    """Each augmented training patch is its stored patch under one of the four dual-pixel flips, the views
+    swapped under the horizontal ones, and its target under the same flip; all four occur."""
+    from data_prep import open_store
+    from train import PatchStream
+    base, root, patches = store
+    cfg = _cfg(root, patches, str(base / "unused"), augment=True, seed=4)
+    stream = PatchStream(open_store(cfg), cfg, cfg.batch_size)
+    swap = lambda a: np.concatenate([a[..., 3:], a[..., :3]], axis=-1)  # noqa: E731
+    by_hand = {"identity": (lambda x: x, lambda y: y), "vflip": (lambda x: x[::-1], lambda y: y[::-1]),
+               "hflip_swap": (lambda x: swap(x[:, ::-1]), lambda y: y[:, ::-1]),
+               "rot180_swap": (lambda x: swap(x[::-1, ::-1]), lambda y: y[::-1, ::-1])}
+    seen = set()
+    for step in range(6):
+        x, y = stream.train_batch(step)
+        x0, y0 = stream.gather("train", stream.train_rows(step))
+        for k in range(len(x)):
+            found = [n for n, (fx, fy) in by_hand.items()
+                     if np.array_equal(x[k], fx(x0[k])) and np.array_equal(y[k], fy(y0[k]))]
+            assert found, f"step {step}, patch {k}: not a flip of its stored patch"
+            seen.update(found)
+    assert seen == set(by_hand)
+
+
 _OTHER_BACKEND_SCRIPT = """
 import json, sys
 sys.path.insert(0, {repo!r})

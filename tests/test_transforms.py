@@ -3,6 +3,8 @@ self-ensemble of inference.predict_image, checked against hand computations with
 known function of the input; and which weights get the self-ensemble (weights.load_model, deblur.py)."""
 
 import dataclasses
+import json
+import zipfile
 
 import keras
 import numpy as np
@@ -11,9 +13,10 @@ import pytest
 import transforms
 import weights
 from config import make_config
-from evalkit import TINY, load_script, save_checkpoint, tiny_model
+from evalkit import TINY, load_script, save_checkpoint, tiny_model, write_keras2_hdf5
 from images import read_image, to_float, write_image
 from inference import ensemble_transforms, predict_image
+from train import STATE_JSON
 from transforms import TRANSFORMS
 
 
@@ -31,7 +34,7 @@ def test_augmentation_keeps_dual_pixel_geometry():
 
 
 def test_invert_undoes_every_transform():
-    y = np.random.default_rng(1).random((5, 5, 3))
+    y = np.random.default_rng(1).random((5, 7, 3))
     for name in TRANSFORMS["single"] + TRANSFORMS["dual"]:
         assert np.array_equal(transforms.invert(transforms.apply(y, name), name), y), name
     assert not np.array_equal(transforms.apply(transforms.apply(y, "rot90"), "rot90"), y)  # rot90 needs rot270
@@ -53,7 +56,7 @@ def test_dual_self_ensemble_swaps_the_views_and_turns_each_output_back():
     """With the model out = L(y, x+1): the horizontal flips see the views swapped and mirrored, so they give
     R(y, x-1) once turned back, and the mean of the 4 is (L(y, x+1) + R(y, x-1)) / 2."""
     rng = np.random.default_rng(2)
-    left, right = rng.random((16, 16, 3), np.float32), rng.random((16, 16, 3), np.float32)
+    left, right = rng.random((16, 24, 3), np.float32), rng.random((16, 24, 3), np.float32)
     cfg = make_config("paper", {**TINY, "self_ensemble": "on"})
     out = predict_image(shift_model(6), np.concatenate([left, right], -1), cfg)
     expected = (left[1:-1, 2:] + right[1:-1, :-2]) / 2
@@ -64,7 +67,7 @@ def test_dual_self_ensemble_swaps_the_views_and_turns_each_output_back():
 
 def test_single_self_ensemble_averages_the_eight_flips_and_turns():
     """With out = I(y, x+1), the 8 flips and turns turned back shift towards each of the 4 neighbours twice."""
-    img = np.random.default_rng(3).random((16, 16, 3), np.float32)
+    img = np.random.default_rng(3).random((16, 24, 3), np.float32)
     cfg = make_config("paper", {**TINY, "input_mode": "single", "self_ensemble": "on"})
     out = predict_image(shift_model(3), img, cfg)
     expected = (img[1:-1, 2:] + img[1:-1, :-2] + img[2:, 1:-1] + img[:-2, 1:-1]) / 4
@@ -74,11 +77,25 @@ def test_single_self_ensemble_averages_the_eight_flips_and_turns():
 @pytest.mark.parametrize("augment, setting, passes", [(True, "auto", 4), (False, "auto", 1), (True, "off", 1),
                                                       (False, "on", 4)])
 def test_weights_trained_with_flips_get_the_self_ensemble(tmp_path, augment, setting, passes):
-    """auto follows `augment` in the config.json beside the weights, whatever the preset running them says."""
+    """auto follows `augment` in the config.json beside the weights, not the preset running them (demo: on)."""
     model, cfg = tiny_model("dual", seed=0, augment=augment)
     path = save_checkpoint(model, cfg, str(tmp_path / "run"))
-    _, model_cfg = weights.load_model(path, make_config("paper", {"self_ensemble": setting}))
+    _, model_cfg = weights.load_model(path, make_config("demo", {"self_ensemble": setting}))
     assert len(ensemble_transforms(model_cfg)) == passes
+
+
+def test_weights_that_do_not_say_run_in_one_pass_unless_train_py_stored_it(tmp_path):
+    """The authors' HDF5 and a .keras without config.json say nothing about flips: one pass under any preset; a
+    train.py checkpoint moved away from its config.json still carries its config inside."""
+    demo = make_config("demo")
+    model, cfg = tiny_model("dual", seed=0)
+    write_keras2_hdf5(model, str(tmp_path / "authors.hdf5"))
+    model.save(str(tmp_path / "bare.keras"))
+    for name in ("authors.hdf5", "bare.keras"):
+        assert ensemble_transforms(weights.load_model(str(tmp_path / name), demo)[1]) == ("identity",), name
+    with zipfile.ZipFile(tmp_path / "bare.keras", "a") as z:
+        z.writestr(STATE_JSON, json.dumps({"config": {**cfg.to_dict(), "augment": True}}))
+    assert len(ensemble_transforms(weights.load_model(str(tmp_path / "bare.keras"), make_config("paper"))[1])) == 4
 
 
 def test_deblur_averages_the_flipped_passes(tmp_path, capsys):
