@@ -108,9 +108,8 @@ def summary_markdown(summary: dict) -> str:
 
 
 def _ensemble_text(passes: dict) -> str:
-    """How many flipped passes each network's outputs average (test.py's self-ensemble)."""
-    return "; ".join(f"{label} {'one pass' if n == 1 else f'the mean of {n} flipped passes (self-ensemble)'}"
-                     for label, n in passes.items())
+    """How each network was run (test.py's self-ensemble or one pass)."""
+    return "; ".join(f"{label} {results_page.passes_text(n)}" for label, n in passes.items())
 
 
 def method_entry(groups: dict, rows: list[dict]) -> dict:

@@ -15,9 +15,10 @@ For each set and model (a model trained with flips twice: in one pass and as the
 that test.py and deblur.py use, inference.ensemble_transforms): PSNR of the blurry combined image and of the
 model's output against the sharp image, the gain, the gain on in-focus pixels only (blur under 1 px: they must
 stay sharp, so it must not be negative) and on clearly defocused pixels (blur of 3 px or more: what
-deblurring, not denoising, earns), and the gain by blur size (BANDS, over the set's pooled pixels). The sharp images are always noise-free, also where
-the training targets carried noise (Domain.target_noise). On the noise-free sets in-focus input pixels are
-nearly exact, so there only the defocused and band gains say anything.
+deblurring, not denoising, earns), and the gain by blur size (BANDS, over the set's pooled pixels). The sharp
+images are always noise-free, also where the training targets carried noise (Domain.target_noise). On the
+noise-free sets in-focus input pixels are nearly exact, so there only the defocused and band gains say
+anything.
 
     python ood_check.py --weights checkpoints/demo/best.keras            # evaluate a dual-pixel model
     python ood_check.py --train                                           # train on the training families first

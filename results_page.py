@@ -128,11 +128,14 @@ def _summary_table(summary: dict) -> str:
 
 def inference_text(summary: dict) -> str:
     """How test.py ran the network: whole images or tiles, one pass or the self-ensemble's mean of several."""
-    passes = summary.get("self_ensemble", 1)
     tiling = (f"tiles of {summary['tile']} px overlapping by {summary['tile_overlap']} px, seams blended"
               if summary.get("tile") else "whole image")
-    runs = f"the mean of {passes} passes over flips of the input (self-ensemble)" if passes > 1 else "one pass"
-    return f"{tiling}, {runs}"
+    return f"{tiling}, {passes_text(summary.get('self_ensemble', 1))}"
+
+
+def passes_text(passes: int) -> str:
+    """'one pass', or what a self-ensemble of `passes` passes is."""
+    return f"the mean of {passes} passes over flips of the input (self-ensemble)" if passes > 1 else "one pass"
 
 
 def _notes(summary: dict) -> list[str]:

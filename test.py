@@ -1,5 +1,6 @@
 """Evaluate a trained DPDNet on the DPDD test split by the paper's Table 1 protocol: whole images, one pass
-(weights trained with flips: the mean over them, see inference.ensemble_transforms), output clamped to [0, 1], PSNR/SSIM/MAE on floats per image, then LPIPS in one pass over the saved 16-bit
+(weights trained with flips: the mean over them, see inference.ensemble_transforms), output clamped to
+[0, 1], PSNR/SSIM/MAE on floats per image, then LPIPS in one pass over the saved 16-bit
 outputs (a separate process), then indoor/outdoor/combined means.
 
     python test.py --weights checkpoints/dpdnet/best.keras        # or the authors' .hdf5
