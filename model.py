@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import math
 
+import backends  # before keras: it checks KERAS_BACKEND
 import keras
 from keras import layers
 
@@ -60,11 +61,20 @@ class InputGuard(layers.Layer):
                 "input_mode": self.input_mode}
 
 
+def compute_precision(precision: str) -> str:
+    """The dtype policy a precision setting means here: `auto` is mixed_bfloat16 where the CPU computes it natively
+    (backends.native_bfloat16), else float32; the other settings are themselves."""
+    if precision != "auto":
+        return precision
+    return "mixed_bfloat16" if backends.native_bfloat16() else "float32"
+
+
 @contextlib.contextmanager
 def dtype_policy(precision: str):
-    """Build layers under a Keras dtype policy (float32, mixed_bfloat16, mixed_float16), then restore the old one."""
+    """Build layers under a Keras dtype policy (float32, mixed_bfloat16, mixed_float16, or auto: see
+    compute_precision), then restore the old one."""
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(precision)
+    keras.config.set_dtype_policy(compute_precision(precision))
     try:
         yield
     finally:
@@ -80,7 +90,7 @@ def build_model(cfg: Config, height: int | None = None, width: int | None = None
     """The DPDNet Keras model for `cfg`; fully convolutional unless height/width are given.
 
     Width (base_filters) and depth come from the config. Under a mixed-precision policy the
-    output layer still computes and returns float32. Every initializer and dropout layer is seeded from
+    output layer still computes and returns float32, and so does the residual head's mean of the input views. Every initializer and dropout layer is seeded from
     cfg.seed, so the same config gives the same network on every backend without Keras' global seed (whose
     setter imports TensorFlow wherever it is installed, also under PyTorch).
     """
@@ -125,7 +135,7 @@ def build_model(cfg: Config, height: int | None = None, width: int | None = None
         # Demo option: the mean of the input views plus a correction that starts at zero, so the
         # untrained network already returns the blurry image instead of grey.
         correction = layers.Conv2D(3, 1, kernel_initializer="zeros", name="head_correction", dtype="float32")(x)
-        base = inputs if cfg.in_channels == 3 else layers.Average(name="view_mean")(
+        base = inputs if cfg.in_channels == 3 else layers.Average(name="view_mean", dtype="float32")(
             [inputs[..., :3], inputs[..., 3:]])
         outputs = layers.Add(name="output", dtype="float32")([layers.Activation("linear", dtype="float32",
                                                                                  name="input_mean")(base), correction])

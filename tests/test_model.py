@@ -93,6 +93,33 @@ def test_residual_head_starts_as_view_mean():
     np.testing.assert_allclose(np.asarray(y), (x[..., :3] + x[..., 3:]) / 2, atol=1e-6)
 
 
+def test_residual_head_under_mixed_bfloat16_keeps_the_view_mean_in_float32():
+    """Only the correction is computed in bfloat16: an untrained network returns the float32 mean of the views
+    (rounded to bfloat16's 8 bits it would be off by up to 2e-3)."""
+    cfg = make_config("paper", {"base_filters": 4, "depth": 2, "patch_size": 64, "head": "residual"})
+    x = np.random.default_rng(3).random((1, 32, 32, 6), dtype=np.float32)
+    with dtype_policy("mixed_bfloat16"):
+        model = build_model(cfg)
+    assert model.get_layer("enc1_conv1").compute_dtype == "bfloat16"
+    np.testing.assert_allclose(np.asarray(model(x)), (x[..., :3] + x[..., 3:]) / 2, atol=1e-7)
+
+
+def test_auto_precision_is_bfloat16_only_on_a_cpu_with_bfloat16_matrix_units(monkeypatch):
+    import backends
+    from model import compute_precision
+    monkeypatch.setattr(backends, "cpu_flags", lambda: {"avx2", "avx512f", "amx_bf16", "amx_tile"})
+    assert compute_precision("auto") == "mixed_bfloat16"
+    with dtype_policy("auto"):
+        model = build_model(make_config("paper", {"base_filters": 4, "depth": 2, "patch_size": 64}))
+    assert model.get_layer("enc1_conv1").compute_dtype == "bfloat16"
+    monkeypatch.setattr(backends, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    assert compute_precision("auto") == "mixed_bfloat16"
+    monkeypatch.setattr(backends, "cpu_flags", lambda: {"avx2", "avx512f"})
+    assert compute_precision("auto") == "float32"
+    assert [compute_precision(p) for p in ("float32", "mixed_bfloat16", "mixed_float16")] == [
+        "float32", "mixed_bfloat16", "mixed_float16"]
+
+
 def test_leaky_relu_units_pass_negative_inputs_at_a_fifth(tmp_path):
     """activation=leaky_relu: the first conv's output equals a NumPy 3x3 convolution followed by max(z, 0.2 z),
     so a unit below zero still passes a gradient; the setting survives a save and weights.load_model."""
