@@ -51,6 +51,28 @@ class BackendError(UserError):
     """A setting this backend cannot do; the message names what would work."""
 
 
+def cpu_flags() -> set[str]:
+    """The instruction-set flags of this machine's CPU as Linux lists them in /proc/cpuinfo (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bfloat16() -> bool:
+    """True where mixed bfloat16 is the faster precision: TensorFlow runs the model on the CPU and the CPU has
+    bfloat16 matrix instructions (Intel AMX or AVX512-BF16), which TensorFlow's oneDNN convolutions use. Under
+    JAX and PyTorch on such a CPU, mixed bfloat16 trained the demo network more slowly than float32 (bench.py)."""
+    if name() != "tensorflow":
+        return False
+    import tensorflow as tf
+    return not tf.config.list_logical_devices("GPU") and bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
+
+
 def jit_compile(xla: bool) -> bool:
     """Keras' jit_compile for the xla setting: TensorFlow compiles with XLA on request, JAX always does (XLA is
     its compiler), PyTorch has no XLA path here."""

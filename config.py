@@ -59,7 +59,8 @@ class Config:
     select_on: str = "val"                      # keep `best` by lowest val loss, or "train" as the authors did
     checkpoint_every_steps: int = 500           # `last` is also written every epoch
     steps_per_epoch: int = 0                    # 0: one pass over the patches
-    precision: str = "float32"                  # float32, mixed_bfloat16, mixed_float16
+    precision: str = "float32"                  # float32, mixed_bfloat16, mixed_float16, or auto: mixed_bfloat16
+                                                # on a CPU with bfloat16 matrix units (AMX, AVX512-BF16), else float32
     xla: bool = False                           # TensorFlow: compile with XLA; JAX always does; not under torch
     strategy: str = "default"                   # default (one device); mirrored (every device of this host);
                                                 # multiworker (several hosts; JAX only)
@@ -243,7 +244,7 @@ _CHOICES = {
     "loss": ("mse", "l1"),
     "select_on": ("val", "train"),
     "self_ensemble": ("auto", "on", "off"),
-    "precision": ("float32", "mixed_bfloat16", "mixed_float16"),
+    "precision": ("float32", "mixed_bfloat16", "mixed_float16", "auto"),
     "strategy": ("default", "mirrored", "multiworker"),
     "lr_scaling": ("none", "linear"),
 }

@@ -76,13 +76,16 @@ def _with_arch(cfg: Config, arch: dict) -> Config:
 def load_model(path: str, cfg: Config):
     """Load any supported weights file; returns (model, model_cfg).
 
-    model_cfg is cfg with the architecture (input mode, width, depth, head) the file holds, read from the
-    checkpoint's saved config.json or from the weights themselves (cfg supplies it only for a bare Keras 3
-    .weights.h5 without a saved config), and with `augment` as the weights were trained (trained_with_flips).
+    model_cfg is cfg (precision `auto` made concrete) with the architecture (input mode, width, depth, head) the
+    file holds, read from the checkpoint's saved config.json or from the weights themselves (cfg supplies it
+    only for a bare Keras 3 .weights.h5 without a saved config), and with `augment` as the weights were trained
+    (trained_with_flips).
     Raises WeightsError with one line on anything unusable.
     """
     if not os.path.isfile(path):
         raise WeightsError(f"{path}: weights file not found (train a model with train.py, or pass --weights)")
+    from model import compute_precision
+    cfg = dataclasses.replace(cfg, precision=compute_precision(cfg.precision))
     saved = saved_config(path)
     model, model_cfg = _load(path, cfg, saved)
     return model, dataclasses.replace(model_cfg, augment=trained_with_flips(path, saved))
