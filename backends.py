@@ -64,13 +64,21 @@ def cpu_flags() -> set[str]:
 
 
 def native_bfloat16() -> bool:
-    """True where mixed bfloat16 is the faster precision: TensorFlow runs the model on the CPU and the CPU has
-    bfloat16 matrix instructions (Intel AMX or AVX512-BF16), which TensorFlow's oneDNN convolutions use. Under
-    JAX and PyTorch on such a CPU, mixed bfloat16 trained the demo network more slowly than float32 (bench.py)."""
-    if name() != "tensorflow":
+    """True where mixed bfloat16 is the faster precision: the model runs on a CPU with bfloat16 matrix
+    instructions (Intel AMX or AVX512-BF16) under a backend whose CPU kernels use them: PyTorch, or TensorFlow
+    with its oneDNN kernels (TF_ENABLE_ONEDNN_OPTS not 0). XLA's CPU kernels (JAX) did not gain from them
+    (results/demo.md)."""
+    if name() == "tensorflow":
+        if os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0":
+            return False
+        import tensorflow as tf
+        on_cpu = not tf.config.list_logical_devices("GPU")
+    elif name() == "torch":
+        import torch
+        on_cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
+    else:
         return False
-    import tensorflow as tf
-    return not tf.config.list_logical_devices("GPU") and bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
+    return on_cpu and bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
 
 
 def jit_compile(xla: bool) -> bool:

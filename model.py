@@ -89,10 +89,10 @@ def _conv(filters: int, kernel: int, name: str, seed: int, activation: str = "re
 def build_model(cfg: Config, height: int | None = None, width: int | None = None) -> keras.Model:
     """The DPDNet Keras model for `cfg`; fully convolutional unless height/width are given.
 
-    Width (base_filters) and depth come from the config. Under a mixed-precision policy the
-    output layer still computes and returns float32, and so does the residual head's mean of the input views. Every initializer and dropout layer is seeded from
-    cfg.seed, so the same config gives the same network on every backend without Keras' global seed (whose
-    setter imports TensorFlow wherever it is installed, also under PyTorch).
+    Width (base_filters) and depth come from the config. Under a mixed-precision policy the output layer still
+    computes and returns float32, and so does the residual head's mean of the input views. Every initializer
+    and dropout layer is seeded from cfg.seed, so the same config gives the same network on every backend
+    without Keras' global seed (whose setter imports TensorFlow wherever it is installed, also under PyTorch).
     """
     seeds = iter(range(cfg.seed * 1000, cfg.seed * 1000 + 1000))
     act = cfg.activation

@@ -94,8 +94,8 @@ def test_residual_head_starts_as_view_mean():
 
 
 def test_residual_head_under_mixed_bfloat16_keeps_the_view_mean_in_float32():
-    """Only the correction is computed in bfloat16: an untrained network returns the float32 mean of the views
-    (rounded to bfloat16's 8 bits it would be off by up to 2e-3)."""
+    """Only the correction is computed in bfloat16: an untrained network returns the float32 mean of the views,
+    not one rounded to bfloat16's 8 significant bits."""
     cfg = make_config("paper", {"base_filters": 4, "depth": 2, "patch_size": 64, "head": "residual"})
     x = np.random.default_rng(3).random((1, 32, 32, 6), dtype=np.float32)
     with dtype_policy("mixed_bfloat16"):
@@ -108,6 +108,9 @@ def test_auto_precision_is_bfloat16_only_on_a_cpu_with_bfloat16_matrix_units(mon
     import backends
     from model import compute_precision
     monkeypatch.setattr(backends, "cpu_flags", lambda: {"avx2", "avx512f", "amx_bf16", "amx_tile"})
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")    # TensorFlow without its oneDNN kernels: no bfloat16 units
+    assert compute_precision("auto") == "float32"
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
     assert compute_precision("auto") == "mixed_bfloat16"
     with dtype_policy("auto"):
         model = build_model(make_config("paper", {"base_filters": 4, "depth": 2, "patch_size": 64}))
