@@ -33,6 +33,7 @@ from images import quantize, read_image, to_float, write_image
 from results_page import crop_box, format_metric, table1_markdown
 
 import backends  # noqa: E402  (before keras: a KERAS_BACKEND that is not installed is a one-line exit)
+from model import compute_precision  # noqa: E402
 
 # Synthetic scenes per split, and the synthesis seed (fixed, so the test split is the same whatever cfg.seed is).
 SCENES = {"full": {"n_train": 400, "n_val": 10, "n_test": 20}, "quick": {"n_train": 16, "n_val": 2, "n_test": 4}}
@@ -60,6 +61,9 @@ def demo_configs(args: argparse.Namespace):
     cfg = config_from_args(args)
     if cfg.input_mode != "dual":
         sys.exit("error: config: input_mode: demo.py trains both models itself; use a dual preset (demo, demo_quick)")
+    # `auto` decided now, for training and evaluation alike: importing test.py later sets TF_ENABLE_ONEDNN_OPTS=0
+    # (too late for this process's TensorFlow), which `auto` reads.
+    cfg = dataclasses.replace(cfg, precision=compute_precision(cfg.precision))
     single = dataclasses.replace(cfg, input_mode="single", run_name=cfg.run_name + "_single")
     single.validate()
     return cfg, single
@@ -96,7 +100,8 @@ def summary_markdown(summary: dict) -> str:
              f"- Both networks: base_filters {tr['base_filters']}, depth {tr['depth']}, {tr['head']} head, "
              f"{tr['loss']} loss, Adam lr {tr['learning_rate']:g} x{tr['lr_decay_factor']:g} every "
              f"{tr['lr_decay_every'] * tr['steps_per_epoch']} steps, {tr['steps']} steps of batch {tr['batch_size']} "
-             f"each (the same budget); weights: the checkpoint with the lowest val loss.",
+             f"each in {tr.get('precision', 'float32')} (the same budget); weights: the checkpoint with the lowest "
+             f"val loss.",
              *([f"- Inference: {_ensemble_text(summary['self_ensemble'])}."] if "self_ensemble" in summary else []),
              "- Toy scale: a small network, a few minutes of CPU training, synthetic scenes. It shows what the second "
              f"view is worth, not the paper's numbers (Table 1: DPDNet {paper['DPDNet']}, DPDNet-Single "
@@ -296,6 +301,7 @@ def demo_summary(args, cfg, syn: dict, store, results: dict, summaries: dict, ro
         "data": {"root": summaries["DPDNet"]["dataset_root"], "seed": SYNTH_SEED, "width": cfg.working_width,
                  "height": cfg.working_height, "max_coc_px": float(syn["settings"]["max_coc_px"]), **SCENES[mode]},
         "training": {"steps": steps["DPDNet"], "steps_single": steps["DPDNet-Single"],
+                     "precision": cfg.precision,
                      "train_patches": len(store.index["train"]), "val_patches": len(store.index["val"]),
                      "best_epoch": {k: v["best_epoch"] for k, v in results.items()},
                      **{k: getattr(cfg, k) for k in ("patch_size", "base_filters", "depth", "head", "loss",

@@ -252,8 +252,8 @@ def main(argv=None) -> int:
     parser.add_argument("--train", action="store_true", help="train the demo DPDNet on TRAIN_FAMILIES first")
     parser.add_argument("--reference", action="store_true", help="also train the demo DPDNet on renderer2 scenes: "
                                                                   "the gain attainable there")
-    parser.add_argument("--steps", type=int, default=4000, help="--train's and --reference's budget in steps "
-                                                                "(default 4000)")
+    parser.add_argument("--steps", type=int, help="--train's and --reference's budget in steps (default: the "
+                                                  "preset's, epochs x steps_per_epoch: 4,000 for demo)")
     parser.add_argument("--scenes", type=int, default=24, help="test scenes per set (default 24)")
     parser.add_argument("--width", type=int, default=320, help="test image width (default 320, the demo's)")
     parser.add_argument("--height", type=int, default=208, help="test image height (default 208)")
@@ -268,6 +268,10 @@ def main(argv=None) -> int:
     cfg = config_from_args(args, verbose=False)
     if not args.weights and not args.train and not args.reference:
         sys.exit("error: nothing to check: give --weights, --train and/or --reference")
+    if (args.train or args.reference) and not cfg.steps_per_epoch:
+        sys.exit("error: config: steps_per_epoch: --train and --reference need a fixed number of steps per epoch "
+                 "(this preset trains one pass per epoch); --set steps_per_epoch=100")
+    args.steps = args.steps or cfg.epochs * cfg.steps_per_epoch
     import synthesize
     import weights
     with exit_on_error(OSError):
