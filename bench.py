@@ -351,8 +351,8 @@ def test_rows(args, workdir: str) -> list[dict]:
 def _run_worker(backend: str, precision: str, xla: bool, args) -> list[dict]:
     cmd = [sys.executable, os.path.join(REPO_DIR, "bench.py"), "--worker", "--precision", precision,
            "--preset", args.preset, "--height", str(args.height), "--width", str(args.width),
-           "--patch", str(args.patch), "--batch", str(args.batch), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-           "--parts", ",".join(args.parts), "--matmul", str(args.matmul),
+           "--patch", str(args.patch), "--batch", str(args.batch), "--repeats", str(args.repeats),
+           "--warmup", str(args.warmup), "--parts", ",".join(args.parts), "--matmul", str(args.matmul),
            "--store-settings", args.store_settings] + (["--xla"] if xla else [])
     env = dict(os.environ, KERAS_BACKEND=backend)
     label = f"{backend} {precision}{' xla' if xla else ''}"
