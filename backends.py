@@ -64,12 +64,10 @@ def cpu_flags() -> set[str]:
 
 
 def native_bfloat16() -> bool:
-    """True where mixed bfloat16 is the faster precision: the model runs on a CPU with bfloat16 matrix
-    instructions (Intel AMX or AVX512-BF16) under a backend whose CPU kernels use them: PyTorch, or TensorFlow
-    with its oneDNN kernels (TF_ENABLE_ONEDNN_OPTS not 0). XLA's CPU kernels (JAX) did not gain from them
-    (results/demo.md)."""
+    """True where mixed bfloat16 is the faster precision: on a CPU with bfloat16 matrix instructions (AMX,
+    AVX512-BF16) under PyTorch or TensorFlow with oneDNN, whose kernels use them (JAX's do not gain)."""
     if name() == "tensorflow":
-        if os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0":
+        if os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower() in ("0", "false"):
             return False
         import tensorflow as tf
         on_cpu = not tf.config.list_logical_devices("GPU")

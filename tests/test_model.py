@@ -105,18 +105,22 @@ def test_residual_head_under_mixed_bfloat16_keeps_the_view_mean_in_float32():
 
 
 def test_auto_precision_is_bfloat16_only_on_a_cpu_with_bfloat16_matrix_units(monkeypatch):
+    """auto: bfloat16 with AMX or AVX512-BF16 flags (not under JAX, nor TensorFlow without oneDNN), else float32."""
     import backends
     from model import compute_precision
+    native = "float32" if backends.name() == "jax" else "mixed_bfloat16"
     monkeypatch.setattr(backends, "cpu_flags", lambda: {"avx2", "avx512f", "amx_bf16", "amx_tile"})
-    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")    # TensorFlow without its oneDNN kernels: no bfloat16 units
-    assert compute_precision("auto") == "float32"
-    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
-    assert compute_precision("auto") == "mixed_bfloat16"
+    if backends.name() == "tensorflow":
+        for off in ("0", "false"):
+            monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", off)
+            assert compute_precision("auto") == "float32"
+        monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
+    assert compute_precision("auto") == native
     with dtype_policy("auto"):
         model = build_model(make_config("paper", {"base_filters": 4, "depth": 2, "patch_size": 64}))
-    assert model.get_layer("enc1_conv1").compute_dtype == "bfloat16"
+    assert model.get_layer("enc1_conv1").compute_dtype == ("float32" if native == "float32" else "bfloat16")
     monkeypatch.setattr(backends, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
-    assert compute_precision("auto") == "mixed_bfloat16"
+    assert compute_precision("auto") == native
     monkeypatch.setattr(backends, "cpu_flags", lambda: {"avx2", "avx512f"})
     assert compute_precision("auto") == "float32"
     assert [compute_precision(p) for p in ("float32", "mixed_bfloat16", "mixed_float16")] == [
