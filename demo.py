@@ -33,7 +33,7 @@ from images import quantize, read_image, to_float, write_image
 from results_page import crop_box, format_metric, table1_markdown
 
 import backends  # noqa: E402  (before keras: a KERAS_BACKEND that is not installed is a one-line exit)
-from model import compute_precision  # noqa: E402
+from model import with_concrete_precision  # noqa: E402
 
 # Synthetic scenes per split, and the synthesis seed (fixed, so the test split is the same whatever cfg.seed is).
 SCENES = {"full": {"n_train": 400, "n_val": 10, "n_test": 20}, "quick": {"n_train": 16, "n_val": 2, "n_test": 4}}
@@ -63,7 +63,7 @@ def demo_configs(args: argparse.Namespace):
         sys.exit("error: config: input_mode: demo.py trains both models itself; use a dual preset (demo, demo_quick)")
     # `auto` decided now, for training and evaluation alike: importing test.py later sets TF_ENABLE_ONEDNN_OPTS=0
     # (too late for this process's TensorFlow), which `auto` reads.
-    cfg = dataclasses.replace(cfg, precision=compute_precision(cfg.precision))
+    cfg = with_concrete_precision(cfg)
     single = dataclasses.replace(cfg, input_mode="single", run_name=cfg.run_name + "_single")
     single.validate()
     return cfg, single

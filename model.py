@@ -5,6 +5,7 @@ TensorFlow, JAX and PyTorch backends of Keras 3."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 
 import backends  # before keras: it checks KERAS_BACKEND
@@ -67,6 +68,11 @@ def compute_precision(precision: str) -> str:
     if precision != "auto":
         return precision
     return "mixed_bfloat16" if backends.native_bfloat16() else "float32"
+
+
+def with_concrete_precision(cfg: Config) -> Config:
+    """cfg with `auto` replaced by what it means here, for scripts that record the precision they run in."""
+    return dataclasses.replace(cfg, precision=compute_precision(cfg.precision))
 
 
 @contextlib.contextmanager

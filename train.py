@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import dataclasses
 import io
 import json
 import math
@@ -31,7 +30,7 @@ import numpy as np
 from config import Config, UserError, add_config_args, config_from_args, exit_on_error
 from data_prep import CHANNELS, STORE_MAX, open_store
 from fileio import atomic_path, atomic_write_json, is_temporary
-from model import build_model, compute_precision, dtype_policy
+from model import build_model, dtype_policy, with_concrete_precision
 import transforms
 
 # Settings that may differ between a checkpoint and the run resuming it: the length of training, how often
@@ -78,7 +77,7 @@ def train(cfg: Config, resume: bool | None = None, callbacks=(), verbose: int = 
     paths (run_dir, last, best), epochs_done, global_step, train/val loss, lr, best_value/best_epoch, the
     replica count and global batch, the history and the measured steps/s.
     """
-    cfg = dataclasses.replace(cfg, precision=compute_precision(cfg.precision))  # saved and compared as it ran
+    cfg = with_concrete_precision(cfg)  # saved and compared as it ran
     store = open_store(cfg)
     devices = backends.replicas(cfg.strategy)
     jit = backends.jit_compile(cfg.xla)

@@ -84,8 +84,8 @@ def load_model(path: str, cfg: Config):
     """
     if not os.path.isfile(path):
         raise WeightsError(f"{path}: weights file not found (train a model with train.py, or pass --weights)")
-    from model import compute_precision
-    cfg = dataclasses.replace(cfg, precision=compute_precision(cfg.precision))
+    from model import with_concrete_precision
+    cfg = with_concrete_precision(cfg)
     saved = saved_config(path)
     model, model_cfg = _load(path, cfg, saved)
     return model, dataclasses.replace(model_cfg, augment=trained_with_flips(path, saved))
