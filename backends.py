@@ -27,6 +27,11 @@ if _chosen == "torch":
     # small training step 20x slower. They sleep instead unless the user chose otherwise.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+# TensorFlow's oneDNN CPU kernels, unless this process chose already (test.py and deblur.py turn them off for
+# memory: inference.prefer_low_memory_cpu). TensorFlow turns them on by itself only on some CPUs (Intel with
+# AVX-512); elsewhere, as on AMD EPYC, training without them is much slower (results/performance.md).
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
 import keras  # noqa: E402  (after the check above)
 
 from config import UserError  # noqa: E402

@@ -127,6 +127,19 @@ def test_auto_precision_is_bfloat16_only_on_a_cpu_with_bfloat16_matrix_units(mon
         "float32", "mixed_bfloat16", "mixed_float16"]
 
 
+def test_onednn_kernels_are_on_unless_the_process_chose_before_keras_loads():
+    """backends turns TensorFlow's oneDNN CPU kernels on (TensorFlow itself does only on some CPUs), while test.py
+    and deblur.py, which choose the low-memory kernels first (inference.prefer_low_memory_cpu), keep theirs."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    env.update(KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+    show = "import backends, os; print(os.environ['TF_ENABLE_ONEDNN_OPTS'])"
+    for first, expected in (("", "1"), ("import inference; inference.prefer_low_memory_cpu(); ", "0")):
+        out = subprocess.run([sys.executable, "-c", first + show], cwd=REPO_DIR, env=env, capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.split()[-1] == expected
+
+
 def test_leaky_relu_units_pass_negative_inputs_at_a_fifth(tmp_path):
     """activation=leaky_relu: the first conv's output equals a NumPy 3x3 convolution followed by max(z, 0.2 z),
     so a unit below zero still passes a gradient; the setting survives a save and weights.load_model."""
