@@ -66,6 +66,8 @@ class Config:
                                                 # multiworker (several hosts; JAX only)
     lr_scaling: str = "none"                    # none, or linear: lr *= number of replicas (global batch = batch_size * replicas)
     seed: int = 0
+    init_weights: str = ""                      # fine-tuning: a fresh run starts from these weights (any file
+                                                # weights.load_model reads, same architecture); empty: from scratch
 
     # --- evaluation ---
     tile: int = 0                               # 0: whole image in one pass (the paper); else tile size
@@ -248,7 +250,7 @@ _CHOICES = {
     "strategy": ("default", "mirrored", "multiworker"),
     "lr_scaling": ("none", "linear"),
 }
-PATH_KEYS = ("dataset_root", "patch_dir", "checkpoint_dir", "results_dir")
+PATH_KEYS = ("dataset_root", "patch_dir", "checkpoint_dir", "results_dir", "init_weights")   # empty: unset
 
 
 def _resolve(path: str) -> str:
@@ -364,7 +366,7 @@ def config_from_args(args: argparse.Namespace, verbose: bool = True) -> Config:
             key, text = item.split("=", 1)
             key = key.strip()
             value = parse_value(key, text)
-            if key in PATH_KEYS and not os.path.isabs(value):
+            if key in PATH_KEYS and value and not os.path.isabs(value):
                 value = os.path.abspath(value)  # a path typed by the user means the current folder
             overrides[key] = value
         cfg = make_config(args.preset, overrides)

@@ -56,7 +56,7 @@ def demo_configs(args: argparse.Namespace):
     given = {item.split("=", 1)[0].strip() for item in args.overrides}
     for key in PATH_KEYS:
         value = getattr(preset_cfg, key)
-        if key not in given and not os.path.isabs(value):
+        if key not in given and value and not os.path.isabs(value):
             args.overrides.append(f"{key}={os.path.join(root, value)}")
     cfg = config_from_args(args)
     if cfg.input_mode != "dual":

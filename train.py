@@ -98,6 +98,9 @@ def train(cfg: Config, resume: bool | None = None, callbacks=(), verbose: int = 
     run = TrainingRun(cfg, nets, stream, steps_per_epoch, devices.chief)
     if saved_state is not None:
         run.restore()
+    elif cfg.init_weights:
+        nets.init_from(cfg.resolve_path("init_weights"))
+        print(f"starting from the weights of {cfg.init_weights}")
     if devices.chief:
         for name in os.listdir(folder):  # what a killed save left behind
             if is_temporary(name):
@@ -294,13 +297,29 @@ class Networks:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
 
+    def init_from(self, path: str) -> None:
+        """Start a fresh run from trained weights (fine-tuning): any file weights.load_model reads, of this
+        run's architecture; the optimizer starts afresh."""
+        import weights
+        loaded, loaded_cfg = weights.load_model(path, self.cfg)
+        arch = [k for k in weights.ARCH_KEYS if k != "dropout"]
+        diffs = self.cfg.differences(loaded_cfg.to_dict(), "in the weights", keys=arch)
+        if diffs:
+            raise TrainError(f"init_weights: {path} is another architecture ({'; '.join(diffs)}); fine-tune with "
+                             f"the same {', '.join(arch)}")
+        self.export.set_weights(loaded.get_weights())
+        self._export_to_net()
+
+    def _export_to_net(self) -> None:
+        if self.export is not self.net:
+            for target, source in zip(self.net.weights, self.export.weights):
+                target.assign(keras.ops.convert_to_numpy(source))
+
     def load(self, path: str) -> dict:
         """Restore network, optimizer and dropout states from a `last` checkpoint; return its training state."""
         state = read_checkpoint_state(path)
         self.export.load_weights(path)
-        if self.export is not self.net:
-            for target, source in zip(self.net.weights, self.export.weights):
-                target.assign(keras.ops.convert_to_numpy(source))
+        self._export_to_net()
         with zipfile.ZipFile(path) as z:
             arrays = np.load(io.BytesIO(z.read(STATE_ARRAYS)))
         opt_keys = sorted((k for k in arrays.files if k.startswith("opt_")), key=lambda k: int(k[4:]))

@@ -345,6 +345,26 @@ def test_resume_with_other_settings_is_refused(store, reference, capsys):
     assert result["epochs_done"] == 3
 
 
+def test_a_fresh_run_starts_from_init_weights_and_refuses_another_architecture(store, reference, tmp_path, capsys):
+    """init_weights (fine-tuning): at a learning rate too small to move them, a run ends with exactly the weights it
+    started from, the reference run's (from scratch it would end near its random initialisation); weights of
+    another width are a one-line error naming it."""
+    from train import train
+    _, root, patches = store
+    ref, ref_weights, _ = reference
+    cfg = _cfg(root, patches, str(tmp_path), run_name="tuned", **{**RESUME_SETTINGS, "epochs": 1},
+               learning_rate=1e-12, init_weights=ref["last"])
+    result = train(cfg, verbose=0)
+    assert result["global_step"] == 8
+    assert _same_weights(_weights(result["last"]), ref_weights, atol=1e-9)
+    assert json.load(open(os.path.join(result["run_dir"], "config.json")))["init_weights"] == ref["last"]
+    message = _main_error(capsys, *_sets(root, patches, str(tmp_path), base_filters=4, init_weights=ref["last"]))
+    assert message.startswith("error: ") and "another architecture" in message
+    assert "base_filters: 8 in the weights, 4 now" in message
+    message = _main_error(capsys, *_sets(root, patches, str(tmp_path), init_weights=str(tmp_path / "none.keras")))
+    assert message.startswith("error: ") and "none.keras: weights file not found" in message
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(store, tmp_path):
     from train import TrainError, read_checkpoint_state, train
     _, root, patches = store
