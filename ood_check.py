@@ -1,5 +1,5 @@
 """Out-of-distribution check for models trained on synthetic dual-pixel data: does the gain over the blurry
-input survive on data not made like the training data? Six test sets, all rendered in memory:
+input survive on data not made like the training data? Eight test sets, all rendered in memory:
 
   in-dist    synthesize.py scenes from the training families (TRAIN_FAMILIES below)
   held-out   synthesize.py scenes from families held back from that training (HELD_OUT_FAMILIES): other PSF
@@ -10,6 +10,9 @@ input survive on data not made like the training data? Six test sets, all render
                                    whether the deblurring travels to other optics when the content does not change
   renderer2 small blur             renderer2 scenes with blur of at most SMALL_BLUR_PX, as on phones: nearly
                                    sharp images, where a model that sharpens what is already sharp loses
+  in-dist large blur               the in-dist families' DSLR scenes with blur of up to LARGE_BLUR_PX (f/4)
+  renderer2 large blur             and renderer2 scenes likewise: backgrounds of a DPDD-scale (1680-wide) photo;
+                                   both at twice the other sets' width and height, so the blur fits the frame
 
 For each set and model (a model trained with flips twice: in one pass and as the self-ensemble over those flips
 that test.py and deblur.py use, inference.ensemble_transforms): PSNR of the blurry combined image and of the
@@ -55,18 +58,21 @@ SEED = 11                         # not the demo's synthesis seed 0
 REFERENCE_SEED = 500              # renderer2 training scenes for --reference
 SHARP_PX = 1.0                    # pixels whose blur diameter is below this count as in focus
 BLURRED_PX = 3.0                  # pixels whose blur diameter is at least this count as clearly defocused
-BANDS = ((0, 1), (1, 3), (3, 6), (6, 10), (10, math.inf))   # blur diameters (px) of the gain-by-blur-size table
+BANDS = ((0, 1), (1, 3), (3, 6), (6, 10), (10, 20), (20, math.inf))   # blur diameters (px) of the band table
 SMALL_BLUR_PX = 3.0               # the small-blur set's largest blur diameter (phone dual-pixel blur: a few px)
+LARGE_BLUR_PX = 40.0              # the large-blur sets' largest blur diameter (a DSLR at f/4 at DPDD's scale)
 
 
-def synthetic_set(domain, n: int, width: int, height: int) -> list[dict]:
-    """n scenes from synthesize.py with `domain`, as {left, right, combined, sharp, blur}; noise-free targets."""
+def synthetic_set(domain, n: int, width: int, height: int, max_blur: float | None = None) -> list[dict]:
+    """n scenes from synthesize.py with `domain`, as {left, right, combined, sharp, blur}; noise-free targets; by
+    default with synthesize.py's largest blur for the width."""
     import dataclasses
     import synthesize
     domain = dataclasses.replace(domain, target_noise=False)
     out = []
     for i in range(n):
-        img, _ = synthesize.make_scene(SEED, "test", i, width, height, synthesize.default_max_coc(width),
+        img, _ = synthesize.make_scene(SEED, "test", i, width, height,
+                                       synthesize.default_max_coc(width) if max_blur is None else max_blur,
                                        domain=domain)
         out.append({"left": img["left"], "right": img["right"], "combined": img["source"], "sharp": img["target"],
                     "blur": img["defocus"]})
@@ -93,14 +99,18 @@ def renderer2_set(n: int, width: int, height: int, noise: bool = True, our_conte
 
 
 def check_sets(n: int, width: int, height: int) -> dict[str, list[dict]]:
-    """The six sets of the module docstring, n scenes each."""
+    """The eight sets of the module docstring, n scenes each."""
     import synthesize
+    big = (2 * width, 2 * height)
     return {"in-dist": synthetic_set(synthesize.Domain(**TRAIN_FAMILIES), n, width, height),
             "held-out": synthetic_set(synthesize.Domain(**HELD_OUT_FAMILIES), n, width, height),
             "renderer2": renderer2_set(n, width, height),
             "renderer2 noise-free": renderer2_set(n, width, height, noise=False),
             "renderer2 optics, our content": renderer2_set(n, width, height, noise=False, our_content=True),
-            "renderer2 small blur": renderer2_set(n, width, height, max_blur=SMALL_BLUR_PX)}
+            "renderer2 small blur": renderer2_set(n, width, height, max_blur=SMALL_BLUR_PX),
+            "in-dist large blur": synthetic_set(synthesize.Domain(**TRAIN_FAMILIES, cameras=("dslr",)), n, *big,
+                                                max_blur=LARGE_BLUR_PX),
+            "renderer2 large blur": renderer2_set(n, *big, max_blur=LARGE_BLUR_PX)}
 
 
 def psnr_masked(gt: np.ndarray, pred: np.ndarray, mask: np.ndarray) -> float:

@@ -89,7 +89,7 @@ def test_band_gains_pool_the_squared_errors_of_each_band():
     a, pa = scene([2] * 8 + [0] * 8, [0.1] * 8 + [0] * 8, [0.05] * 8 + [0] * 8)
     b, pb = scene([7] * 4 + [2] * 4 + [0] * 8, [0.2] * 4 + [0.1] * 4 + [0] * 8, [0.1] * 4 + [0.2] * 4 + [0] * 8)
     bands = ood_check.band_gains([a, b], [pa, pb])
-    assert list(bands) == ["0-1 px", "1-3 px", "3-6 px", "6-10 px", ">=10 px"]
+    assert list(bands) == ["0-1 px", "1-3 px", "3-6 px", "6-10 px", "10-20 px", ">=20 px"]
     assert bands["1-3 px"]["gain"] == pytest.approx(10 * np.log10(0.01 / 0.015), abs=1e-4)
     assert bands["6-10 px"]["gain"] == pytest.approx(10 * np.log10(4), abs=1e-4)
     assert bands["0-1 px"]["gain"] == pytest.approx(0.0)
@@ -97,12 +97,17 @@ def test_band_gains_pool_the_squared_errors_of_each_band():
     assert [bands[k]["pixels"] for k in ("0-1 px", "1-3 px", "6-10 px")] == [0.5, 12 / 32, 4 / 32]
 
 
-def test_small_blur_set_is_the_renderer_at_phone_blur():
-    """At the demo's size the renderer2 set's blur reaches 13.7 px; the small-blur set's stays under 3 px."""
+def test_small_and_large_blur_sets_are_the_renderers_at_phone_and_dslr_blur():
+    """At the demo's size the renderer2 set's blur reaches 13.7 px; the small-blur set's stays under 3 px; the
+    large-blur sets, at twice the size, reach beyond 20 px (up to 40)."""
     default = ood_check.renderer2_set(3, 320, 208)
     small = ood_check.renderer2_set(3, 320, 208, max_blur=ood_check.SMALL_BLUR_PX)
     assert max(s["blur"].max() for s in default) > 6
     assert max(s["blur"].max() for s in small) < 3 and max(s["blur"].max() for s in small) > 1
+    sets = ood_check.check_sets(4, 160, 104)
+    for name in ("in-dist large blur", "renderer2 large blur"):
+        assert all(s["sharp"].shape == (208, 320, 3) for s in sets[name])
+        assert 20 < max(s["blur"].max() for s in sets[name]) <= ood_check.LARGE_BLUR_PX + 0.5, name
 
 
 def test_held_out_families_share_nothing_with_the_training_ones():
@@ -117,7 +122,7 @@ def test_ood_check_reports_each_set(tmp_path):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     (label, sets), = summary["results"].items()
     assert set(sets) == {"in-dist", "held-out", "renderer2", "renderer2 noise-free", "renderer2 optics, our content",
-                         "renderer2 small blur"}
+                         "renderer2 small blur", "in-dist large blur", "renderer2 large blur"}
     for r in sets.values():
         assert r["n"] == 2 and 10 < r["input_psnr"] < 90 and np.isfinite(r["gain"])
         assert r["gain"] == pytest.approx(r["model_psnr"] - r["input_psnr"])
@@ -148,7 +153,7 @@ def test_a_model_that_returns_its_input_gains_nothing_anywhere(tmp_path):
         for key in () if name in noise_free else ("gain", "sharp_gain"):
             assert abs(r[key]) < 0.1, (name, key, r[key])
         assert r["blurred_gain"] == "nan" or abs(r["blurred_gain"]) < 0.1, (name, r["blurred_gain"])
-        for band in ("3-6 px", "6-10 px", ">=10 px"):
+        for band in ("3-6 px", "6-10 px", "10-20 px", ">=20 px"):
             assert r["bands"][band]["gain"] == "nan" or abs(r["bands"][band]["gain"]) < 0.1, (name, band)
 
 
