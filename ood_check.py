@@ -1,5 +1,5 @@
 """Out-of-distribution check for models trained on synthetic dual-pixel data: does the gain over the blurry
-input survive on data not made like the training data? Eight test sets, all rendered in memory:
+input survive on data not made like the training data? Nine test sets, all rendered in memory:
 
   in-dist    synthesize.py scenes from the training families (TRAIN_FAMILIES below)
   held-out   synthesize.py scenes from families held back from that training (HELD_OUT_FAMILIES): other PSF
@@ -10,9 +10,11 @@ input survive on data not made like the training data? Eight test sets, all rend
                                    whether the deblurring travels to other optics when the content does not change
   renderer2 small blur             renderer2 scenes with blur of at most SMALL_BLUR_PX, as on phones: nearly
                                    sharp images, where a model that sharpens what is already sharp loses
-  in-dist large blur               the in-dist families' DSLR scenes with blur of up to LARGE_BLUR_PX (f/4)
-  renderer2 large blur             and renderer2 scenes likewise: backgrounds of a DPDD-scale (1680-wide) photo;
-                                   both at twice the other sets' width and height, so the blur fits the frame
+  in-dist large blur               the in-dist families' DSLR scenes with blur of up to LARGE_BLUR_PX, as the
+                                   backgrounds of a photo at DPDD's scale (1680 wide) taken at f/4
+  renderer2 optics, our content, large blur    and renderer2's optics over our content, noise-free, likewise
+  renderer2 large blur             and renderer2 scenes likewise; the three large-blur sets at twice the other
+                                   sets' width and height, so the blur fits the frame
 
 For each set and model (a model trained with flips twice: in one pass and as the self-ensemble over those flips
 that test.py and deblur.py use, inference.ensemble_transforms): PSNR of the blurry combined image and of the
@@ -99,7 +101,7 @@ def renderer2_set(n: int, width: int, height: int, noise: bool = True, our_conte
 
 
 def check_sets(n: int, width: int, height: int) -> dict[str, list[dict]]:
-    """The eight sets of the module docstring, n scenes each."""
+    """The nine sets of the module docstring, n scenes each."""
     import synthesize
     big = (2 * width, 2 * height)
     return {"in-dist": synthetic_set(synthesize.Domain(**TRAIN_FAMILIES), n, width, height),
@@ -110,6 +112,8 @@ def check_sets(n: int, width: int, height: int) -> dict[str, list[dict]]:
             "renderer2 small blur": renderer2_set(n, width, height, max_blur=SMALL_BLUR_PX),
             "in-dist large blur": synthetic_set(synthesize.Domain(**TRAIN_FAMILIES, cameras=("dslr",)), n, *big,
                                                 max_blur=LARGE_BLUR_PX),
+            "renderer2 optics, our content, large blur": renderer2_set(n, *big, noise=False, our_content=True,
+                                                                       max_blur=LARGE_BLUR_PX),
             "renderer2 large blur": renderer2_set(n, *big, max_blur=LARGE_BLUR_PX)}
 
 

@@ -105,7 +105,7 @@ def test_small_and_large_blur_sets_are_the_renderers_at_phone_and_dslr_blur():
     assert max(s["blur"].max() for s in default) > 6
     assert max(s["blur"].max() for s in small) < 3 and max(s["blur"].max() for s in small) > 1
     sets = ood_check.check_sets(4, 160, 104)
-    for name in ("in-dist large blur", "renderer2 large blur"):
+    for name in ("in-dist large blur", "renderer2 optics, our content, large blur", "renderer2 large blur"):
         assert all(s["sharp"].shape == (208, 320, 3) for s in sets[name])
         assert 20 < max(s["blur"].max() for s in sets[name]) <= ood_check.LARGE_BLUR_PX + 0.5, name
 
@@ -122,7 +122,8 @@ def test_ood_check_reports_each_set(tmp_path):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     (label, sets), = summary["results"].items()
     assert set(sets) == {"in-dist", "held-out", "renderer2", "renderer2 noise-free", "renderer2 optics, our content",
-                         "renderer2 small blur", "in-dist large blur", "renderer2 large blur"}
+                         "renderer2 small blur", "in-dist large blur", "renderer2 optics, our content, large blur",
+                         "renderer2 large blur"}
     for r in sets.values():
         assert r["n"] == 2 and 10 < r["input_psnr"] < 90 and np.isfinite(r["gain"])
         assert r["gain"] == pytest.approx(r["model_psnr"] - r["input_psnr"])
@@ -134,11 +135,12 @@ def test_ood_check_reports_each_set(tmp_path):
 
 def test_a_model_that_returns_its_input_gains_nothing_anywhere(tmp_path):
     """The residual head with a zero correction returns the mean of the views, which is the combined image up
-    to rounding and tone curves (the combined image is toned from the linear sum): whole-image, in-focus and
-    defocused mean gains must all be about zero, so a mask or a PSNR applied differently to the input and the
-    output would show. At this size few scenes have pixels blurred by 3 px or more (NaN: none has). On the
-    noise-free sets in-focus input pixels are nearly exact, so there the tone curves' tiny difference is worth
-    tenths of a dB and only the blurred bands are held to it."""
+    to rounding and tone curves (the combined image is toned from the linear sum): whole-image, in-focus,
+    defocused and per-band gains must all be within a fifth of a dB of zero, so a mask or a PSNR applied
+    differently to the input and the output (dBs apart from band to band) would show. Bands with under 1% of
+    the pixels are a handful of pixels and are left out. On the noise-free sets and the DSLR-only set (no
+    phone's fourfold shot noise) input pixels are nearly exact, so there the tone curves' difference is worth
+    up to 2 dB and those sets are not held to it."""
     model, cfg = tiny_model("dual", seed=1, head="residual")
     correction = model.get_layer("head_correction")
     correction.bias.assign(np.zeros(correction.bias.shape, np.float32))
@@ -147,14 +149,19 @@ def test_a_model_that_returns_its_input_gains_nothing_anywhere(tmp_path):
     assert ood_check.main(["--weights", ckpt, "--scenes", "3", "--width", "64", "--height", "48",
                            "--out", str(tmp_path / "out"), "--no-progress"]) == 0
     (sets,) = json.loads((tmp_path / "out" / "summary.json").read_text())["results"].values()
-    noise_free = {"renderer2 noise-free", "renderer2 optics, our content"}
-    assert noise_free < set(sets)
+    nearly_exact = {"renderer2 noise-free", "renderer2 optics, our content",
+                    "renderer2 optics, our content, large blur", "in-dist large blur"}
+    assert nearly_exact < set(sets)
+    held = 0
     for name, r in sets.items():
-        for key in () if name in noise_free else ("gain", "sharp_gain"):
-            assert abs(r[key]) < 0.1, (name, key, r[key])
-        assert r["blurred_gain"] == "nan" or abs(r["blurred_gain"]) < 0.1, (name, r["blurred_gain"])
-        for band in ("3-6 px", "6-10 px", "10-20 px", ">=20 px"):
-            assert r["bands"][band]["gain"] == "nan" or abs(r["bands"][band]["gain"]) < 0.1, (name, band)
+        if name in nearly_exact:
+            continue
+        gains = [r["gain"], r["sharp_gain"], r["blurred_gain"]] + \
+                [b["gain"] for b in r["bands"].values() if b["pixels"] >= 0.01]
+        gains = [g for g in gains if g != "nan"]
+        held += len(gains)
+        assert max(abs(g) for g in gains) < 0.2, (name, gains)
+    assert held == 4 * 4 + 6        # four small sets: 2 means, 2 bands; renderer2 large blur: 3 means, 3 bands
 
 
 def test_reference_model_trains_on_renderer2_scenes_other_than_the_test_ones(tmp_path):
