@@ -171,9 +171,8 @@ def test_builds_and_runs_under_another_backend(backend):
     code = ("import sys, numpy as np\n"
             "from config import make_config\nfrom model import build_model, count_params\n"
             "import keras\nassert keras.backend.backend() == sys.argv[1]\n"
-            "print(count_params(build_model(make_config('paper'))))\n"
-            "m = build_model(make_config('single', {'base_filters': 4}))\n"
-            "y = m.predict(np.random.rand(1, 48, 32, 3).astype('float32'), verbose=0)\n"
+            "m = build_model(make_config('paper'))\nprint(count_params(m))\n"
+            "y = m.predict(np.random.rand(1, 48, 32, 6).astype('float32'), verbose=0)\n"
             "assert y.shape == (1, 48, 32, 3) and 0 <= y.min() and y.max() <= 1\n"
             "print('tensorflow' in sys.modules)\n")
     env = dict(os.environ, KERAS_BACKEND=backend)
