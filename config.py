@@ -276,7 +276,7 @@ _DEMO = {"dataset_root": "synthetic_demo", "patch_dir": "patches/demo", "working
 PRESETS.update({
     "demo": _DEMO,
     "demo_single": {**_DEMO, "input_mode": "single"},
-    # --quick shows that the pipeline runs (CI runs it twice): 100 steps per network, its differences are noise
+    # --quick shows that the pipeline runs (the suite runs it): 100 steps per network, its differences are noise
     "demo_quick": {**_DEMO, "dataset_root": "synthetic_demo_quick", "patch_dir": "patches/demo_quick", "epochs": 1},
 })
 # pretrained/dpdnet_synthetic.keras (pretrained/README.md), in two stages. synthetic_base: the demo's network and
