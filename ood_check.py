@@ -1,5 +1,5 @@
 """Out-of-distribution check for models trained on synthetic dual-pixel data: does the gain over the blurry
-input survive on data not made like the training data? Nine test sets, all rendered in memory:
+input survive on data not made like the training data? Eleven test sets, all rendered in memory:
 
   in-dist    synthesize.py scenes from the training families (TRAIN_FAMILIES below)
   held-out   synthesize.py scenes from families held back from that training (HELD_OUT_FAMILIES): other PSF
@@ -8,11 +8,15 @@ input survive on data not made like the training data? Nine test sets, all rende
   renderer2 noise-free             the same scenes without their noise: what is left to gain is deblurring
   renderer2 optics, our content    renderer2's PSFs, planes and tones over synthesize.py's content, noise-free:
                                    whether the deblurring travels to other optics when the content does not change
+  the same with our PSFs           the same scenes (content, planes, blur, tones, left/right gains) blurred with
+                                   synthesize.py's PSFs from the training families: the in-distribution twin of
+                                   the set above, so that the two gains differ by the PSFs alone (PAIRS)
   renderer2 small blur             renderer2 scenes with blur of at most SMALL_BLUR_PX, as on phones: nearly
                                    sharp images, where a model that sharpens what is already sharp loses
   in-dist large blur               the in-dist families' DSLR scenes with blur of up to LARGE_BLUR_PX, as the
                                    backgrounds of a photo at DPDD's scale (1680 wide) taken at f/4
   renderer2 optics, our content, large blur    and renderer2's optics over our content, noise-free, likewise
+  the same with our PSFs, large blur           and its in-distribution twin
   renderer2 large blur             and renderer2 scenes likewise; the three large-blur sets at twice the other
                                    sets' width and height, so the blur fits the frame
 
@@ -63,6 +67,13 @@ BLURRED_PX = 3.0                  # pixels whose blur diameter is at least this 
 BANDS = ((0, 1), (1, 3), (3, 6), (6, 10), (10, 20), (20, math.inf))   # blur diameters (px) of the band table
 SMALL_BLUR_PX = 3.0               # the small-blur set's largest blur diameter (phone dual-pixel blur: a few px)
 LARGE_BLUR_PX = 40.0              # the large-blur sets' largest blur diameter (a DSLR at f/4 at DPDD's scale)
+SET_NAMES = ("in-dist", "held-out", "renderer2", "renderer2 noise-free", "renderer2 optics, our content",
+             "the same with our PSFs", "renderer2 small blur", "in-dist large blur",
+             "renderer2 optics, our content, large blur", "the same with our PSFs, large blur", "renderer2 large blur")
+# Sets that differ only in their PSFs: (renderer2's, ours); the share of the in-distribution twin's gain that a
+# model keeps under renderer2's PSFs is the out-of-distribution share of the optics alone.
+PAIRS = (("renderer2 optics, our content", "the same with our PSFs"),
+         ("renderer2 optics, our content, large blur", "the same with our PSFs, large blur"))
 
 
 def synthetic_set(domain, n: int, width: int, height: int, max_blur: float | None = None) -> list[dict]:
@@ -91,30 +102,50 @@ def _renderer2():
 
 
 def renderer2_set(n: int, width: int, height: int, noise: bool = True, our_content: bool = False,
-                  max_blur: float | None = None) -> list[dict]:
+                  max_blur: float | None = None, our_psfs: bool = False) -> list[dict]:
     """n scenes from the independent renderer in tests/, by default with the same largest blur as synthesize.py;
-    without noise and with synthesize.py's content (photographs, textures, dead leaves, patterns) on request."""
+    without noise, with synthesize.py's content (photographs, textures, dead leaves, patterns) and with
+    synthesize.py's PSFs (our_psfs) on request."""
     import synthesize
     return _renderer2().render_set(n, seed=SEED, h=height, w=width,
                                    max_blur=synthesize.default_max_coc(width) if max_blur is None else max_blur,
-                                   noise=noise, content=synthesize.random_content if our_content else None)
+                                   noise=noise, content=synthesize.random_content if our_content else None,
+                                   psfs=our_psfs_for if our_psfs else None)
 
 
-def check_sets(n: int, width: int, height: int) -> dict[str, list[dict]]:
-    """The nine sets of the module docstring, n scenes each."""
+def our_psfs_for(index: int):
+    """Scene `index`'s synthesize.py PSFs for renderer2's planes: a DSLR shape drawn from TRAIN_FAMILIES (one
+    colour's: renderer2 blurs the three channels alike), as a function of the signed blur diameter."""
+    import dataclasses
+    import synthesize
+    rng = np.random.default_rng([SEED, index, 1])
+    shape = synthesize.draw_psf(rng, synthesize.Domain(**TRAIN_FAMILIES), phone=False)
+    shape = dataclasses.replace(shape, chroma=0.0)
+    return lambda blur: synthesize.dp_kernels(blur, shape)[:2]
+
+
+def check_sets(n: int, width: int, height: int, only: list[str] | None = None) -> dict[str, list[dict]]:
+    """The eleven sets of the module docstring (or the ones named in `only`), n scenes each."""
     import synthesize
     big = (2 * width, 2 * height)
-    return {"in-dist": synthetic_set(synthesize.Domain(**TRAIN_FAMILIES), n, width, height),
-            "held-out": synthetic_set(synthesize.Domain(**HELD_OUT_FAMILIES), n, width, height),
-            "renderer2": renderer2_set(n, width, height),
-            "renderer2 noise-free": renderer2_set(n, width, height, noise=False),
-            "renderer2 optics, our content": renderer2_set(n, width, height, noise=False, our_content=True),
-            "renderer2 small blur": renderer2_set(n, width, height, max_blur=SMALL_BLUR_PX),
-            "in-dist large blur": synthetic_set(synthesize.Domain(**TRAIN_FAMILIES, cameras=("dslr",)), n, *big,
-                                                max_blur=LARGE_BLUR_PX),
-            "renderer2 optics, our content, large blur": renderer2_set(n, *big, noise=False, our_content=True,
-                                                                       max_blur=LARGE_BLUR_PX),
-            "renderer2 large blur": renderer2_set(n, *big, max_blur=LARGE_BLUR_PX)}
+    makers = {
+        "in-dist": lambda: synthetic_set(synthesize.Domain(**TRAIN_FAMILIES), n, width, height),
+        "held-out": lambda: synthetic_set(synthesize.Domain(**HELD_OUT_FAMILIES), n, width, height),
+        "renderer2": lambda: renderer2_set(n, width, height),
+        "renderer2 noise-free": lambda: renderer2_set(n, width, height, noise=False),
+        "renderer2 optics, our content": lambda: renderer2_set(n, width, height, noise=False, our_content=True),
+        "the same with our PSFs": lambda: renderer2_set(n, width, height, noise=False, our_content=True,
+                                                        our_psfs=True),
+        "renderer2 small blur": lambda: renderer2_set(n, width, height, max_blur=SMALL_BLUR_PX),
+        "in-dist large blur": lambda: synthetic_set(synthesize.Domain(**TRAIN_FAMILIES, cameras=("dslr",)), n,
+                                                    *big, max_blur=LARGE_BLUR_PX),
+        "renderer2 optics, our content, large blur": lambda: renderer2_set(n, *big, noise=False, our_content=True,
+                                                                           max_blur=LARGE_BLUR_PX),
+        "the same with our PSFs, large blur": lambda: renderer2_set(n, *big, noise=False, our_content=True,
+                                                                    max_blur=LARGE_BLUR_PX, our_psfs=True),
+        "renderer2 large blur": lambda: renderer2_set(n, *big, max_blur=LARGE_BLUR_PX)}
+    assert tuple(makers) == SET_NAMES
+    return {name: make() for name, make in makers.items() if not only or name in only}
 
 
 def psnr_masked(gt: np.ndarray, pred: np.ndarray, mask: np.ndarray) -> float:
@@ -253,6 +284,21 @@ def band_table(results: dict) -> str:
          for model, sets in results.items() for name, r in sets.items()])
 
 
+def pair_table(results: dict) -> str:
+    """Per model and PAIRS entry: the defocused-pixel gain under our PSFs and under renderer2's on the same
+    scenes, and the share kept."""
+    from results_page import markdown_table
+    rows = []
+    for model, sets in results.items():
+        for theirs, ours in PAIRS:
+            if theirs in sets and ours in sets:
+                a, b = sets[ours]["blurred_gain"], sets[theirs]["blurred_gain"]
+                share = f"{100 * b / a:.0f}%" if a > 0 else "-"
+                rows.append([model, theirs, _signed(a), _signed(b), share])
+    return markdown_table(["model", "set (renderer2's PSFs)", "defocused gain, our PSFs dB",
+                           "defocused gain, renderer2's PSFs dB", "share kept"], rows)
+
+
 def _band_cell(band: dict) -> str:
     share = 100 * band["pixels"]
     share = f"{share:.0f}%" if share >= 0.5 or share == 0 else "<1%"
@@ -268,6 +314,8 @@ def main(argv=None) -> int:
                                                                   "the gain attainable there")
     parser.add_argument("--steps", type=int, help="--train's and --reference's budget in steps (default: the "
                                                   "preset's, epochs x steps_per_epoch: 4,000 for demo)")
+    parser.add_argument("--only", action="append", metavar="SET", help="check only this set (repeatable; "
+                                                                          "default: all eleven)")
     parser.add_argument("--scenes", type=int, default=24, help="test scenes per set (default 24)")
     parser.add_argument("--width", type=int, default=320, help="test image width (default 320, the demo's)")
     parser.add_argument("--height", type=int, default=208, help="test image height (default 208)")
@@ -282,6 +330,9 @@ def main(argv=None) -> int:
     cfg = config_from_args(args, verbose=False)
     if not args.weights and not args.train and not args.reference:
         sys.exit("error: nothing to check: give --weights, --train and/or --reference")
+    unknown = [name for name in args.only or () if name not in SET_NAMES]
+    if unknown:
+        sys.exit(f"error: --only: no set named {unknown[0]!r} (the sets: {'; '.join(SET_NAMES)})")
     if (args.train or args.reference) and not cfg.steps_per_epoch:
         sys.exit("error: config: steps_per_epoch: --train and --reference need a fixed number of steps per epoch "
                  "(this preset trains one pass per epoch); --set steps_per_epoch=100")
@@ -299,7 +350,7 @@ def main(argv=None) -> int:
             models[os.path.relpath(os.path.abspath(path), REPO_DIR)] = path
         t0 = time.time()
         size = (args.width, args.height)
-        sets = check_sets(args.scenes, *size)
+        sets = check_sets(args.scenes, *size, only=args.only)
         print(f"rendered {len(sets) * args.scenes} test scenes in {time.time() - t0:.0f} s", flush=True)
         results = {}
         for name, path in models.items():
@@ -310,19 +361,24 @@ def main(argv=None) -> int:
                 results[label] = {s: evaluate(model, run_cfg, scenes) for s, scenes in sets.items()}
                 print(table({label: results[label]}).split("\n", 2)[2], flush=True)
                 print(band_table({label: results[label]}).split("\n", 2)[2], flush=True)
+                print(pair_table({label: results[label]}).split("\n", 2)[2], flush=True)
     from fileio import atomic_write_json, atomic_write_text, json_safe
     summary = {"train_families": TRAIN_FAMILIES, "held_out_families": HELD_OUT_FAMILIES, "seed": SEED,
                "size": [args.width, args.height], "sharp_px": SHARP_PX, "blurred_px": BLURRED_PX,
-               "bands_px": [[lo, hi] for lo, hi in BANDS], "results": results}
+               "bands_px": [[lo, hi] for lo, hi in BANDS], "pairs": PAIRS, "results": results}
     atomic_write_json(os.path.join(args.out, "summary.json"), json_safe(summary))
     text = (f"# Out-of-distribution check (ood_check.py)\n\nTraining families: {TRAIN_FAMILIES}\n\n"
             f"Held-out families: {HELD_OUT_FAMILIES}\n\n{table(results)}\n\nGains are mean PSNR over the set minus "
             f"the blurry input's; in-focus gain: PSNR over pixels blurred by less than {SHARP_PX:g} px; defocused gain: over "
             f"pixels blurred by {BLURRED_PX:g} px or more (scenes without such pixels left out).\n\n"
             f"## Gain by blur size\n\nPSNR gain over the pixels of each blur band, pooled over the set's scenes; in "
-            f"brackets the share of the set's pixels in the band.\n\n{band_table(results)}\n")
+            f"brackets the share of the set's pixels in the band.\n\n{band_table(results)}\n\n"
+            f"## The PSFs alone\n\nThe same scenes (content, planes, blur, tones, left/right gains, no noise) under "
+            f"synthesize.py's PSFs from the training families and under renderer2's: the gain on pixels blurred by "
+            f"{BLURRED_PX:g} px or more, and the share of it a model keeps under renderer2's PSFs.\n\n"
+            f"{pair_table(results)}\n")
     atomic_write_text(os.path.join(args.out, "summary.md"), text)
-    print("\n" + table(results) + "\n\n" + band_table(results))
+    print("\n" + table(results) + "\n\n" + band_table(results) + "\n\n" + pair_table(results))
     return 0
 
 

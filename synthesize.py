@@ -983,7 +983,8 @@ class Domain:
 DOMAIN_ADDED = {"field": 0.0, "field_tilt": 0.0}
 
 
-def _draw_psf(rng, domain: Domain, phone: bool) -> PsfShape:
+def draw_psf(rng, domain: Domain, phone: bool) -> PsfShape:
+    """One scene's PSF shape from the domain's families and ranges (a DSLR's or, with `phone`, a phone's)."""
     family = str(rng.choice(domain.psf_families))
     kw = {"family": family}
     if family == "butterworth":
@@ -1086,7 +1087,7 @@ def sample_scene(rng: np.random.Generator, width: int, height: int, max_coc_px: 
     near, far = float(np.min(depths)), float(np.max(depths))
     category = "outdoor" if far >= OUTDOOR_MIN_FAR_M else "indoor"
     noise, iso = _draw_noise(rng, domain, phone)
-    psf = _draw_psf(rng, domain, phone)
+    psf = draw_psf(rng, domain, phone)
     sensor = _draw_sensor(rng, domain, phone)
     if sensor.grey:                                # one-channel data: the green channel everywhere
         layers = [dataclasses.replace(l, colour=np.repeat(l.colour[..., 1:2], 3, axis=2)) for l in layers]

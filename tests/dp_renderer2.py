@@ -95,11 +95,12 @@ def _encode(lin: np.ndarray, tone: str) -> np.ndarray:
 
 
 def render_scene(rng: np.random.Generator, h: int = 208, w: int = 320, max_blur: float = 12.0,
-                 tone: str | None = None, noise: bool = True, content=None) -> dict:
+                 tone: str | None = None, noise: bool = True, content=None, psfs=None) -> dict:
     """One scene: float32 'left', 'right', 'combined', 'sharp' (H, W, 3) in [0, 1] and 'blur' (H, W), the
     |blur diameter| in pixels of the surface seen at each pixel, plus a description. noise=False: the same
     scene without its photon and read noise. content(rng, h, w): another source of plane textures (display
-    values in [0, 1], (H, W, 3)) instead of this renderer's own."""
+    values in [0, 1], (H, W, 3)) instead of this renderer's own. psfs(signed blur) -> (left, right): other optics'
+    PSFs in place of this renderer's, every other draw the same, so the two renders differ only in the PSFs."""
     n_planes = int(rng.integers(2, 5))
     sizes = np.sort(rng.uniform(0, max_blur, n_planes - 1))[::-1]   # |blur| of the planes out of focus
     focus = int(rng.integers(n_planes))                        # one surface in focus; planes go back to front,
@@ -114,7 +115,9 @@ def render_scene(rng: np.random.Generator, h: int = 208, w: int = 320, max_blur:
         alpha = np.ones((h, w)) if i == 0 else _shape_mask(rng, h, w)
         sharp = colour * alpha[..., None] + sharp * (1 - alpha[..., None])
         blur_map = abs(b) * alpha + blur_map * (1 - alpha)
-        kl, kr = aperture_psfs(b, rng, blades, softness)
+        kl, kr = aperture_psfs(b, rng, blades, softness)          # drawn either way: the same stream
+        if psfs is not None:
+            kl, kr = psfs(b)
         layer = np.concatenate([colour * alpha[..., None], alpha[..., None]], axis=2)
         for out, k in ((lin_left, kl), (lin_right, kr)):
             p = k.shape[0] // 2                                    # mirror the frame's edges, no dark rim
@@ -136,7 +139,8 @@ def render_scene(rng: np.random.Generator, h: int = 208, w: int = 320, max_blur:
 
 
 def render_set(n: int, seed: int = 1234, h: int = 208, w: int = 320, max_blur: float = 12.0, noise: bool = True,
-               content=None) -> list[dict]:
-    """n scenes, deterministic for the seed (and the same scenes with or without noise)."""
-    return [render_scene(np.random.default_rng([seed, i]), h, w, max_blur, noise=noise, content=content)
-            for i in range(n)]
+               content=None, psfs=None) -> list[dict]:
+    """n scenes, deterministic for the seed (and the same scenes with or without noise, or with other PSFs).
+    psfs(i): scene i's render_scene psfs."""
+    return [render_scene(np.random.default_rng([seed, i]), h, w, max_blur, noise=noise, content=content,
+                         psfs=None if psfs is None else psfs(i)) for i in range(n)]

@@ -75,6 +75,31 @@ def test_renderer2_takes_other_content():
     np.testing.assert_allclose(s["sharp"], 0.5 ** 2.2, rtol=1e-5)
 
 
+def test_the_same_scenes_with_our_psfs_differ_only_where_the_psfs_blur():
+    """The in-distribution twin of "renderer2 optics, our content": the same sharp images, blur maps and draws,
+    the same in-focus pixels away from any blurred plane, other pixels wherever a plane is blurred."""
+    theirs = ood_check.renderer2_set(3, 96, 64, noise=False, our_content=True, max_blur=8.0)
+    ours = ood_check.renderer2_set(3, 96, 64, noise=False, our_content=True, max_blur=8.0, our_psfs=True)
+    for a, b in zip(theirs, ours):
+        np.testing.assert_array_equal(a["sharp"], b["sharp"])
+        np.testing.assert_array_equal(a["blur"], b["blur"])
+        assert a["desc"] == b["desc"]
+        far = cv2.erode((a["blur"] == 0).astype(np.uint8), np.ones((31, 31), np.uint8)) > 0
+        np.testing.assert_allclose(a["combined"][far], b["combined"][far], atol=1e-5)
+        blurred = a["blur"] >= 3
+        assert blurred.any() and np.abs(a["combined"] - b["combined"])[blurred].mean() > 1e-3
+
+
+def test_pair_table_gives_the_share_of_the_twins_gain_kept():
+    """Defocused gains of 2.0 dB under our PSFs and 0.5 under renderer2's: 25% kept; a twin without a gain has no
+    share."""
+    r = lambda g: {"blurred_gain": g}
+    (small, large), (ours_small, ours_large) = zip(*ood_check.PAIRS)
+    text = ood_check.pair_table({"m": {small: r(0.5), ours_small: r(2.0), large: r(0.3), ours_large: r(-0.1)}})
+    assert f"| m | {small} | +2.00 | +0.50 | 25% |" in text
+    assert f"| m | {large} | -0.10 | +0.30 | - |" in text
+
+
 def test_band_gains_pool_the_squared_errors_of_each_band():
     """Two 4x4 scenes, sharp all zero. Scene A: 8 pixels blurred 2 px, input error 0.1, output error 0.05; scene
     B: 4 pixels blurred 7 px with input error 0.2 and output 0.1, 4 blurred 2 px with input error 0.1 and
@@ -122,7 +147,8 @@ def test_ood_check_reports_each_set(tmp_path):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     (label, sets), = summary["results"].items()
     assert set(sets) == {"in-dist", "held-out", "renderer2", "renderer2 noise-free", "renderer2 optics, our content",
-                         "renderer2 small blur", "in-dist large blur", "renderer2 optics, our content, large blur",
+                         "the same with our PSFs", "renderer2 small blur", "in-dist large blur",
+                         "renderer2 optics, our content, large blur", "the same with our PSFs, large blur",
                          "renderer2 large blur"}
     for r in sets.values():
         assert r["n"] == 2 and 10 < r["input_psnr"] < 90 and np.isfinite(r["gain"])
@@ -131,6 +157,19 @@ def test_ood_check_reports_each_set(tmp_path):
         assert sum(b["pixels"] for b in r["bands"].values()) == pytest.approx(1.0)
     text = (tmp_path / "out" / "summary.md").read_text()
     assert "| renderer2 |" in text and "| renderer2 noise-free |" in text and "## Gain by blur size" in text
+    assert "## The PSFs alone" in text and f"| {label} | renderer2 optics, our content, large blur |" in text
+
+
+def test_only_checks_the_sets_named_and_stops_on_an_unknown_one(tmp_path):
+    model, cfg = tiny_model("dual", seed=1)
+    ckpt = save_checkpoint(model, cfg, str(tmp_path / "ck"))
+    argv = ["--weights", ckpt, "--scenes", "1", "--width", "64", "--height", "48", "--out", str(tmp_path / "out"),
+            "--no-progress", "--only", "renderer2 optics, our content", "--only", "the same with our PSFs"]
+    assert ood_check.main(argv) == 0
+    (sets,) = json.loads((tmp_path / "out" / "summary.json").read_text())["results"].values()
+    assert list(sets) == ["renderer2 optics, our content", "the same with our PSFs"]
+    with pytest.raises(SystemExit, match="--only: no set named 'renderer2 optics'"):
+        ood_check.main(argv + ["--only", "renderer2 optics"])
 
 
 def test_a_model_that_returns_its_input_gains_nothing_anywhere(tmp_path):
@@ -149,8 +188,9 @@ def test_a_model_that_returns_its_input_gains_nothing_anywhere(tmp_path):
     assert ood_check.main(["--weights", ckpt, "--scenes", "3", "--width", "64", "--height", "48",
                            "--out", str(tmp_path / "out"), "--no-progress"]) == 0
     (sets,) = json.loads((tmp_path / "out" / "summary.json").read_text())["results"].values()
-    nearly_exact = {"renderer2 noise-free", "renderer2 optics, our content",
-                    "renderer2 optics, our content, large blur", "in-dist large blur"}
+    nearly_exact = {"renderer2 noise-free", "renderer2 optics, our content", "the same with our PSFs",
+                    "renderer2 optics, our content, large blur", "the same with our PSFs, large blur",
+                    "in-dist large blur"}
     assert nearly_exact < set(sets)
     held = 0
     for name, r in sets.items():
