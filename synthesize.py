@@ -902,6 +902,13 @@ def _draw_camera(rng, focus_range, downscale, accept=lambda cam: True, tries=50)
     return best
 
 
+def with_background_blur(cam: Camera, blur_px: float, width: int) -> Camera:
+    """The camera with its crop (downscale) changed so that infinity is blurred by blur_px, the crop kept
+    between the whole frame and a 1:1 crop of the sensor's pixels."""
+    downscale = cam.downscale * float(cam.coc(np.inf)) / blur_px
+    return dataclasses.replace(cam, downscale=float(np.clip(downscale, 1.0, SENSOR_WIDTH_PX / width)))
+
+
 CAMERA_KINDS = ("dslr", "phone")
 NOISE_LEVELS = {"low": (100.0, 800.0), "high": (800.0, 6400.0)}   # ISO ranges
 
@@ -930,6 +937,11 @@ class Domain:
       the right PSF's relative size there (PsfShape.field, field_tilt; drawn in 40% of scenes, 0 disables).
       Turning them on takes one more draw per scene from the scene's stream, so the sensor drawn after it (tone,
       bits, left/right gains, grey) changes too: the same content and cameras with other sensors.
+    background_blur: the fraction of DSLR scenes (not the real-depth motorcycle) whose crop is chosen so that the
+      background at infinity is blurred by a diameter drawn log-uniform from a third of the blur limit to all of
+      it, as in a photograph taken wide open for a blurred background (the crop stays within the sensor's full
+      resolution and at most the whole frame); drawn cameras and zoom alone rarely blur backgrounds that much.
+      0 disables it (one fewer draw per scene, as for `field`).
     grey_fraction: DSLR scenes drawn one-channel (phones: half of them).
     zoom: the image shows 1/zoom of the sensor's width (a crop, or a camera with a smaller downscale), zoom
       drawn log-uniform in this range per scene: blur in pixels grows with it (up to --max-coc). At 320 wide,
@@ -957,6 +969,7 @@ class Domain:
     chroma: float = 0.08
     field: float = 0.0
     field_tilt: float = 0.0
+    background_blur: float = 0.0
     grey_fraction: float = 0.05
     zoom: tuple = (1.0, 5.25)
     target_noise: bool = False
@@ -972,6 +985,8 @@ class Domain:
             raise SynthesisError(f"zoom: must be a range (lo, hi) with 0 < lo <= hi, got {self.zoom}")
         if not 0 <= self.field < 1:
             raise SynthesisError(f"field: the cat's-eye cut must be in [0, 1), got {self.field}")
+        if not 0 <= self.background_blur <= 1:
+            raise SynthesisError(f"background_blur: a fraction of scenes in [0, 1], got {self.background_blur}")
         if not 0 <= self.field_tilt < 1:
             raise SynthesisError(f"field_tilt: must be in [0, 1), got {self.field_tilt}")
 
@@ -980,7 +995,7 @@ class Domain:
 
 
 # Domain settings added after a dataset format, and the value a manifest without them was made with.
-DOMAIN_ADDED = {"field": 0.0, "field_tilt": 0.0}
+DOMAIN_ADDED = {"field": 0.0, "field_tilt": 0.0, "background_blur": 0.0}
 
 
 def draw_psf(rng, domain: Domain, phone: bool) -> PsfShape:
@@ -1075,6 +1090,8 @@ def sample_scene(rng: np.random.Generator, width: int, height: int, max_coc_px: 
             cam = _draw_camera(rng, FOCUS_M[category], downscale, lambda c: float(c.coc(20.0)) <= max_coc_px)
         else:
             cam = _draw_camera(rng, FOCUS_M[category], downscale)
+        if not phone and domain.background_blur and rng.random() < domain.background_blur:
+            cam = with_background_blur(cam, _log_uniform(rng, max_coc_px / 3, max_coc_px), width)
         raw = _procedural_scene(rng, h, w, kind, category, cam, max_coc_px)
     layers = []
     for colour, alpha, inv in raw:
@@ -1277,7 +1294,7 @@ def domain_from_args(args) -> Domain:
             raise SynthesisError(f"cannot read {text!r} as a comma-separated list") from None
     return Domain(psf_families=items(args.psf_families), cameras=items(args.cameras),
                   noise_levels=items(args.noise_levels), tones=items(args.tones), bits=items(args.bits, int),
-                  field=args.field, field_tilt=args.field_tilt)
+                  field=args.field, field_tilt=args.field_tilt, background_blur=args.background_blur)
 
 
 def main(argv=None) -> None:
@@ -1305,6 +1322,9 @@ def main(argv=None) -> None:
                              "left and right edges (e.g. 0.35; default 0: off; see Domain)")
     parser.add_argument("--field-tilt", type=float, default=d.field_tilt,
                         help="... and the largest change of the right PSF's relative size there (e.g. 0.15; default 0)")
+    parser.add_argument("--background-blur", type=float, default=d.background_blur,
+                        help=f"fraction of DSLR scenes whose background is blurred by a third of --max-coc to all of it "
+                             f"(default {d.background_blur:g}; see Domain)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     print("settings: " + ", ".join(f"{k}={v}" for k, v in vars(args).items()))

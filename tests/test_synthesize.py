@@ -219,10 +219,10 @@ def test_resume_skips_finished_scenes_and_refuses_other_settings(made, tmp_path)
         synthesize(root, seed=9, workers=1, **kw)
     with pytest.raises(SynthesisError, match=r"domain\.tones=\['srgb', 'gamma', 'linear'\], not \['linear'\]"):
         synthesize(root, seed=7, workers=1, domain=Domain(tones=("linear",)), **kw)
-    manifest = os.path.join(root, "synthesize.json")            # written before the field settings existed
+    manifest = os.path.join(root, "synthesize.json")      # written before the field and background settings existed
     with open(manifest) as f:
         old = json.load(f)
-    del old["domain"]["field"], old["domain"]["field_tilt"]
+    del old["domain"]["field"], old["domain"]["field_tilt"], old["domain"]["background_blur"]
     with open(manifest, "w") as f:
         json.dump(old, f)
     assert synthesize(root, seed=7, workers=1, **kw)["written"] == 0
@@ -315,6 +315,30 @@ def test_zoom_scales_the_blur_and_is_validated(tmp_path):
     assert np.median(ratio) == pytest.approx(4.0, rel=0.02)      # same scenes and cameras, 4x the blur in pixels
     with pytest.raises(SynthesisError, match="zoom"):
         synthesize(str(tmp_path / "x"), 1, 0, 0, 96, 64, progress=False, domain=Domain(zoom=(2.0, 1.0)))
+
+
+def test_background_blur_crops_so_that_infinity_gets_the_drawn_blur(tmp_path):
+    """with_background_blur: CAM blurs infinity by 11.07 px at downscale 12 (the thin-lens test above); for 5 px
+    the crop widens to downscale 12 x 11.07 / 5 = 26.6, within the bounds at 96 wide (1 and 6720 / 96 = 70); at
+    320 wide it stops at the whole frame, 6720 / 320 = 21. In scenes drawn with background_blur=1 every DSLR camera of a
+    procedural scene blurs infinity by a third of the limit to all of it, unless the crop is at a bound."""
+    from synthesize import sample_scene, scene_rng, with_background_blur
+    infinity = 50.0 / 1.8 * 50.0 / (2000.0 - 50.0) * 1000.0 / 5.36 / 12.0
+    assert with_background_blur(CAM, 5.0, 96).downscale == pytest.approx(12.0 * infinity / 5.0, rel=1e-9)
+    assert with_background_blur(CAM, 5.0, 96).coc(np.inf) == pytest.approx(5.0)
+    assert with_background_blur(CAM, 5.0, 320).downscale == pytest.approx(21.0)
+    assert with_background_blur(CAM, 500.0, 96).downscale == 1.0
+    limit, checked = 12.0, 0
+    for i in range(30):
+        scene = sample_scene(scene_rng(3, "train", i), 96, 64, limit, domain=Domain(cameras=("dslr",),
+                                                                                  background_blur=1.0))
+        if scene.kind == "motorcycle" or scene.camera.downscale in (1.0, 70.0):
+            continue
+        checked += 1
+        assert limit / 3 - 1e-6 <= scene.camera.coc(np.inf) <= limit + 1e-6, i
+    assert checked >= 20
+    with pytest.raises(SynthesisError, match="background_blur"):
+        synthesize(str(tmp_path / "x"), 1, 0, 0, 96, 64, progress=False, domain=Domain(background_blur=1.5))
 
 
 def test_target_noise_puts_the_inputs_noise_into_the_target():
