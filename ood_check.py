@@ -17,7 +17,7 @@ input survive on data not made like the training data? Eleven test sets, all ren
                                    backgrounds of a photo at DPDD's scale (1680 wide) taken at f/4
   renderer2 optics, our content, large blur    and renderer2's optics over our content, noise-free, likewise
   the same with our PSFs, large blur           and its in-distribution twin
-  renderer2 large blur             and renderer2 scenes likewise; the three large-blur sets at twice the other
+  renderer2 large blur             and renderer2 scenes likewise; the four large-blur sets at twice the other
                                    sets' width and height, so the blur fits the frame
 
 For each set and model (a model trained with flips twice: in one pass and as the self-ensemble over those flips
@@ -33,6 +33,7 @@ anything.
     python ood_check.py --train                                           # train on the training families first
     python ood_check.py --train --weights W1 --weights W2 --out results/ood
     python ood_check.py --reference --weights checkpoints/demo/best.keras  # what renderer2 data itself teaches
+    python ood_check.py --weights W --only "renderer2 large blur" --out ood_large   # some of the sets
 
 --train synthesises the demo's number of training scenes (400) from TRAIN_FAMILIES under ood/ (about 1 min),
 trains the demo preset's DPDNet on them (--set overrides apply; --steps sets the budget) and adds it to the
@@ -286,7 +287,7 @@ def band_table(results: dict) -> str:
 
 def pair_table(results: dict) -> str:
     """Per model and PAIRS entry: the defocused-pixel gain under our PSFs and under renderer2's on the same
-    scenes, and the share kept."""
+    scenes, and the share kept; empty when no pair was checked (--only)."""
     from results_page import markdown_table
     rows = []
     for model, sets in results.items():
@@ -295,7 +296,7 @@ def pair_table(results: dict) -> str:
                 a, b = sets[ours]["blurred_gain"], sets[theirs]["blurred_gain"]
                 share = f"{100 * b / a:.0f}%" if a > 0 else "-"
                 rows.append([model, theirs, _signed(a), _signed(b), share])
-    return markdown_table(["model", "set (renderer2's PSFs)", "defocused gain, our PSFs dB",
+    return "" if not rows else markdown_table(["model", "set (renderer2's PSFs)", "defocused gain, our PSFs dB",
                            "defocused gain, renderer2's PSFs dB", "share kept"], rows)
 
 
@@ -319,7 +320,8 @@ def main(argv=None) -> int:
     parser.add_argument("--scenes", type=int, default=24, help="test scenes per set (default 24)")
     parser.add_argument("--width", type=int, default=320, help="test image width (default 320, the demo's)")
     parser.add_argument("--height", type=int, default=208, help="test image height (default 208)")
-    parser.add_argument("--out", default=os.path.join(REPO_DIR, "results", "ood"), help="where summary.md goes")
+    parser.add_argument("--out", help="where summary.md goes (default results/ood; required with --only, so that a "
+                                      "partial check does not replace the full one)")
     parser.add_argument("--no-progress", action="store_true")
     add_config_args(parser)
     parser.set_defaults(preset="demo")
@@ -333,6 +335,9 @@ def main(argv=None) -> int:
     unknown = [name for name in args.only or () if name not in SET_NAMES]
     if unknown:
         sys.exit(f"error: --only: no set named {unknown[0]!r} (the sets: {'; '.join(SET_NAMES)})")
+    if args.only and not args.out:
+        sys.exit("error: --only checks some sets: give --out, so that their summary does not replace results/ood's")
+    args.out = args.out or os.path.join(REPO_DIR, "results", "ood")
     if (args.train or args.reference) and not cfg.steps_per_epoch:
         sys.exit("error: config: steps_per_epoch: --train and --reference need a fixed number of steps per epoch "
                  "(this preset trains one pass per epoch); --set steps_per_epoch=100")
@@ -361,7 +366,8 @@ def main(argv=None) -> int:
                 results[label] = {s: evaluate(model, run_cfg, scenes) for s, scenes in sets.items()}
                 print(table({label: results[label]}).split("\n", 2)[2], flush=True)
                 print(band_table({label: results[label]}).split("\n", 2)[2], flush=True)
-                print(pair_table({label: results[label]}).split("\n", 2)[2], flush=True)
+                if pair_table({label: results[label]}):
+                    print(pair_table({label: results[label]}).split("\n", 2)[2], flush=True)
     from fileio import atomic_write_json, atomic_write_text, json_safe
     summary = {"train_families": TRAIN_FAMILIES, "held_out_families": HELD_OUT_FAMILIES, "seed": SEED,
                "size": [args.width, args.height], "sharp_px": SHARP_PX, "blurred_px": BLURRED_PX,
@@ -372,11 +378,12 @@ def main(argv=None) -> int:
             f"the blurry input's; in-focus gain: PSNR over pixels blurred by less than {SHARP_PX:g} px; defocused gain: over "
             f"pixels blurred by {BLURRED_PX:g} px or more (scenes without such pixels left out).\n\n"
             f"## Gain by blur size\n\nPSNR gain over the pixels of each blur band, pooled over the set's scenes; in "
-            f"brackets the share of the set's pixels in the band.\n\n{band_table(results)}\n\n"
-            f"## The PSFs alone\n\nThe same scenes (content, planes, blur, tones, left/right gains, no noise) under "
-            f"synthesize.py's PSFs from the training families and under renderer2's: the gain on pixels blurred by "
-            f"{BLURRED_PX:g} px or more, and the share of it a model keeps under renderer2's PSFs.\n\n"
-            f"{pair_table(results)}\n")
+            f"brackets the share of the set's pixels in the band.\n\n{band_table(results)}\n")
+    if pair_table(results):
+        text += (f"\n## The PSFs alone\n\nThe same scenes (content, planes, blur, tones, left/right gains, no noise) "
+                 f"under synthesize.py's PSFs from the training families and under renderer2's: the gain on pixels "
+                 f"blurred by {BLURRED_PX:g} px or more, and the share of it a model keeps under renderer2's PSFs."
+                 f"\n\n{pair_table(results)}\n")
     atomic_write_text(os.path.join(args.out, "summary.md"), text)
     print("\n" + table(results) + "\n\n" + band_table(results) + "\n\n" + pair_table(results))
     return 0

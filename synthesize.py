@@ -940,8 +940,9 @@ class Domain:
     background_blur: the fraction of DSLR scenes (not the real-depth motorcycle) whose crop is chosen so that the
       background at infinity is blurred by a diameter drawn log-uniform from a third of the blur limit to all of
       it, as in a photograph taken wide open for a blurred background (the crop stays within the sensor's full
-      resolution and at most the whole frame); drawn cameras and zoom alone rarely blur backgrounds that much.
-      0 disables it (one fewer draw per scene, as for `field`).
+      resolution and at most the whole frame; indoor backgrounds, at most 8 m away, get less); drawn cameras and
+      zoom alone rarely blur backgrounds that much. Turning it on takes one more draw per scene before the layout
+      is drawn, so every scene's content and layout change, not only the chosen ones'. 0 disables it.
     grey_fraction: DSLR scenes drawn one-channel (phones: half of them).
     zoom: the image shows 1/zoom of the sensor's width (a crop, or a camera with a smaller downscale), zoom
       drawn log-uniform in this range per scene: blur in pixels grows with it (up to --max-coc). At 320 wide,
@@ -1323,8 +1324,8 @@ def main(argv=None) -> None:
     parser.add_argument("--field-tilt", type=float, default=d.field_tilt,
                         help="... and the largest change of the right PSF's relative size there (e.g. 0.15; default 0)")
     parser.add_argument("--background-blur", type=float, default=d.background_blur,
-                        help=f"fraction of DSLR scenes whose background is blurred by a third of --max-coc to all of it "
-                             f"(default {d.background_blur:g}; see Domain)")
+                        help=f"fraction of DSLR scenes whose background is blurred by a third of --max-coc to all "
+                             f"of it (default {d.background_blur:g}; see Domain)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     print("settings: " + ", ".join(f"{k}={v}" for k, v in vars(args).items()))

@@ -1,6 +1,7 @@
 """A second, independently written dual-pixel renderer, used only to check that models trained on synthesize.py
 data are not just learning synthesize.py (ood_check.py, tests/test_ood.py). It shares no code with
-synthesize.py and models the optics another way on purpose:
+synthesize.py and models the optics another way on purpose (a caller may pass other PSFs in, as ood_check.py
+does for its twin sets):
 
 - PSFs by ray sampling: points drawn uniformly over a round or polygonal aperture, each split between the
   left and right photodiodes by a soft (logistic) weight on its horizontal position, splatted bilinearly

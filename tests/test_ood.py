@@ -88,6 +88,10 @@ def test_the_same_scenes_with_our_psfs_differ_only_where_the_psfs_blur():
         np.testing.assert_allclose(a["combined"][far], b["combined"][far], atol=1e-5)
         blurred = a["blur"] >= 3
         assert blurred.any() and np.abs(a["combined"] - b["combined"])[blurred].mean() > 1e-3
+    from synthesize import centroid_x
+    for blur in (6.0, 11.0, -6.0):            # DPDD's convention: behind focus the left view's PSF lies left
+        left, right = ood_check.our_psfs_for(0)(blur)
+        assert np.sign(centroid_x(left)) == -np.sign(blur) == -np.sign(centroid_x(right))
 
 
 def test_pair_table_gives_the_share_of_the_twins_gain_kept():
@@ -130,7 +134,8 @@ def test_small_and_large_blur_sets_are_the_renderers_at_phone_and_dslr_blur():
     assert max(s["blur"].max() for s in default) > 6
     assert max(s["blur"].max() for s in small) < 3 and max(s["blur"].max() for s in small) > 1
     sets = ood_check.check_sets(4, 160, 104)
-    for name in ("in-dist large blur", "renderer2 optics, our content, large blur", "renderer2 large blur"):
+    for name in ("in-dist large blur", "renderer2 optics, our content, large blur",
+                 "the same with our PSFs, large blur", "renderer2 large blur"):
         assert all(s["sharp"].shape == (208, 320, 3) for s in sets[name])
         assert 20 < max(s["blur"].max() for s in sets[name]) <= ood_check.LARGE_BLUR_PX + 0.5, name
 
@@ -157,7 +162,8 @@ def test_ood_check_reports_each_set(tmp_path):
         assert sum(b["pixels"] for b in r["bands"].values()) == pytest.approx(1.0)
     text = (tmp_path / "out" / "summary.md").read_text()
     assert "| renderer2 |" in text and "| renderer2 noise-free |" in text and "## Gain by blur size" in text
-    assert "## The PSFs alone" in text and f"| {label} | renderer2 optics, our content, large blur |" in text
+    pairs = text.split("## The PSFs alone")[1]
+    assert all(f"| {label} | {theirs} |" in pairs for theirs, _ in ood_check.PAIRS)
 
 
 def test_only_checks_the_sets_named_and_stops_on_an_unknown_one(tmp_path):
@@ -168,8 +174,15 @@ def test_only_checks_the_sets_named_and_stops_on_an_unknown_one(tmp_path):
     assert ood_check.main(argv) == 0
     (sets,) = json.loads((tmp_path / "out" / "summary.json").read_text())["results"].values()
     assert list(sets) == ["renderer2 optics, our content", "the same with our PSFs"]
+    assert "## The PSFs alone" in (tmp_path / "out" / "summary.md").read_text()
     with pytest.raises(SystemExit, match="--only: no set named 'renderer2 optics'"):
         ood_check.main(argv + ["--only", "renderer2 optics"])
+    with pytest.raises(SystemExit, match="give --out"):
+        ood_check.main([a for a in argv if a not in ("--out", str(tmp_path / "out"))])
+    single = argv[:argv.index("--only")] + ["--only", "in-dist"]          # no pair: no PSF table, no crash
+    single[single.index("--out") + 1] = str(tmp_path / "one")
+    assert ood_check.main(single) == 0
+    assert "## The PSFs alone" not in (tmp_path / "one" / "summary.md").read_text()
 
 
 def test_a_model_that_returns_its_input_gains_nothing_anywhere(tmp_path):
