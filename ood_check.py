@@ -296,8 +296,9 @@ def pair_table(results: dict) -> str:
                 a, b = sets[ours]["blurred_gain"], sets[theirs]["blurred_gain"]
                 share = f"{100 * b / a:.0f}%" if a > 0 else "-"
                 rows.append([model, theirs, _signed(a), _signed(b), share])
-    return "" if not rows else markdown_table(["model", "set (renderer2's PSFs)", "defocused gain, our PSFs dB",
-                           "defocused gain, renderer2's PSFs dB", "share kept"], rows)
+    header = ["model", "set (renderer2's PSFs)", "defocused gain, our PSFs dB", "defocused gain, renderer2's PSFs dB",
+              "share kept"]
+    return markdown_table(header, rows) if rows else ""
 
 
 def _band_cell(band: dict) -> str:
@@ -366,8 +367,9 @@ def main(argv=None) -> int:
                 results[label] = {s: evaluate(model, run_cfg, scenes) for s, scenes in sets.items()}
                 print(table({label: results[label]}).split("\n", 2)[2], flush=True)
                 print(band_table({label: results[label]}).split("\n", 2)[2], flush=True)
-                if pair_table({label: results[label]}):
-                    print(pair_table({label: results[label]}).split("\n", 2)[2], flush=True)
+                pairs = pair_table({label: results[label]})
+                if pairs:
+                    print(pairs.split("\n", 2)[2], flush=True)
     from fileio import atomic_write_json, atomic_write_text, json_safe
     summary = {"train_families": TRAIN_FAMILIES, "held_out_families": HELD_OUT_FAMILIES, "seed": SEED,
                "size": [args.width, args.height], "sharp_px": SHARP_PX, "blurred_px": BLURRED_PX,
@@ -379,13 +381,14 @@ def main(argv=None) -> int:
             f"pixels blurred by {BLURRED_PX:g} px or more (scenes without such pixels left out).\n\n"
             f"## Gain by blur size\n\nPSNR gain over the pixels of each blur band, pooled over the set's scenes; in "
             f"brackets the share of the set's pixels in the band.\n\n{band_table(results)}\n")
-    if pair_table(results):
+    pairs = pair_table(results)
+    if pairs:
         text += (f"\n## The PSFs alone\n\nThe same scenes (content, planes, blur, tones, left/right gains, no noise) "
                  f"under synthesize.py's PSFs from the training families and under renderer2's: the gain on pixels "
                  f"blurred by {BLURRED_PX:g} px or more, and the share of it a model keeps under renderer2's PSFs."
-                 f"\n\n{pair_table(results)}\n")
+                 f"\n\n{pairs}\n")
     atomic_write_text(os.path.join(args.out, "summary.md"), text)
-    print("\n" + table(results) + "\n\n" + band_table(results) + "\n\n" + pair_table(results))
+    print("\n" + table(results) + "\n\n" + band_table(results) + ("\n\n" + pairs if pairs else ""))
     return 0
 
 
