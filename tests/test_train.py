@@ -150,6 +150,15 @@ def test_a_network_that_learns_nothing_is_told_so(store, tmp_path, capsys):
     assert "the network has learnt (almost) nothing" in out.err
 
 
+def test_learnt_nothing_means_a_best_val_loss_within_two_percent_of_the_input():
+    from train import learnt_nothing
+    history = [{"val_loss": 1.05}, {"loss": 0.5}, {"val_loss": 0.985}]
+    assert learnt_nothing(history, 1.0)                          # best 0.985: 1.5% below the input's loss
+    assert not learnt_nothing(history + [{"val_loss": 0.975}], 1.0)
+    assert not learnt_nothing([{"loss": 0.1}], 1.0)              # no val losses, no verdict
+    assert not learnt_nothing(history, None)
+
+
 @pytest.fixture(scope="module")
 def reference(store):
     """An uninterrupted run that the interrupted ones must reproduce."""
