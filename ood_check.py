@@ -32,16 +32,20 @@ anything.
     python ood_check.py --weights checkpoints/demo/best.keras            # evaluate a dual-pixel model
     python ood_check.py --train                                           # train on the training families first
     python ood_check.py --train --weights W1 --weights W2 --out results/ood
-    python ood_check.py --reference --weights checkpoints/demo/best.keras  # what renderer2 data itself teaches
+    python ood_check.py --reference --weights checkpoints/demo/best.keras  # what each set's own data teaches
     python ood_check.py --weights W --only "renderer2 large blur" --out ood_large   # some of the sets
 
 --train synthesises the demo's number of training scenes (400) from TRAIN_FAMILIES under ood/ (about 1 min),
 trains the demo preset's DPDNet on them (--set overrides apply; --steps sets the budget) and adds it to the
-models checked. --reference trains the same recipe on 100 renderer2 scenes (seed REFERENCE_SEED, not the test
-scenes'): its gain on the renderer2 set is what this network and budget attain there when the renderer is
-known, the yardstick for the other models' out-of-distribution gain (on the noisy set mostly a denoising one;
-the noise-free set compares deblurring). Writes summary.md and summary.json to
---out (default results/ood).
+models checked. --reference trains the same recipe on the data of three of the other sets, from other seeds
+than the test scenes': 100 renderer2 scenes, 400 synthesize.py scenes of the held-out families, and 400 scenes
+of renderer2's planes over our content with our PSFs (the twin set's distribution, noise-free). Each is the
+yardstick of its set (YARDSTICKS; --train's model is in-dist's): what this network and budget attain there when
+trained on that very data. A set's gain depends on how much its scenes let any model restore (noise, content,
+blur sizes), so the table "Share of the attainable gain" in summary.md divides each model's gain on a set by its
+yardstick's, the measure of how far a model's gain travels. (On the noisy renderer2 set the reference gains
+mostly by denoising renderer2's smooth procedural textures; the noise-free sets compare deblurring.) Writes
+summary.md and summary.json to --out (default results/ood).
 """
 
 from __future__ import annotations
@@ -62,7 +66,8 @@ TRAIN_FAMILIES = {"psf_families": ("butterworth", "ramp"), "tones": ("srgb", "ga
 HELD_OUT_FAMILIES = {"psf_families": ("soft", "polygon"), "tones": ("linear",), "noise_levels": ("high",),
                      "bits": (10, 12)}
 SEED = 11                         # not the demo's synthesis seed 0
-REFERENCE_SEED = 500              # renderer2 training scenes for --reference
+REFERENCE_SEED = 500              # training scenes of the --reference models (+1 for their val scenes)
+REFERENCE_SCENES = {"renderer2": 100, "held-out": 400, "planes": 400}   # their training scenes (val: 10)
 SHARP_PX = 1.0                    # pixels whose blur diameter is below this count as in focus
 BLURRED_PX = 3.0                  # pixels whose blur diameter is at least this count as clearly defocused
 BANDS = ((0, 1), (1, 3), (3, 6), (6, 10), (10, 20), (20, math.inf))   # blur diameters (px) of the band table
@@ -75,6 +80,12 @@ SET_NAMES = ("in-dist", "held-out", "renderer2", "renderer2 noise-free", "render
 # model keeps under renderer2's PSFs is the out-of-distribution share of the optics alone.
 PAIRS = (("renderer2 optics, our content", "the same with our PSFs"),
          ("renderer2 optics, our content, large blur", "the same with our PSFs, large blur"))
+# The model trained on a set's own distribution (--train, --reference): what the recipe attains on that set.
+FAMILIES_MODEL = "trained on the training families"
+YARDSTICKS = {"in-dist": FAMILIES_MODEL,
+              "held-out": "trained on the held-out families (reference)",
+              "renderer2": "trained on renderer2 (reference)",
+              "the same with our PSFs": "trained on renderer2's planes, our content and PSFs (reference)"}
 
 
 def synthetic_set(domain, n: int, width: int, height: int, max_blur: float | None = None) -> list[dict]:
@@ -114,12 +125,12 @@ def renderer2_set(n: int, width: int, height: int, noise: bool = True, our_conte
                                    psfs=our_psfs_for if our_psfs else None)
 
 
-def our_psfs_for(index: int):
+def our_psfs_for(index: int, seed: int = SEED):
     """Scene `index`'s synthesize.py PSFs for renderer2's planes: a DSLR shape drawn from TRAIN_FAMILIES (one
     colour's: renderer2 blurs the three channels alike), as a function of the signed blur diameter."""
     import dataclasses
     import synthesize
-    rng = np.random.default_rng([SEED, index, 1])
+    rng = np.random.default_rng([seed, index, 1])
     shape = synthesize.draw_psf(rng, synthesize.Domain(**TRAIN_FAMILIES), phone=False)
     shape = dataclasses.replace(shape, chroma=0.0)
     return lambda blur: synthesize.dp_kernels(blur, shape)[:2]
@@ -211,41 +222,67 @@ def _mean(values: np.ndarray) -> float:
 
 def train_on_families(cfg, steps: int, progress: bool):
     """Synthesise TRAIN_FAMILIES data, train the demo DPDNet on it; returns the best checkpoint."""
-    import synthesize
     from demo import SCENES
-    synthesize.synthesize(cfg.resolve_path("dataset_root"), n_train=SCENES["full"]["n_train"], n_val=10, n_test=4,
-                          width=cfg.working_width, height=cfg.working_height, seed=SEED, workers=cfg.data_workers, progress=progress,
-                          domain=synthesize.Domain(**TRAIN_FAMILIES))
+    return _train_on_synthetic(cfg, TRAIN_FAMILIES, SCENES["full"]["n_train"], SEED, steps, progress)
+
+
+def train_on_held_out(cfg, steps: int, progress: bool):
+    """The held-out set's yardstick: the same recipe on HELD_OUT_FAMILIES data (another seed than the test set's)."""
+    cfg = _reference_cfg(cfg, "held_out")
+    return _train_on_synthetic(cfg, HELD_OUT_FAMILIES, REFERENCE_SCENES["held-out"], REFERENCE_SEED, steps, progress)
+
+
+def _train_on_synthetic(cfg, families: dict, n_train: int, seed: int, steps: int, progress: bool):
+    import synthesize
+    synthesize.synthesize(cfg.resolve_path("dataset_root"), n_train=n_train, n_val=10, n_test=4,
+                          width=cfg.working_width, height=cfg.working_height, seed=seed, workers=cfg.data_workers,
+                          progress=progress, domain=synthesize.Domain(**families))
     return _train(cfg, steps, progress)
 
 
-def train_on_renderer2(cfg, steps: int, max_blur: float, progress: bool):
-    """Write renderer2 train/val scenes in the DPDD layout, train the same recipe on them; returns the best checkpoint."""
-    import dataclasses
+def train_on_renderer2(cfg, steps: int, max_blur: float, progress: bool, planes: bool = False):
+    """Write renderer2 train/val scenes in the DPDD layout, train the same recipe on them; returns the best
+    checkpoint. planes: renderer2's planes over our content with our PSFs, noise-free (the distribution of the
+    set "the same with our PSFs"); else renderer2's own scenes."""
     from images import write_image
-    from synthesize import scene_paths
-    cfg = dataclasses.replace(cfg, dataset_root=cfg.dataset_root + "_renderer2", patch_dir=cfg.patch_dir + "_renderer2",
-                              run_name="ood_renderer2")
+    from synthesize import random_content, scene_paths
+    cfg = _reference_cfg(cfg, "renderer2_planes" if planes else "renderer2")
     root = cfg.resolve_path("dataset_root")
-    for split, count in (("train", 100), ("val", 10)):
-        scenes = _renderer2().render_set(count, seed=REFERENCE_SEED + ("train", "val").index(split),
-                                         h=cfg.working_height, w=cfg.working_width, max_blur=max_blur)
+    for split, count in (("train", REFERENCE_SCENES["planes" if planes else "renderer2"]), ("val", 10)):
+        seed = REFERENCE_SEED + ("train", "val").index(split)
+        extra = dict(noise=False, content=random_content, psfs=lambda i: our_psfs_for(i, seed)) if planes else {}
+        scenes = _renderer2().render_set(count, seed=seed, h=cfg.working_height, w=cfg.working_width,
+                                         max_blur=max_blur, **extra)
         for i, s in enumerate(scenes):
             for key, image in scene_paths(root, split, i).items():
                 write_image(image, s[{"source": "combined", "target": "sharp"}.get(key, key)], bits=16)
     return _train(cfg, steps, progress)
 
 
+def _reference_cfg(cfg, name: str):
+    """cfg with its own data, patch store and run folders for the reference model `name`."""
+    import dataclasses
+    return dataclasses.replace(cfg, dataset_root=f"{cfg.dataset_root}_{name}", patch_dir=f"{cfg.patch_dir}_{name}",
+                               run_name=f"ood_{name}")
+
+
 def _train(cfg, steps: int, progress: bool):
-    """Build the patch store and train cfg's run for `steps`, the preset's lr schedule scaled to the budget."""
+    """Build the patch store and train cfg's run for `steps`, the preset's lr schedule scaled to the budget; a run
+    that learnt nothing (train.learnt_nothing: the demo recipe now and then leaves the network at its input) is
+    trained once more with the next seed, since a model stuck at its input measures nothing."""
     import dataclasses
     import data_prep
     import train
     data_prep.build_store(cfg, progress=progress)
     epochs = max(1, steps // cfg.steps_per_epoch)
     cfg = dataclasses.replace(cfg, epochs=epochs, lr_decay_every=max(1, round(cfg.lr_decay_every * epochs / cfg.epochs)))
-    result = train.train(cfg, resume=False, verbose=1 if progress else 2)   # a fresh run: settings may have changed
-    return result["best"] or result["last"]
+    for attempt in range(2):
+        result = train.train(cfg, resume=False, verbose=1 if progress else 2)   # a fresh run: settings may have changed
+        if not train.learnt_nothing(result["history"], result["input_val_loss"]) or attempt:
+            return result["best"] or result["last"]
+        print(f"{cfg.run_name}: stuck at its input with seed {cfg.seed}; training it again with seed {cfg.seed + 1}",
+              flush=True)
+        cfg = dataclasses.replace(cfg, seed=cfg.seed + 1)
 
 
 def inference_variants(name: str, model_cfg) -> dict:
@@ -301,6 +338,31 @@ def pair_table(results: dict) -> str:
     return markdown_table(header, rows) if rows else ""
 
 
+def share_table(results: dict, variants: dict) -> str:
+    """Per model and set with a yardstick (YARDSTICKS) among the results: the yardstick's gain and the model's,
+    over the whole image and over defocused pixels, and the model's share of each. `variants` maps a result
+    label to (model name, inference variant); a model is compared with its yardstick run the same way (one pass
+    or self-ensemble) where the yardstick has that variant, else with the yardstick as it runs by default."""
+    from results_page import markdown_table
+    rows = []
+    for label, sets in results.items():
+        name, variant = variants[label]
+        for set_name, yardstick in YARDSTICKS.items():
+            runs = [other for other in results if variants[other][0] == yardstick]
+            if yardstick == name or set_name not in sets or not runs:
+                continue
+            same = [other for other in runs if variants[other][1] == variant]
+            ref = results[(same or runs)[-1]][set_name]
+            row = [label, set_name]
+            for key in ("gain", "blurred_gain"):
+                share = f"{100 * sets[set_name][key] / ref[key]:.0f}%" if ref[key] > 0 else "-"
+                row += [_signed(ref[key]), _signed(sets[set_name][key]), share]
+            rows.append(row)
+    header = ["model", "set", "yardstick's gain dB", "model's gain dB", "share", "yardstick's defocused gain dB",
+              "model's defocused gain dB", "share"]
+    return markdown_table(header, rows) if rows else ""
+
+
 def _band_cell(band: dict) -> str:
     share = 100 * band["pixels"]
     share = f"{share:.0f}%" if share >= 0.5 or share == 0 else "<1%"
@@ -312,8 +374,9 @@ def main(argv=None) -> int:
     parser.add_argument("--weights", action="append", default=[], help="a dual-pixel checkpoint to check "
                                                                         "(repeatable)")
     parser.add_argument("--train", action="store_true", help="train the demo DPDNet on TRAIN_FAMILIES first")
-    parser.add_argument("--reference", action="store_true", help="also train the demo DPDNet on renderer2 scenes: "
-                                                                  "the gain attainable there")
+    parser.add_argument("--reference", action="store_true", help="also train the demo DPDNet on the data of the "
+                                                                  "held-out, renderer2 and twin sets: the gain "
+                                                                  "attainable on each")
     parser.add_argument("--steps", type=int, help="--train's and --reference's budget in steps (default: the "
                                                   "preset's, epochs x steps_per_epoch: 4,000 for demo)")
     parser.add_argument("--only", action="append", metavar="SET", help="check only this set (repeatable; "
@@ -347,24 +410,28 @@ def main(argv=None) -> int:
     import weights
     with exit_on_error(OSError):
         models = {}
+        progress, max_blur = not args.no_progress, synthesize.default_max_coc(cfg.working_width)
         if args.train:
-            models["trained on the training families"] = train_on_families(cfg, args.steps, not args.no_progress)
+            models[FAMILIES_MODEL] = train_on_families(cfg, args.steps, progress)
         if args.reference:
-            models["trained on renderer2 (reference)"] = train_on_renderer2(
-                cfg, args.steps, synthesize.default_max_coc(cfg.working_width), not args.no_progress)
+            models[YARDSTICKS["held-out"]] = train_on_held_out(cfg, args.steps, progress)
+            models[YARDSTICKS["renderer2"]] = train_on_renderer2(cfg, args.steps, max_blur, progress)
+            models[YARDSTICKS["the same with our PSFs"]] = train_on_renderer2(cfg, args.steps, max_blur, progress,
+                                                                              planes=True)
         for path in args.weights:
             models[os.path.relpath(os.path.abspath(path), REPO_DIR)] = path
         t0 = time.time()
         size = (args.width, args.height)
         sets = check_sets(args.scenes, *size, only=args.only)
         print(f"rendered {len(sets) * args.scenes} test scenes in {time.time() - t0:.0f} s", flush=True)
-        results = {}
+        results, variants = {}, {}
         for name, path in models.items():
             model, model_cfg = weights.load_model(path, cfg)
             if model_cfg.input_mode != "dual":
                 raise weights.WeightsError(f"{path}: the check is for dual-pixel (DPDNet) models")
             for label, run_cfg in inference_variants(name, model_cfg).items():
                 results[label] = {s: evaluate(model, run_cfg, scenes) for s, scenes in sets.items()}
+                variants[label] = (name, label[len(name):])
                 print(table({label: results[label]}).split("\n", 2)[2], flush=True)
                 print(band_table({label: results[label]}).split("\n", 2)[2], flush=True)
                 pairs = pair_table({label: results[label]})
@@ -373,7 +440,8 @@ def main(argv=None) -> int:
     from fileio import atomic_write_json, atomic_write_text, json_safe
     summary = {"train_families": TRAIN_FAMILIES, "held_out_families": HELD_OUT_FAMILIES, "seed": SEED,
                "size": [args.width, args.height], "sharp_px": SHARP_PX, "blurred_px": BLURRED_PX,
-               "bands_px": [[lo, hi] for lo, hi in BANDS], "pairs": PAIRS, "results": results}
+               "bands_px": [[lo, hi] for lo, hi in BANDS], "pairs": PAIRS, "yardsticks": YARDSTICKS,
+               "results": results}
     atomic_write_json(os.path.join(args.out, "summary.json"), json_safe(summary))
     text = (f"# Out-of-distribution check (ood_check.py)\n\nTraining families: {TRAIN_FAMILIES}\n\n"
             f"Held-out families: {HELD_OUT_FAMILIES}\n\n{table(results)}\n\nGains are mean PSNR over the set minus "
@@ -387,8 +455,16 @@ def main(argv=None) -> int:
                  f"under synthesize.py's PSFs from the training families and under renderer2's: the gain on pixels "
                  f"blurred by {BLURRED_PX:g} px or more, and the share of it a model keeps under renderer2's PSFs."
                  f"\n\n{pairs}\n")
+    shares = share_table(results, variants)
+    if shares:
+        text += (f"\n## Share of the attainable gain\n\nEach model's gain on a set against its yardstick's, the same "
+                 f"recipe trained on that set's own distribution (--train, --reference): "
+                 f"{'; '.join(f'{k}: {v}' for k, v in YARDSTICKS.items())}. On the noise-free twin set only the "
+                 f"defocused columns compare deblurring (in-focus input pixels there are nearly exact)."
+                 f"\n\n{shares}\n")
     atomic_write_text(os.path.join(args.out, "summary.md"), text)
-    print("\n" + table(results) + "\n\n" + band_table(results) + ("\n\n" + pairs if pairs else ""))
+    print("\n" + table(results) + "\n\n" + band_table(results) + ("\n\n" + pairs if pairs else "")
+          + ("\n\n" + shares if shares else ""))
     return 0
 
 

@@ -145,6 +145,55 @@ def test_held_out_families_share_nothing_with_the_training_ones():
         assert not set(values) & set(ood_check.TRAIN_FAMILIES[key]), key
 
 
+def test_share_table_divides_each_gain_by_its_yardsticks_run_the_same_way():
+    """A model's share of a set's yardstick: its one-pass gain against the yardstick's one-pass gain, its
+    self-ensemble's against the yardstick's self-ensemble; a model without that variant is compared with the
+    yardstick as it runs by default (listed last); no share where the yardstick gains nothing; no row for the
+    yardstick itself or for sets without a yardstick in the results."""
+    r = lambda g, b: {"gain": g, "blurred_gain": b}
+    held = ood_check.YARDSTICKS["held-out"]
+    one, ens = ", one pass", ", self-ensemble of 4"
+    results = {held + one: {"held-out": r(1.0, 2.0), "in-dist": r(0.5, 0.5)},
+               held + ens: {"held-out": r(1.6, 2.5), "in-dist": r(0.6, 0.6)},
+               "m" + one: {"held-out": r(0.5, 1.5), "in-dist": r(0.1, 0.1)},
+               "m" + ens: {"held-out": r(0.8, 3.0), "in-dist": r(0.2, 0.2)},
+               "plain": {"held-out": r(-0.4, 0.5)}}
+    variants = {label: (label.split(",")[0], label[len(label.split(",")[0]):]) for label in results}
+    text = ood_check.share_table(results, variants)
+    assert f"| m{one} | held-out | +1.00 | +0.50 | 50% | +2.00 | +1.50 | 75% |" in text
+    assert f"| m{ens} | held-out | +1.60 | +0.80 | 50% | +2.50 | +3.00 | 120% |" in text
+    assert "| plain | held-out | +1.60 | -0.40 | -25% | +2.50 | +0.50 | 20% |" in text
+    assert text.count("\n") == 2 + 3 - 1                     # header, rule and three rows: no in-dist yardstick
+    results[held + one]["held-out"] = r(-0.2, 0.0)
+    assert f"| m{one} | held-out | -0.20 | +0.50 | - | +0.00 | +1.50 | - |" in ood_check.share_table(results, variants)
+
+
+def test_a_model_stuck_at_its_input_is_trained_again_with_the_next_seed(monkeypatch):
+    """A yardstick that learnt nothing measures nothing: _train runs it once more with seed + 1 and returns that
+    run's checkpoint; a second stuck run is returned as it is (train.py has warned)."""
+    import data_prep
+    import train
+    from config import make_config
+    seeds = []
+
+    def fake_train(cfg, resume, verbose):
+        seeds.append(cfg.seed)
+        stuck = len(seeds) < stuck_runs + 1
+        return {"history": [{"val_loss": 0.995 if stuck else 0.5}], "input_val_loss": 1.0,
+                "best": f"best{len(seeds)}.keras", "last": "last.keras"}
+    monkeypatch.setattr(data_prep, "build_store", lambda cfg, progress: None)
+    monkeypatch.setattr(train, "train", fake_train)
+    cfg = make_config("demo", {"seed": 4})
+    stuck_runs = 1
+    assert ood_check._train(cfg, 200, False) == "best2.keras" and seeds == [4, 5]
+    seeds.clear()
+    stuck_runs = 0
+    assert ood_check._train(cfg, 200, False) == "best1.keras" and seeds == [4]
+    seeds.clear()
+    stuck_runs = 5
+    assert ood_check._train(cfg, 200, False) == "best2.keras" and seeds == [4, 5]
+
+
 def test_ood_check_reports_each_set(tmp_path):
     model, cfg = tiny_model("dual", seed=1)
     ckpt = save_checkpoint(model, cfg, str(tmp_path / "ck"))
@@ -217,25 +266,40 @@ def test_a_model_that_returns_its_input_gains_nothing_anywhere(tmp_path):
     assert held == 4 * 4 + 6        # four small sets: 2 means, 2 bands; renderer2 large blur: 3 means, 3 bands
 
 
-def test_reference_model_trains_on_renderer2_scenes_other_than_the_test_ones(tmp_path):
-    """--reference writes 100 train and 10 val renderer2 scenes in the DPDD layout, from another seed than the
-    test set's, trains on them and reports the result as one more model, in one pass and as the self-ensemble
-    of the flips it trained with."""
+def test_reference_models_train_on_each_sets_distribution_other_than_the_test_scenes(tmp_path, monkeypatch):
+    """--reference writes the train and val scenes of its three yardsticks in the DPDD layout (renderer2's own
+    scenes, synthesize.py's held-out families, renderer2's planes over our content with our PSFs), from other
+    seeds than the test sets', trains on each and reports each as one more model, in one pass and as the
+    self-ensemble of the flips it trained with; summary.md divides the models' gains by the yardsticks'."""
+    monkeypatch.setattr(ood_check, "REFERENCE_SCENES", {"renderer2": 6, "held-out": 5, "planes": 4})
     paths = {"dataset_root": tmp_path / "data", "patch_dir": tmp_path / "patches", "checkpoint_dir": tmp_path / "ck"}
     sets = [f"{k}={v}" for k, v in paths.items()] + ["working_width=64", "working_height=48", "patch_size=32",
                                                        "base_filters=4", "depth=2", "steps_per_epoch=5"]
     argv = ["--reference", "--steps", "10", "--scenes", "2", "--width", "64", "--height", "48",
             "--out", str(tmp_path / "out"), "--no-progress"]
     assert ood_check.main(argv + [a for s in sets for a in ("--set", s)]) == 0
-    root = str(paths["dataset_root"]) + "_renderer2"
-    for split, count in (("train", 100), ("val", 10)):
-        for side in ("c", "l", "r"):
-            assert len(os.listdir(os.path.join(root, f"{split}_{side}", "source"))) == count
     from images import read_image, to_float
-    first = to_float(read_image(os.path.join(root, "train_c", "source", "syn_train_00000_s.png")))
-    test_first = ood_check.renderer2_set(1, 64, 48)[0]["combined"]
-    assert np.abs(first - test_first).max() > 0.1
-    results = json.loads((tmp_path / "out" / "summary.json").read_text())["results"]
-    ref = "trained on renderer2 (reference)"
-    assert set(results) == {f"{ref}, one pass", f"{ref}, self-ensemble of 4"}  # trained with flips: both ways
-    assert set(results[f"{ref}, one pass"]) == set(ood_check.check_sets(1, 64, 48))
+    first = {}
+    for name, count in (("renderer2", 6), ("held_out", 5), ("renderer2_planes", 4)):
+        root = f"{paths['dataset_root']}_{name}"
+        for split, n in (("train", count), ("val", 10)):
+            for side in ("c", "l", "r"):
+                assert len(os.listdir(os.path.join(root, f"{split}_{side}", "source"))) == n, (name, split, side)
+        first[name] = to_float(read_image(os.path.join(root, "train_c", "source", "syn_train_00000_s.png")))
+    tests = {"renderer2": ood_check.renderer2_set(1, 64, 48)[0]["combined"],
+             "held_out": ood_check.check_sets(1, 64, 48, only=["held-out"])["held-out"][0]["combined"],
+             "renderer2_planes": ood_check.check_sets(1, 64, 48, only=["the same with our PSFs"])[
+                 "the same with our PSFs"][0]["combined"]}
+    for name, test_first in tests.items():
+        assert np.abs(first[name] - test_first).max() > 0.1, name
+    assert np.abs(first["renderer2"] - first["renderer2_planes"]).max() > 0.1
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    results = summary["results"]
+    refs = [ood_check.YARDSTICKS[k] for k in ("held-out", "renderer2", "the same with our PSFs")]
+    assert set(results) == {f"{ref}, {v}" for ref in refs for v in ("one pass", "self-ensemble of 4")}
+    assert all(set(r) == set(ood_check.SET_NAMES) for r in results.values())
+    shares = (tmp_path / "out" / "summary.md").read_text().split("## Share of the attainable gain")[1]
+    label = f"{refs[0]}, one pass"
+    mine, yard = results[label]["renderer2"], results[f"{refs[1]}, one pass"]["renderer2"]
+    assert f"| {label} | renderer2 | {yard['gain']:+.2f} | {mine['gain']:+.2f} |" in shares
+    assert f"| {label} | held-out |" not in shares                      # not against itself
