@@ -39,18 +39,16 @@ anything.
 trains the demo preset's DPDNet on them (--set overrides apply; --steps sets the budget) and adds it to the
 models checked. --reference trains the same recipe on the data of three of the other sets, from other seeds
 than the test scenes': 100 renderer2 scenes, 400 synthesize.py scenes of the held-out families, and 400 scenes
-of renderer2's planes over our content with our PSFs (the twin set's distribution, noise-free). Each is the
-yardstick of its set (YARDSTICKS; --train's model is in-dist's): what this network and budget attain there when
-trained on that very data. A set's gain depends on how much its scenes let any model restore (noise, content,
-blur sizes), so the table "Share of the attainable gain" in summary.md divides each model's gain on a set by its
-yardstick's, the measure of how far a model's gain travels. (On the noisy renderer2 set the reference gains
-mostly by denoising renderer2's smooth procedural textures; the noise-free sets compare deblurring.) Writes
+of renderer2's planes over our content with our PSFs (the twin set's distribution, noise-free). Each is its
+set's yardstick (YARDSTICKS; --train's model is in-dist's), what this network and budget attain when trained on
+that very data, and summary.md's table "Share of the attainable gain" divides each model's gain by it. Writes
 summary.md and summary.json to --out (default results/ood).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import sys
@@ -66,7 +64,7 @@ TRAIN_FAMILIES = {"psf_families": ("butterworth", "ramp"), "tones": ("srgb", "ga
 HELD_OUT_FAMILIES = {"psf_families": ("soft", "polygon"), "tones": ("linear",), "noise_levels": ("high",),
                      "bits": (10, 12)}
 SEED = 11                         # not the demo's synthesis seed 0
-REFERENCE_SEED = 500              # training scenes of the --reference models (+1 for their val scenes)
+REFERENCE_SEED = 500              # training scenes of the --reference models (renderer2's val scenes: +1)
 REFERENCE_SCENES = {"renderer2": 100, "held-out": 400, "planes": 400}   # their training scenes (val: 10)
 SHARP_PX = 1.0                    # pixels whose blur diameter is below this count as in focus
 BLURRED_PX = 3.0                  # pixels whose blur diameter is at least this count as clearly defocused
@@ -250,7 +248,8 @@ def train_on_renderer2(cfg, steps: int, max_blur: float, progress: bool, planes:
     root = cfg.resolve_path("dataset_root")
     for split, count in (("train", REFERENCE_SCENES["planes" if planes else "renderer2"]), ("val", 10)):
         seed = REFERENCE_SEED + ("train", "val").index(split)
-        extra = dict(noise=False, content=random_content, psfs=lambda i: our_psfs_for(i, seed)) if planes else {}
+        ours = functools.partial(our_psfs_for, seed=seed)
+        extra = dict(noise=False, content=random_content, psfs=ours) if planes else {}
         scenes = _renderer2().render_set(count, seed=seed, h=cfg.working_height, w=cfg.working_width,
                                          max_blur=max_blur, **extra)
         for i, s in enumerate(scenes):
@@ -280,9 +279,10 @@ def _train(cfg, steps: int, progress: bool):
         result = train.train(cfg, resume=False, verbose=1 if progress else 2)   # a fresh run: settings may have changed
         if not train.learnt_nothing(result["history"], result["input_val_loss"]) or attempt:
             return result["best"] or result["last"]
-        print(f"{cfg.run_name}: stuck at its input with seed {cfg.seed}; training it again with seed {cfg.seed + 1}",
-              flush=True)
-        cfg = dataclasses.replace(cfg, seed=cfg.seed + 1)
+        retry = dataclasses.replace(cfg, seed=cfg.seed + 1, run_name=f"{cfg.run_name}_seed{cfg.seed + 1}")
+        print(f"{cfg.run_name}: stuck at its input with seed {cfg.seed} (kept in {result['run_dir']}); training it "
+              f"again with seed {retry.seed} as {retry.run_name}", flush=True)
+        cfg = retry
 
 
 def inference_variants(name: str, model_cfg) -> dict:

@@ -169,23 +169,26 @@ def test_share_table_divides_each_gain_by_its_yardsticks_run_the_same_way():
 
 
 def test_a_model_stuck_at_its_input_is_trained_again_with_the_next_seed(monkeypatch):
-    """A yardstick that learnt nothing measures nothing: _train runs it once more with seed + 1 and returns that
-    run's checkpoint; a second stuck run is returned as it is (train.py has warned)."""
+    """A yardstick that learnt nothing measures nothing: _train runs it once more with seed + 1, under its own run
+    name so that the stuck run is kept, and returns that run's checkpoint; a second stuck run is returned as it is
+    (train.py has warned)."""
     import data_prep
     import train
     from config import make_config
-    seeds = []
+    seeds, names = [], []
 
     def fake_train(cfg, resume, verbose):
         seeds.append(cfg.seed)
+        names.append(cfg.run_name)
         stuck = len(seeds) < stuck_runs + 1
         return {"history": [{"val_loss": 0.995 if stuck else 0.5}], "input_val_loss": 1.0,
-                "best": f"best{len(seeds)}.keras", "last": "last.keras"}
+                "best": f"best{len(seeds)}.keras", "last": "last.keras", "run_dir": cfg.checkpoint_folder()}
     monkeypatch.setattr(data_prep, "build_store", lambda cfg, progress: None)
     monkeypatch.setattr(train, "train", fake_train)
     cfg = make_config("demo", {"seed": 4})
     stuck_runs = 1
     assert ood_check._train(cfg, 200, False) == "best2.keras" and seeds == [4, 5]
+    assert names == [cfg.run_name, f"{cfg.run_name}_seed5"]
     seeds.clear()
     stuck_runs = 0
     assert ood_check._train(cfg, 200, False) == "best1.keras" and seeds == [4]
@@ -293,6 +296,16 @@ def test_reference_models_train_on_each_sets_distribution_other_than_the_test_sc
     for name, test_first in tests.items():
         assert np.abs(first[name] - test_first).max() > 0.1, name
     assert np.abs(first["renderer2"] - first["renderer2_planes"]).max() > 0.1
+    import functools
+    import synthesize
+    from dp_renderer2 import render_set
+    seed = ood_check.REFERENCE_SEED             # what each should be: drawn here from the renderers' public calls
+    planes = render_set(1, seed=seed, h=48, w=64, max_blur=synthesize.default_max_coc(64), noise=False,
+                        content=synthesize.random_content, psfs=functools.partial(ood_check.our_psfs_for, seed=seed))
+    held, _ = synthesize.make_scene(seed, "train", 0, 64, 48, synthesize.default_max_coc(64),
+                                    domain=synthesize.Domain(**ood_check.HELD_OUT_FAMILIES))
+    assert np.abs(first["renderer2_planes"] - planes[0]["combined"]).max() < 1e-4
+    assert np.abs(first["held_out"] - held["source"]).max() < 1e-4
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     results = summary["results"]
     refs = [ood_check.YARDSTICKS[k] for k in ("held-out", "renderer2", "the same with our PSFs")]
