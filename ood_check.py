@@ -331,8 +331,7 @@ def pair_table(results: dict) -> str:
         for theirs, ours in PAIRS:
             if theirs in sets and ours in sets:
                 a, b = sets[ours]["blurred_gain"], sets[theirs]["blurred_gain"]
-                share = f"{100 * b / a:.0f}%" if a > 0 else "-"
-                rows.append([model, theirs, _signed(a), _signed(b), share])
+                rows.append([model, theirs, _signed(a), _signed(b), _share(b, a)])
     header = ["model", "set (renderer2's PSFs)", "defocused gain, our PSFs dB", "defocused gain, renderer2's PSFs dB",
               "share kept"]
     return markdown_table(header, rows) if rows else ""
@@ -355,12 +354,16 @@ def share_table(results: dict, variants: dict) -> str:
             ref = results[(same or runs)[-1]][set_name]
             row = [label, set_name]
             for key in ("gain", "blurred_gain"):
-                share = f"{100 * sets[set_name][key] / ref[key]:.0f}%" if ref[key] > 0 else "-"
-                row += [_signed(ref[key]), _signed(sets[set_name][key]), share]
+                row += [_signed(ref[key]), _signed(sets[set_name][key]), _share(sets[set_name][key], ref[key])]
             rows.append(row)
     header = ["model", "set", "yardstick's gain dB", "model's gain dB", "share", "yardstick's defocused gain dB",
               "model's defocused gain dB", "share"]
     return markdown_table(header, rows) if rows else ""
+
+
+def _share(part: float, whole: float) -> str:
+    """A gain as a percentage of a reference gain, or - where the reference gains nothing (or NaN)."""
+    return f"{100 * part / whole:.0f}%" if whole > 0 else "-"
 
 
 def _band_cell(band: dict) -> str:
@@ -456,11 +459,12 @@ def main(argv=None) -> int:
                  f"blurred by {BLURRED_PX:g} px or more, and the share of it a model keeps under renderer2's PSFs."
                  f"\n\n{pairs}\n")
     shares = share_table(results, variants)
+    checked = {name for name, _ in variants.values()}
     if shares:
         text += (f"\n## Share of the attainable gain\n\nEach model's gain on a set against its yardstick's, the same "
                  f"recipe trained on that set's own distribution (--train, --reference): "
-                 f"{'; '.join(f'{k}: {v}' for k, v in YARDSTICKS.items())}. On the noise-free twin set only the "
-                 f"defocused columns compare deblurring (in-focus input pixels there are nearly exact)."
+                 f"{'; '.join(f'{k}: {v}' for k, v in YARDSTICKS.items() if v in checked)}. On the noise-free twin "
+                 f"set only the defocused columns compare deblurring (in-focus input pixels there are nearly exact)."
                  f"\n\n{shares}\n")
     atomic_write_text(os.path.join(args.out, "summary.md"), text)
     print("\n" + table(results) + "\n\n" + band_table(results) + ("\n\n" + pairs if pairs else "")

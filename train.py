@@ -118,9 +118,9 @@ def train(cfg: Config, resume: bool | None = None, callbacks=(), verbose: int = 
     if s["best_epoch"] is not None:
         print(f"best ({cfg.select_on} loss {s['best_value']:.6g}, epoch {s['best_epoch']}): {run.best}")
     if learnt_nothing(run.history, baseline):
-        print(f"warning: the best val loss of this run ({min(h['val_loss'] for h in run.history if 'val_loss' in h):.6g}) is within "
-              f"{NO_GAIN:.0%} of the blurry input's ({baseline:.6g}): the network has learnt (almost) nothing. One "
-              f"stuck at its input often trains with a lower learning_rate or another seed", file=sys.stderr)
+        print(f"warning: the best val loss of this run ({best_val_loss(run.history):.6g}) is within {NO_GAIN:.0%} of "
+              f"the blurry input's ({baseline:.6g}): the network has learnt (almost) nothing. One stuck at its input "
+              f"often trains with a lower learning_rate or another seed", file=sys.stderr)
     return {"run_dir": folder, "last": run.last, "best": run.best if os.path.isfile(run.best) else None,
             "epochs_done": s["epoch"], "global_step": s["global_step"], "train_loss": s["train_loss"],
             "val_loss": s["val_loss"], "lr": s["lr"], "best_value": s["best_value"], "best_epoch": s["best_epoch"],
@@ -128,10 +128,15 @@ def train(cfg: Config, resume: bool | None = None, callbacks=(), verbose: int = 
             "history": run.history, "steps_per_s": run.steps_per_s(), "input_val_loss": baseline, **backends.info()}
 
 
+def best_val_loss(history: list[dict]) -> float | None:
+    """The lowest val loss of a run's epochs, None if none has one."""
+    return min((h["val_loss"] for h in history if "val_loss" in h), default=None)
+
+
 def learnt_nothing(history: list[dict], input_loss: float | None) -> bool:
     """Whether a run's best val loss stayed within NO_GAIN of the blurry input's own (False without val losses)."""
-    val_losses = [h["val_loss"] for h in history if "val_loss" in h]
-    return input_loss is not None and bool(val_losses) and min(val_losses) >= input_loss * (1 - NO_GAIN)
+    best = best_val_loss(history)
+    return input_loss is not None and best is not None and best >= input_loss * (1 - NO_GAIN)
 
 
 def input_val_loss(stream: PatchStream, cfg: Config) -> float | None:
