@@ -54,7 +54,7 @@ class Config:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-7
-    loss: str = "mse"                           # mse (paper) or l1 (train.make_loss)
+    loss: str = "mse"                           # mse (paper), l1 or charbonnier (train.make_loss)
     augment: bool = False                       # flips/rotations of patches (off in the paper)
     select_on: str = "val"                      # keep `best` by lowest val loss, or "train" as the authors did
     checkpoint_every_steps: int = 500           # `last` is also written every epoch
@@ -243,7 +243,7 @@ _CHOICES = {
     "input_mode": ("dual", "single"),
     "head": ("sigmoid", "residual"),
     "activation": ("relu", "leaky_relu"),
-    "loss": ("mse", "l1"),
+    "loss": ("mse", "l1", "charbonnier"),
     "select_on": ("val", "train"),
     "self_ensemble": ("auto", "on", "off"),
     "precision": ("float32", "mixed_bfloat16", "mixed_float16", "auto"),
@@ -263,16 +263,17 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 # demo.py: a toy-scale DPDNet that learns in minutes on 2 CPU cores from synthetic 320x208 scenes (blur up to
 # 14 px, domain-randomised: see synthesize.Domain): small U-Net, residual head (in-focus pixels start as the
-# input), no dropout, L1 loss (it weighs the small errors of in-focus regions more than MSE, which taught the
-# network to sharpen everything), flips that keep the dual-pixel geometry (a horizontal flip swaps the views),
-# Adam 5e-4 times 0.3 every 2500 steps (at 1e-3 most bottleneck units died and 2 of 3 runs on 400 scenes stayed
-# at the identity; results/demo.md), 4000 steps of batch 16, in mixed bfloat16 where the CPU computes it natively
-# (precision auto), which buys the larger batch (results/demo.md).
+# input), no dropout, Charbonnier loss (L1 for all but the smallest errors: it weighs the small errors of in-focus
+# regions more than MSE, which taught the network to sharpen everything, without L1's kink at zero error, which
+# held the correction at zero) and leaky ReLU (with ReLU the last decoder layer could die, leaving the network
+# at the identity for good), flips that keep the dual-pixel geometry (a horizontal flip swaps the views), Adam
+# 5e-4 times 0.3 every 2500 steps (at 1e-3 most bottleneck units died; results/demo.md), 4000 steps of batch 16,
+# in mixed bfloat16 where the CPU computes it natively (precision auto), which buys the larger batch.
 _DEMO = {"dataset_root": "synthetic_demo", "patch_dir": "patches/demo", "working_width": 320, "working_height": 208,
          "patch_size": 64, "overlap": 0.5, "base_filters": 16, "depth": 3, "dropout": 0.0, "head": "residual",
          "batch_size": 16, "learning_rate": 5e-4, "steps_per_epoch": 100, "epochs": 40,
          "lr_decay_every": 25, "lr_decay_factor": 0.3, "checkpoint_every_steps": 1000, "augment": True,
-         "loss": "l1", "precision": "auto"}
+         "loss": "charbonnier", "activation": "leaky_relu", "precision": "auto"}
 PRESETS.update({
     "demo": _DEMO,
     "demo_single": {**_DEMO, "input_mode": "single"},
@@ -280,12 +281,12 @@ PRESETS.update({
     "demo_quick": {**_DEMO, "dataset_root": "synthetic_demo_quick", "patch_dir": "patches/demo_quick", "epochs": 1},
 })
 # pretrained/dpdnet_synthetic.keras (pretrained/README.md), in two stages. synthetic_base: the demo's network and
-# recipe as it was then (batch 8, float32) on 1,200 scenes at 320x208 (blur up to 13.7 px), 30,000 steps, the
+# recipe as it was then (ReLU, L1, batch 8, float32) on 1,200 scenes at 320x208 (blur up to 13.7 px), 30,000 steps, the
 # decay moved with the length. synthetic: that network fine-tuned for 10,000 steps at a lower rate on 1,200 scenes
 # at 448x288 with blur up to 40 px, as in the backgrounds of DPDD-scale photos, on 96x96 patches that hold it.
 PRESETS["synthetic_base"] = {**_DEMO, "dataset_root": "synthetic_1200", "patch_dir": "patches/synthetic",
                              "batch_size": 8, "precision": "float32", "epochs": 300, "lr_decay_every": 188,
-                             "checkpoint_every_steps": 2000}
+                             "checkpoint_every_steps": 2000, "loss": "l1", "activation": "relu"}
 PRESETS["synthetic"] = {**PRESETS["synthetic_base"], "dataset_root": "synthetic_large",
                         "patch_dir": "patches/synthetic_large", "working_width": 448, "working_height": 288,
                         "patch_size": 96, "learning_rate": 2e-4, "epochs": 100, "lr_decay_every": 60,

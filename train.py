@@ -120,7 +120,8 @@ def train(cfg: Config, resume: bool | None = None, callbacks=(), verbose: int = 
     if learnt_nothing(run.history, baseline):
         print(f"warning: the best val loss of this run ({best_val_loss(run.history):.6g}) is within {NO_GAIN:.0%} of "
               f"the blurry input's ({baseline:.6g}): the network has learnt (almost) nothing. One stuck at its input "
-              f"often trains with a lower learning_rate or another seed", file=sys.stderr)
+              f"often trains with activation=leaky_relu and loss=charbonnier (the demo's), a lower learning_rate or "
+              f"another seed", file=sys.stderr)
     return {"run_dir": folder, "last": run.last, "best": run.best if os.path.isfile(run.best) else None,
             "epochs_done": s["epoch"], "global_step": s["global_step"], "train_loss": s["train_loss"],
             "val_loss": s["val_loss"], "lr": s["lr"], "best_value": s["best_value"], "best_epoch": s["best_epoch"],
@@ -347,14 +348,23 @@ class Networks:
         return state
 
 
+CHARBONNIER_EPS = 1e-3
+
+
 def make_loss(kind: str):
     """The per-pixel loss between the float output and the uint16 target scaled to [0, 1] on the device: mse
-    (the paper) or l1."""
+    (the paper), l1, or charbonnier: sqrt(diff**2 + eps**2) - eps, L1 without its kink at zero error."""
     ops = keras.ops
 
     def loss(y_true, y_pred):
         diff = ops.cast(y_true, "float32") / STORE_MAX - ops.cast(y_pred, "float32")
-        return ops.mean(ops.square(diff) if kind == "mse" else ops.abs(diff), axis=-1)
+        if kind == "mse":
+            per_pixel = ops.square(diff)
+        elif kind == "l1":
+            per_pixel = ops.abs(diff)
+        else:
+            per_pixel = ops.sqrt(ops.square(diff) + CHARBONNIER_EPS ** 2) - CHARBONNIER_EPS
+        return ops.mean(per_pixel, axis=-1)
 
     loss.__name__ = f"{kind}_loss"
     return loss

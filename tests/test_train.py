@@ -159,6 +159,25 @@ def test_learnt_nothing_means_a_best_val_loss_within_two_percent_of_the_input():
     assert not learnt_nothing(history, None)
 
 
+def test_each_loss_against_hand_values_and_charbonnier_has_no_kink_at_zero_error():
+    from train import make_loss
+    target = np.array([[[0, 65535, 0]]], np.uint16)                 # one pixel: 0, 1, 0 after scaling
+    output = np.array([[[0.003, 1.0, 0.0]]], np.float32)            # errors 0.003, 0, 0
+    value = {kind: float(np.asarray(make_loss(kind)(target, output))[0, 0]) for kind in ("mse", "l1", "charbonnier")}
+    assert value["mse"] == pytest.approx(9e-6 / 3, rel=1e-4)
+    assert value["l1"] == pytest.approx(0.003 / 3, rel=1e-4)
+    assert value["charbonnier"] == pytest.approx((np.sqrt(9e-6 + 1e-6) - 1e-3) / 3, rel=1e-4)
+
+    def slope(kind, error, h=1e-6):                                 # d loss / d output, by central difference
+        loss = make_loss(kind)
+        at = [float(np.asarray(loss(np.zeros((1, 1, 1), np.uint16), np.full((1, 1, 1), error + s, np.float32)))[0, 0])
+              for s in (h, -h)]
+        return (at[0] - at[1]) / (2 * h)
+    assert slope("l1", 2e-5) == pytest.approx(1.0, rel=1e-2)         # L1 pulls a tiny error back at full strength
+    assert slope("charbonnier", 2e-5) == pytest.approx(2e-5 / np.hypot(2e-5, 1e-3), rel=1e-2)   # about 0.02
+    assert slope("charbonnier", 0.1, h=1e-4) == pytest.approx(1.0, rel=1e-3)   # large errors: as L1
+
+
 @pytest.fixture(scope="module")
 def reference(store):
     """An uninterrupted run that the interrupted ones must reproduce."""
