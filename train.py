@@ -40,6 +40,7 @@ RESUMABLE_KEYS = ("epochs", "checkpoint_every_steps", "xla", "data_workers", "lo
                   "patch_dir", "checkpoint_dir", "results_dir", "tile", "tile_overlap", "self_ensemble")
 STATE_FORMAT = 1
 NO_GAIN = 0.02                       # a best val loss within 2% of the blurry input's: the network learnt nothing
+CHARBONNIER_EPS = 1e-3               # the Charbonnier loss is L1 for errors well above this, quadratic below
 STATE_JSON = "training_state.json"   # extra entries inside a .keras checkpoint (Keras ignores them on load)
 STATE_ARRAYS = "training_state.npz"
 
@@ -348,23 +349,16 @@ class Networks:
         return state
 
 
-CHARBONNIER_EPS = 1e-3
-
-
 def make_loss(kind: str):
     """The per-pixel loss between the float output and the uint16 target scaled to [0, 1] on the device: mse
     (the paper), l1, or charbonnier: sqrt(diff**2 + eps**2) - eps, L1 without its kink at zero error."""
     ops = keras.ops
+    per_pixel = {"mse": ops.square, "l1": ops.abs,
+                 "charbonnier": lambda d: ops.sqrt(ops.square(d) + CHARBONNIER_EPS ** 2) - CHARBONNIER_EPS}[kind]
 
     def loss(y_true, y_pred):
         diff = ops.cast(y_true, "float32") / STORE_MAX - ops.cast(y_pred, "float32")
-        if kind == "mse":
-            per_pixel = ops.square(diff)
-        elif kind == "l1":
-            per_pixel = ops.abs(diff)
-        else:
-            per_pixel = ops.sqrt(ops.square(diff) + CHARBONNIER_EPS ** 2) - CHARBONNIER_EPS
-        return ops.mean(per_pixel, axis=-1)
+        return ops.mean(per_pixel(diff), axis=-1)
 
     loss.__name__ = f"{kind}_loss"
     return loss
