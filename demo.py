@@ -4,12 +4,18 @@ itself, and save a Table-1-style summary and a picture. A toy-scale demonstratio
 
     python demo.py                  # about 10-15 minutes on 2 CPU cores (./run_demo.sh sets up .venv first)
     python demo.py --quick          # about 1-3 minutes: fewer scenes, a short budget (CI)
+    python demo.py --minutes 0      # the preset's full 4,000 steps per network, however long they take
     python demo.py --root /tmp/d    # every output under another folder
 
 Writes, under the repository (or --root): synthetic_demo/ (the data, DPDD layout), patches/demo/, checkpoints/
 demo/ and checkpoints/demo_single/, and results/demo/: summary.md, summary.json, comparison.png, config.json,
 index.html (the results page) and test.py's per-image results in dual/ and single/ (with --quick: *_quick names).
 A rerun reuses what is done.
+
+Training fits in --minutes (15): a few timed steps of each network say how many steps this machine trains in
+the time left, and where that is fewer than the preset's (CPUs without bfloat16 units train in float32 at a
+third of the speed), both networks train that many, with the learning-rate decay moved with them. A resumed
+run keeps the budget of the checkpoint it resumes.
 """
 
 from __future__ import annotations
@@ -40,6 +46,13 @@ SCENES = {"full": {"n_train": 400, "n_val": 10, "n_test": 20}, "quick": {"n_trai
 SYNTH_SEED = 0
 INPUT_LABEL = "Blurry input"
 METHODS = (INPUT_LABEL, "DPDNet-Single", "DPDNet")
+MINUTES = 15              # the demo's time budget (--minutes)
+PROBE_STEPS = 12          # training steps timed per network to choose the budget (after 2 of compilation)
+EVAL_STEPS = 250          # evaluation takes about as long as this many training steps (61 s at 0.28 s a step
+                          # on a 2-core Zen 3 EPYC, 16 s at 0.08 s on a Zen 5)
+START_SECONDS = 15        # per network: building, compiling, the input's val loss
+LOOP_FACTOR = 1.1         # validation and checkpoints on top of the median step
+MIN_EPOCHS = 5            # below this the networks learn too little to compare; train that many anyway
 
 
 # --------------------------------------------------------------------------------------------- settings
@@ -67,6 +80,76 @@ def demo_configs(args: argparse.Namespace):
     single = dataclasses.replace(cfg, input_mode="single", run_name=cfg.run_name + "_single")
     single.validate()
     return cfg, single
+
+
+def fit_to_time(args, cfg, single_cfg, seconds_spent: float):
+    """(cfg, single_cfg, budget): the two configs with the number of epochs that fits in what is left of
+    --minutes on this machine, timed by PROBE_STEPS steps of each network, or as they are (--quick, --minutes 0,
+    --set epochs=..., or when the preset's epochs fit); a resumed run keeps its checkpoint's budget. budget says
+    what was chosen and why (summary.json)."""
+    given = {item.split("=", 1)[0].strip() for item in args.overrides}
+    if args.quick or args.minutes <= 0 or "epochs" in given:
+        return cfg, single_cfg, {"fitted": False, "epochs": cfg.epochs}
+    import train
+    last = cfg.checkpoint_path("last")
+    if not args.fresh and os.path.isfile(last):
+        saved = train.read_checkpoint_state(last).get("config", {})
+        keep = {k: saved.get(k, getattr(cfg, k)) for k in ("epochs", "lr_decay_every")}
+        print(f"[demo] budget: resuming {last}, so its {keep['epochs'] * cfg.steps_per_epoch} steps per network",
+              flush=True)
+        return (dataclasses.replace(cfg, **keep), dataclasses.replace(single_cfg, **keep),
+                {"fitted": keep["epochs"] < cfg.epochs, "resumed": True, "minutes": args.minutes,
+                 "preset_epochs": cfg.epochs, **keep})
+    t0 = time.perf_counter()
+    step_s = {c.input_mode: probe_step_seconds(c) for c in (cfg, single_cfg)}
+    seconds_left = args.minutes * 60 - seconds_spent - (time.perf_counter() - t0) - EVAL_STEPS * step_s["dual"]
+    epochs, decay = epochs_that_fit(cfg.epochs, cfg.lr_decay_every, cfg.steps_per_epoch, seconds_left,
+                                    sum(step_s.values()))
+    budget = {"fitted": epochs < cfg.epochs, "minutes": args.minutes, "step_seconds": step_s,
+              "probe_seconds": time.perf_counter() - t0, "preset_epochs": cfg.epochs, "epochs": epochs,
+              "lr_decay_every": decay}
+    steps = cfg.steps_per_epoch
+    timing = " and ".join(f"{1000 * v:.0f} ms" for v in step_s.values())
+    if epochs == cfg.epochs:
+        print(f"[demo] budget: {cfg.epochs * steps} steps per network fit in {args.minutes:g} min (a step "
+              f"takes {timing} for DPDNet and DPDNet-Single here)", flush=True)
+        return cfg, single_cfg, budget
+    print(f"[demo] budget: a step takes {timing} for DPDNet and DPDNet-Single here, so each trains "
+          f"{epochs * steps} of the preset's {cfg.epochs * steps} steps to finish within {args.minutes:g} min "
+          f"(learning rate decayed every {decay * steps} steps; --minutes 0 trains them all)", flush=True)
+    if epochs == MIN_EPOCHS and epochs * steps * sum(step_s.values()) * LOOP_FACTOR > max(seconds_left, 0):
+        print(f"[demo] budget: even {epochs * steps} steps (the fewest that compare the two networks) will take "
+              f"longer than that", flush=True)
+    keep = {"epochs": epochs, "lr_decay_every": decay}
+    return dataclasses.replace(cfg, **keep), dataclasses.replace(single_cfg, **keep), budget
+
+
+def probe_step_seconds(cfg) -> float:
+    """Median seconds of one training step of cfg's network on its patch store, from a throwaway run of
+    PROBE_STEPS steps (its output and checkpoints discarded)."""
+    import io
+    import tempfile
+    import train
+    with tempfile.TemporaryDirectory(prefix="dpdnet_demo_probe_") as folder:
+        probe = dataclasses.replace(cfg, checkpoint_dir=folder, run_name="probe", epochs=1,
+                                    steps_per_epoch=PROBE_STEPS + 2, checkpoint_every_steps=10 ** 9,
+                                    select_on="train")
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            result = train.train(probe, resume=False, verbose=0)
+    return 1 / result["steps_per_s"]
+
+
+def epochs_that_fit(epochs: int, decay_every: int, steps_per_epoch: int, seconds: float,
+                    step_seconds: float) -> tuple[int, int]:
+    """(epochs, lr_decay_every): the most epochs, up to `epochs` and at least MIN_EPOCHS, whose steps of both
+    networks (step_seconds together, plus LOOP_FACTOR for validation and checkpoints and START_SECONDS each)
+    fit in `seconds`, and the decay interval scaled with them."""
+    per_epoch = steps_per_epoch * step_seconds * LOOP_FACTOR
+    fit = int(max(seconds - 2 * START_SECONDS, 0) // per_epoch)
+    if fit >= epochs:
+        return epochs, decay_every
+    fit = max(fit, MIN_EPOCHS)
+    return fit, max(1, round(decay_every * fit / epochs))
 
 
 # --------------------------------------------------------------------------------------------- the table
@@ -103,6 +186,7 @@ def summary_markdown(summary: dict) -> str:
              f"{tr['lr_decay_every'] * tr['steps_per_epoch']} steps, {tr['steps']} steps of batch {tr['batch_size']} "
              f"each in {tr.get('precision', 'float32')} (the same budget); weights: the checkpoint with the lowest "
              f"val loss.",
+             *_budget_lines(tr.get("budget", {}), tr["steps_per_epoch"]),
              *([f"- Inference: {_ensemble_text(summary['self_ensemble'])}."] if "self_ensemble" in summary else []),
              "- Toy scale: a small network, a few minutes of CPU training, synthetic scenes. It shows what the second "
              f"view is worth, not the paper's numbers (Table 1: DPDNet {paper['DPDNet']}, DPDNet-Single "
@@ -111,6 +195,18 @@ def summary_markdown(summary: dict) -> str:
              "- Wall time: " + ", ".join(f"{k.replace('_', ' ')} {v:.0f} s" for k, v in t.items()),
              f"- Picture: comparison.png ({', '.join(summary['comparison_scenes'])})", ""]
     return "\n".join(lines)
+
+
+def _budget_lines(budget: dict, steps_per_epoch: int) -> list[str]:
+    """A line saying that training was shortened to fit --minutes, when it was."""
+    if not budget.get("fitted"):
+        return []
+    ms = " and ".join(f"{1000 * v:.0f} ms" for v in budget.get("step_seconds", {}).values())
+    timing = f" (a step took {ms} for DPDNet and DPDNet-Single)" if ms else ""
+    return [f"- Shortened to fit {budget['minutes']:g} minutes on this machine{timing}: "
+            f"{budget['epochs'] * steps_per_epoch} of the preset's "
+            f"{budget['preset_epochs'] * steps_per_epoch} steps, so the differences are smaller than with all of "
+            f"them (`--minutes 0`)."]
 
 
 def _ensemble_text(passes: dict) -> str:
@@ -228,6 +324,7 @@ def run(args: argparse.Namespace) -> dict:
         data_prep.build_store(cfg, progress=progress)
         store = data_prep.open_store(cfg)
 
+    cfg, single_cfg, budget = fit_to_time(args, cfg, single_cfg, time.perf_counter() - t_start)
     import train
     results = {}
     for label, c, step in (("DPDNet", cfg, "3/5"), ("DPDNet-Single", single_cfg, "4/5")):
@@ -252,7 +349,7 @@ def run(args: argparse.Namespace) -> dict:
                              links={"DPDNet-Single": "single/index.html"})
     seconds["total"] = time.perf_counter() - t_start
 
-    summary = demo_summary(args, cfg, syn, store, results, summaries, rows, names, seconds)
+    summary = demo_summary(args, cfg, syn, store, results, summaries, rows, names, seconds, budget)
     atomic_write_json(os.path.join(out_dir, "summary.json"), json_safe(summary))
     text = summary_markdown(summary)
     atomic_write_text(os.path.join(out_dir, "summary.md"), text)
@@ -291,7 +388,7 @@ def evaluate_both(cfgs: dict, results: dict, out_dirs: dict, lpips: str, progres
 
 
 def demo_summary(args, cfg, syn: dict, store, results: dict, summaries: dict, rows: dict, names: list[str],
-                 seconds: dict) -> dict:
+                 seconds: dict, budget: dict) -> dict:
     """summary.json: each method's means and table, how the data and the networks were made, and the wall times."""
     mode = "quick" if args.quick else "full"
     steps = {label: results[label]["global_step"] for label in results}
@@ -307,7 +404,8 @@ def demo_summary(args, cfg, syn: dict, store, results: dict, summaries: dict, ro
                      "best_epoch": {k: v["best_epoch"] for k, v in results.items()},
                      **{k: getattr(cfg, k) for k in ("patch_size", "base_filters", "depth", "head", "activation",
                                                      "loss", "learning_rate", "lr_decay_factor", "lr_decay_every",
-                                                     "steps_per_epoch", "epochs", "batch_size")}},
+                                                     "steps_per_epoch", "epochs", "batch_size")},
+                     "budget": budget},
         "checkpoints": {k: v["best"] or v["last"] for k, v in results.items()},
         "self_ensemble": {k: summaries[k]["self_ensemble"] for k in results},
         "comparison_scenes": names,
@@ -332,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "or reuse the checkpoints of an earlier run)")
     parser.add_argument("--no-lpips", action="store_true", help="skip LPIPS (needs AlexNet weights; n/a offline)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
+    parser.add_argument("--minutes", type=float, default=MINUTES,
+                        help=f"fit training in this many minutes of the whole run: fewer steps where this machine "
+                             f"is too slow for the preset's (default {MINUTES}; 0: the preset's steps)")
     add_config_args(parser, default=None, default_text="demo, or demo_quick with --quick")
     return parser
 

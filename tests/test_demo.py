@@ -72,7 +72,44 @@ def check_quick_demo(root, stdout, backend):
 
 def test_quick_demo_end_to_end(tmp_path):
     backend = os.environ["KERAS_BACKEND"]
-    check_quick_demo(*run_quick_demo(tmp_path, backend), backend)
+    root, stdout = run_quick_demo(tmp_path, backend)
+    check_quick_demo(root, stdout, backend)
+    assert "[demo] budget" not in stdout      # --quick is its own short budget: nothing timed
+    check_budget_on_quick_store(root)
+
+
+def check_budget_on_quick_store(root):
+    """fit_to_time on the quick demo's patch store, in this process: timed steps of both networks, a budget
+    too short for the preset's epochs (MIN_EPOCHS, the decay scaled with them) and one long enough (unchanged);
+    the timing runs leave no checkpoint behind."""
+    paths = [f"dataset_root={root / 'synthetic_demo_quick'}", f"patch_dir={root / 'patches' / 'demo_quick'}"]
+    args = _args("--root", str(root / "budget"), *sum((["--set", p] for p in paths), []), "--minutes", "0.1")
+    cfg, single = demo.demo_configs(args)
+    short, short_single, budget = demo.fit_to_time(args, cfg, single, seconds_spent=0.0)
+    assert budget["fitted"] and budget["preset_epochs"] == cfg.epochs == 40
+    assert short.epochs == short_single.epochs == demo.MIN_EPOCHS == 5
+    assert short.lr_decay_every == short_single.lr_decay_every == round(25 * 5 / 40) == 3
+    assert set(budget["step_seconds"]) == {"dual", "single"} and all(0 < s < 60 for s in budget["step_seconds"].values())
+    assert budget["probe_seconds"] > sum(budget["step_seconds"].values()) * demo.PROBE_STEPS
+    assert not (root / "budget").exists()
+    args.minutes = 10 ** 4
+    same, same_single, budget = demo.fit_to_time(args, cfg, single, seconds_spent=0.0)
+    assert (same, same_single) == (cfg, single) and not budget["fitted"]
+    args.overrides += [f"checkpoint_dir={root / 'checkpoints'}", "run_name=demo_quick"]   # the quick run's:
+    cfg, single = demo.demo_configs(args)
+    resumed, _, budget = demo.fit_to_time(args, cfg, single, seconds_spent=0.0)
+    assert resumed.epochs == 1 and budget["resumed"] and "step_seconds" not in budget   # resumed, its budget kept
+    args.overrides.append("epochs=7")          # a budget the user set is kept, without timing anything
+    assert demo.fit_to_time(args, cfg, single, seconds_spent=0.0)[2] == {"fitted": False, "epochs": cfg.epochs}
+
+
+def test_epochs_that_fit_scales_the_schedule_with_the_time():
+    # per epoch: 100 steps x 0.2 s for both networks x 1.1 = 22 s; 2 x 15 s to start the two runs
+    assert demo.epochs_that_fit(40, 25, 100, 30 + 13 * 22 + 5, 0.2) == (13, 8)      # 8.1 epochs between decays
+    assert demo.epochs_that_fit(40, 25, 100, 30 + 40 * 22 + 5, 0.2) == (40, 25)     # all of them fit: unchanged
+    assert demo.epochs_that_fit(40, 25, 100, 30 + 39 * 22 + 5, 0.2) == (39, 24)
+    assert demo.epochs_that_fit(40, 25, 100, 20, 0.2) == (demo.MIN_EPOCHS, 3)       # no time left: the fewest
+    assert demo.epochs_that_fit(40, 25, 100, -50, 0.2) == (demo.MIN_EPOCHS, 3)
 
 
 def test_quick_demo_under_torch(tmp_path):
