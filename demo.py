@@ -85,10 +85,10 @@ def demo_configs(args: argparse.Namespace):
 def fit_to_time(args, cfg, single_cfg, seconds_spent: float):
     """(cfg, single_cfg, budget): the two configs with the number of epochs that fits in what is left of
     --minutes on this machine, timed by PROBE_STEPS steps of each network, or as they are (--quick, --minutes 0,
-    --set epochs=..., or when the preset's epochs fit); a resumed run keeps its checkpoint's budget. budget says
-    what was chosen and why (summary.json)."""
+    --set epochs=..., epochs of a whole pass over the patches, or when the preset's epochs fit); a resumed run
+    keeps its checkpoint's budget. budget says what was chosen and why (summary.json)."""
     given = {item.split("=", 1)[0].strip() for item in args.overrides}
-    if args.quick or args.minutes <= 0 or "epochs" in given:
+    if args.quick or args.minutes <= 0 or "epochs" in given or not cfg.steps_per_epoch:
         return cfg, single_cfg, {"fitted": False, "epochs": cfg.epochs}
     import train
     last = cfg.checkpoint_path("last")

@@ -1,5 +1,6 @@
 """demo.py: `--quick` end to end in a temporary folder (table, numbers, picture, checkpoints), and its pieces."""
 
+import dataclasses
 import json
 import math
 import os
@@ -101,6 +102,9 @@ def check_budget_on_quick_store(root):
     assert resumed.epochs == 1 and budget["resumed"] and "step_seconds" not in budget   # resumed, its budget kept
     args.overrides.append("epochs=7")          # a budget the user set is kept, without timing anything
     assert demo.fit_to_time(args, cfg, single, seconds_spent=0.0)[2] == {"fitted": False, "epochs": cfg.epochs}
+    args.overrides.pop()                       # epochs of a whole pass (steps_per_epoch 0): nothing to scale
+    whole = dataclasses.replace(cfg, steps_per_epoch=0)
+    assert demo.fit_to_time(args, whole, single, seconds_spent=0.0)[0] == whole
 
 
 def test_epochs_that_fit_scales_the_schedule_with_the_time():
