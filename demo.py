@@ -13,8 +13,8 @@ index.html (the results page) and test.py's per-image results in dual/ and singl
 A rerun reuses what is done.
 
 Training fits in --minutes (15): a few timed steps of each network say how many steps this machine trains in
-the time left, and where that is fewer than the preset's (CPUs without bfloat16 units train in float32 at a
-third of the speed), both networks train that many, with the learning-rate decay moved with them. A resumed
+the time left, and where that is fewer than the preset's (as on CPUs without bfloat16 units, which train in
+float32), both networks train that many, with the learning-rate decay moved with them. A resumed
 run keeps the budget of the checkpoint it resumes.
 """
 
@@ -48,8 +48,7 @@ INPUT_LABEL = "Blurry input"
 METHODS = (INPUT_LABEL, "DPDNet-Single", "DPDNet")
 MINUTES = 15              # the demo's time budget (--minutes)
 PROBE_STEPS = 12          # training steps timed per network to choose the budget (after 2 of compilation)
-EVAL_STEPS = 250          # evaluation takes about as long as this many training steps (61 s at 0.28 s a step
-                          # on a 2-core Zen 3 EPYC, 16 s at 0.08 s on a Zen 5)
+EVAL_STEPS = 250          # evaluation takes about as long as this many training steps (results/demo.md)
 START_SECONDS = 15        # per network: building, compiling, the input's val loss
 LOOP_FACTOR = 1.1         # validation and checkpoints on top of the median step
 MIN_EPOCHS = 5            # below this the networks learn too little to compare; train that many anyway
