@@ -14,8 +14,8 @@ A rerun reuses what is done.
 
 Training fits in --minutes (15): a few timed steps of each network say how many steps this machine trains in
 the time left, and where that is fewer than the preset's (as on CPUs without bfloat16 units, which train in
-float32), both networks train that many, with the learning-rate decay moved with them. A resumed
-run keeps the budget of the checkpoint it resumes.
+float32), both networks train that many, with the learning-rate decay moved with them. A shortened run that
+is resumed keeps its budget (--fresh chooses again).
 """
 
 from __future__ import annotations
@@ -84,21 +84,28 @@ def demo_configs(args: argparse.Namespace):
 def fit_to_time(args, cfg, single_cfg, seconds_spent: float):
     """(cfg, single_cfg, budget): the two configs with the number of epochs that fits in what is left of
     --minutes on this machine, timed by PROBE_STEPS steps of each network, or as they are (--quick, --minutes 0,
-    --set epochs=..., epochs of a whole pass over the patches, or when the preset's epochs fit); a resumed run
-    keeps its checkpoint's budget. budget says what was chosen and why (summary.json)."""
+    --set epochs=..., epochs of a whole pass over the patches, a run being resumed, or when the preset's epochs
+    fit). A resumed run that was shortened keeps that budget. budget says what was chosen (summary.json)."""
     given = {item.split("=", 1)[0].strip() for item in args.overrides}
-    if args.quick or args.minutes <= 0 or "epochs" in given or not cfg.steps_per_epoch:
-        return cfg, single_cfg, {"fitted": False, "epochs": cfg.epochs}
+    own_budget = args.minutes <= 0 or "epochs" in given
     import train
     last = cfg.checkpoint_path("last")
     if not args.fresh and os.path.isfile(last):
         saved = train.read_checkpoint_state(last).get("config", {})
         keep = {k: saved.get(k, getattr(cfg, k)) for k in ("epochs", "lr_decay_every")}
-        print(f"[demo] budget: resuming {last}, so its {keep['epochs'] * cfg.steps_per_epoch} steps per network",
+        if keep["epochs"] >= cfg.epochs or keep["lr_decay_every"] == cfg.lr_decay_every:
+            return cfg, single_cfg, {"fitted": False, "resumed": True, "epochs": cfg.epochs}   # not shortened
+        steps = cfg.steps_per_epoch
+        if own_budget:
+            raise train.TrainError(f"{last}: this run was shortened to {keep['epochs'] * steps} of the preset's "
+                                   f"{cfg.epochs * steps} steps to fit the time budget; to train another number "
+                                   f"start over with --fresh")
+        print(f"[demo] budget: resuming {last}, shortened earlier to {keep['epochs'] * steps} steps per network",
               flush=True)
         return (dataclasses.replace(cfg, **keep), dataclasses.replace(single_cfg, **keep),
-                {"fitted": keep["epochs"] < cfg.epochs, "resumed": True, "minutes": args.minutes,
-                 "preset_epochs": cfg.epochs, **keep})
+                {"fitted": True, "resumed": True, "preset_epochs": cfg.epochs, **keep})
+    if args.quick or own_budget or not cfg.steps_per_epoch:
+        return cfg, single_cfg, {"fitted": False, "epochs": cfg.epochs}
     t0 = time.perf_counter()
     step_s = {c.input_mode: probe_step_seconds(c) for c in (cfg, single_cfg)}
     seconds_left = args.minutes * 60 - seconds_spent - (time.perf_counter() - t0) - EVAL_STEPS * step_s["dual"]
@@ -116,7 +123,8 @@ def fit_to_time(args, cfg, single_cfg, seconds_spent: float):
     print(f"[demo] budget: a step takes {timing} for DPDNet and DPDNet-Single here, so each trains "
           f"{epochs * steps} of the preset's {cfg.epochs * steps} steps to finish within {args.minutes:g} min "
           f"(learning rate decayed every {decay * steps} steps; --minutes 0 trains them all)", flush=True)
-    if epochs == MIN_EPOCHS and epochs * steps * sum(step_s.values()) * LOOP_FACTOR > max(seconds_left, 0):
+    needed = 2 * START_SECONDS + epochs * steps * sum(step_s.values()) * LOOP_FACTOR
+    if epochs == MIN_EPOCHS and needed > seconds_left:
         print(f"[demo] budget: even {epochs * steps} steps (the fewest that compare the two networks) will take "
               f"longer than that", flush=True)
     keep = {"epochs": epochs, "lr_decay_every": decay}
@@ -133,8 +141,11 @@ def probe_step_seconds(cfg) -> float:
         probe = dataclasses.replace(cfg, checkpoint_dir=folder, run_name="probe", epochs=1,
                                     steps_per_epoch=PROBE_STEPS + 2, checkpoint_every_steps=10 ** 9,
                                     select_on="train")
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            result = train.train(probe, resume=False, verbose=0)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                result = train.train(probe, resume=False, verbose=0)
+        except train.TrainError as e:
+            raise train.TrainError(f"timing {cfg.input_mode} training steps: {e}") from None
     return 1 / result["steps_per_s"]
 
 
@@ -147,7 +158,7 @@ def epochs_that_fit(epochs: int, decay_every: int, steps_per_epoch: int, seconds
     fit = int(max(seconds - 2 * START_SECONDS, 0) // per_epoch)
     if fit >= epochs:
         return epochs, decay_every
-    fit = max(fit, MIN_EPOCHS)
+    fit = min(max(fit, MIN_EPOCHS), epochs)
     return fit, max(1, round(decay_every * fit / epochs))
 
 
@@ -200,10 +211,12 @@ def _budget_lines(budget: dict, steps_per_epoch: int) -> list[str]:
     """A line saying that training was shortened to fit --minutes, when it was."""
     if not budget.get("fitted"):
         return []
-    ms = " and ".join(f"{1000 * v:.0f} ms" for v in budget.get("step_seconds", {}).values())
-    timing = f" (a step took {ms} for DPDNet and DPDNet-Single)" if ms else ""
-    return [f"- Shortened to fit {budget['minutes']:g} minutes on this machine{timing}: "
-            f"{budget['epochs'] * steps_per_epoch} of the preset's "
+    if budget.get("resumed"):
+        return [f"- Resumed a run shortened to fit its time budget: {budget['epochs'] * steps_per_epoch} of the "
+                f"preset's {budget['preset_epochs'] * steps_per_epoch} steps (`--fresh --minutes 0` trains them all)."]
+    ms = " and ".join(f"{1000 * v:.0f} ms" for v in budget["step_seconds"].values())
+    return [f"- Shortened to fit {budget['minutes']:g} minutes on this machine (a step took {ms} for DPDNet and "
+            f"DPDNet-Single): {budget['epochs'] * steps_per_epoch} of the preset's "
             f"{budget['preset_epochs'] * steps_per_epoch} steps, so the differences are smaller than with all of "
             f"them (`--minutes 0`)."]
 

@@ -82,7 +82,9 @@ def test_quick_demo_end_to_end(tmp_path):
 def check_budget_on_quick_store(root):
     """fit_to_time on the quick demo's patch store, in this process: timed steps of both networks, a budget
     too short for the preset's epochs (MIN_EPOCHS, the decay scaled with them) and one long enough (unchanged);
-    the timing runs leave no checkpoint behind."""
+    the timing runs leave no checkpoint behind. A shortened run is resumed with its budget, and refused with
+    --minutes 0 (it cannot become a full one)."""
+    import train
     paths = [f"dataset_root={root / 'synthetic_demo_quick'}", f"patch_dir={root / 'patches' / 'demo_quick'}"]
     args = _args("--root", str(root / "budget"), *sum((["--set", p] for p in paths), []), "--minutes", "0.1")
     cfg, single = demo.demo_configs(args)
@@ -96,10 +98,16 @@ def check_budget_on_quick_store(root):
     args.minutes = 10 ** 4
     same, same_single, budget = demo.fit_to_time(args, cfg, single, seconds_spent=0.0)
     assert (same, same_single) == (cfg, single) and not budget["fitted"]
-    args.overrides += [f"checkpoint_dir={root / 'checkpoints'}", "run_name=demo_quick"]   # the quick run's:
-    cfg, single = demo.demo_configs(args)
-    resumed, _, budget = demo.fit_to_time(args, cfg, single, seconds_spent=0.0)
-    assert resumed.epochs == 1 and budget["resumed"] and "step_seconds" not in budget   # resumed, its budget kept
+    # a run shortened to 5 epochs (decay every 3) that stopped after its first: resumed as it was
+    train.train(dataclasses.replace(short, epochs=1, steps_per_epoch=3), resume=False, verbose=0)
+    resumed, resumed_single, budget = demo.fit_to_time(args, cfg, single, seconds_spent=0.0)
+    assert (resumed.epochs, resumed.lr_decay_every, resumed_single.epochs) == (1, 3, 1)
+    assert budget["resumed"] and budget["fitted"] and "step_seconds" not in budget
+    args.minutes = 0
+    with pytest.raises(train.TrainError, match="shortened to 100 of the preset.s 4000 steps.*--fresh"):
+        demo.fit_to_time(args, cfg, single, seconds_spent=0.0)
+    args.minutes, args.fresh = 10 ** 4, True       # --fresh: timed again, the preset's budget
+    assert demo.fit_to_time(args, cfg, single, seconds_spent=0.0)[0] == cfg
     args.overrides.append("epochs=7")          # a budget the user set is kept, without timing anything
     assert demo.fit_to_time(args, cfg, single, seconds_spent=0.0)[2] == {"fitted": False, "epochs": cfg.epochs}
     args.overrides.pop()                       # epochs of a whole pass (steps_per_epoch 0): nothing to scale
@@ -114,6 +122,7 @@ def test_epochs_that_fit_scales_the_schedule_with_the_time():
     assert demo.epochs_that_fit(40, 25, 100, 30 + 39 * 22 + 5, 0.2) == (39, 24)
     assert demo.epochs_that_fit(40, 25, 100, 20, 0.2) == (demo.MIN_EPOCHS, 3)       # no time left: the fewest
     assert demo.epochs_that_fit(40, 25, 100, -50, 0.2) == (demo.MIN_EPOCHS, 3)
+    assert demo.epochs_that_fit(2, 25, 100, 0, 0.2) == (2, 25)     # the fewest never exceeds the preset's own
 
 
 def test_quick_demo_under_torch(tmp_path):
