@@ -208,14 +208,11 @@ def loop_rows(args, base: dict) -> list[dict]:
     does) and its whole training loop, on the data section's store; the loop's steps/s leave out compilation
     and checkpoint writing."""
     import concurrent.futures
-    import tempfile
     import train
     from data_prep import open_store
     steps = args.warmup + args.repeats
     cfg = make_config(args.preset, {**json.loads(args.store_settings), "precision": args.precision,
-                                    "xla": args.xla, "batch_size": args.batch, "epochs": 1,
-                                    "steps_per_epoch": steps + 2, "checkpoint_every_steps": 10 ** 9,
-                                    "select_on": "train", "run_name": "bench"})
+                                    "xla": args.xla, "batch_size": args.batch})
     rows = []
     for workers in sorted({1, cfg.loader_workers}) if "loader" in args.parts else ():
         stream = train.PatchStream(open_store(cfg), cfg, cfg.batch_size)
@@ -231,10 +228,7 @@ def loop_rows(args, base: dict) -> list[dict]:
                      "median": rate, "min": rate, "max": rate})
     if "loop" not in args.parts:
         return rows
-    with tempfile.TemporaryDirectory(prefix="dpdnet_bench_ckpt_") as ckpt:
-        cfg.checkpoint_dir = ckpt
-        result = train.train(cfg, resume=False, verbose=0)
-    step_s = 1 / result["steps_per_s"]
+    step_s = train.time_steps(cfg, steps)
     rows.append({**base, "what": f"train.py loop {cfg.patch_size}x{cfg.patch_size} batch {cfg.batch_size} "
                                  f"(loader, step, callbacks)", "unit": "s/step", "n": steps, "median": step_s,
                  "min": step_s, "max": step_s, "patches_per_s": cfg.batch_size / step_s,

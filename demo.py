@@ -107,7 +107,7 @@ def fit_to_time(args, cfg, single_cfg, seconds_spent: float):
     if args.quick or own_budget or not cfg.steps_per_epoch:
         return cfg, single_cfg, {"fitted": False, "epochs": cfg.epochs}
     t0 = time.perf_counter()
-    step_s = {c.input_mode: probe_step_seconds(c) for c in (cfg, single_cfg)}
+    step_s = {c.input_mode: train.time_steps(c, PROBE_STEPS) for c in (cfg, single_cfg)}
     seconds_left = args.minutes * 60 - seconds_spent - (time.perf_counter() - t0) - EVAL_STEPS * step_s["dual"]
     epochs, decay = epochs_that_fit(cfg.epochs, cfg.lr_decay_every, cfg.steps_per_epoch, seconds_left,
                                     sum(step_s.values()))
@@ -129,24 +129,6 @@ def fit_to_time(args, cfg, single_cfg, seconds_spent: float):
               f"longer than that", flush=True)
     keep = {"epochs": epochs, "lr_decay_every": decay}
     return dataclasses.replace(cfg, **keep), dataclasses.replace(single_cfg, **keep), budget
-
-
-def probe_step_seconds(cfg) -> float:
-    """Median seconds of one training step of cfg's network on its patch store, from a throwaway run of
-    PROBE_STEPS steps (its output and checkpoints discarded)."""
-    import io
-    import tempfile
-    import train
-    with tempfile.TemporaryDirectory(prefix="dpdnet_demo_probe_") as folder:
-        probe = dataclasses.replace(cfg, checkpoint_dir=folder, run_name="probe", epochs=1,
-                                    steps_per_epoch=PROBE_STEPS + 2, checkpoint_every_steps=10 ** 9,
-                                    select_on="train")
-        try:
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                result = train.train(probe, resume=False, verbose=0)
-        except train.TrainError as e:
-            raise train.TrainError(f"timing {cfg.input_mode} training steps: {e}") from None
-    return 1 / result["steps_per_s"]
 
 
 def epochs_that_fit(epochs: int, decay_every: int, steps_per_epoch: int, seconds: float,

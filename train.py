@@ -130,6 +130,23 @@ def train(cfg: Config, resume: bool | None = None, callbacks=(), verbose: int = 
             "history": run.history, "steps_per_s": run.steps_per_s(), "input_val_loss": baseline, **backends.info()}
 
 
+def time_steps(cfg: Config, steps: int) -> float:
+    """Median seconds of one training step of cfg's network on its patch store, from a throwaway run of `steps`
+    steps (after 2 of compilation) in a temporary folder; its output and checkpoints are discarded."""
+    import contextlib
+    import dataclasses
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="dpdnet_timing_") as folder:
+        timing = dataclasses.replace(cfg, checkpoint_dir=folder, run_name="timing", epochs=1,
+                                     steps_per_epoch=steps + 2, checkpoint_every_steps=10 ** 9, select_on="train")
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                result = train(timing, resume=False, verbose=0)
+        except TrainError as e:
+            raise TrainError(f"timing {cfg.input_mode} training steps: {e}") from None
+    return 1 / result["steps_per_s"]
+
+
 def best_val_loss(history: list[dict]) -> float | None:
     """The lowest val loss of a run's epochs, None if none has one."""
     return min((h["val_loss"] for h in history if "val_loss" in h), default=None)
