@@ -281,17 +281,16 @@ PRESETS.update({
     "demo_quick": {**_DEMO, "dataset_root": "synthetic_demo_quick", "patch_dir": "patches/demo_quick", "epochs": 1},
 })
 # pretrained/dpdnet_synthetic.keras (pretrained/README.md), in two stages. synthetic_base: the demo's network and
-# recipe as it was then (ReLU, L1, batch 8, float32) on 1,200 scenes at 320x208 (blur up to 13.7 px), 30,000
-# steps, the decay moved with the length. synthetic: that network fine-tuned for 10,000 steps at a lower rate on
-# 1,200 scenes at 448x288 with blur up to 40 px, as in the backgrounds of DPDD-scale photos, on 96x96 patches that
-# hold it.
+# recipe on 1,200 scenes at 320x208 (blur up to 13.7 px), 30,000 steps, the decay moved with the length.
+# synthetic: that network fine-tuned for 10,000 steps of batch 8 at a lower rate on 1,200 scenes at 448x288 with
+# blur up to 40 px, as in the backgrounds of DPDD-scale photos, on 96x96 patches that hold it.
 PRESETS["synthetic_base"] = {**_DEMO, "dataset_root": "synthetic_1200", "patch_dir": "patches/synthetic",
-                             "batch_size": 8, "precision": "float32", "epochs": 300, "lr_decay_every": 188,
-                             "checkpoint_every_steps": 2000, "loss": "l1", "activation": "relu"}
+                             "epochs": 300, "lr_decay_every": 188, "checkpoint_every_steps": 2000}
 PRESETS["synthetic"] = {**PRESETS["synthetic_base"], "dataset_root": "synthetic_large",
                         "patch_dir": "patches/synthetic_large", "working_width": 448, "working_height": 288,
-                        "patch_size": 96, "learning_rate": 2e-4, "epochs": 100, "lr_decay_every": 60,
-                        "checkpoint_every_steps": 1000, "init_weights": "pretrained/dpdnet_synthetic_base.keras"}
+                        "patch_size": 96, "batch_size": 8, "learning_rate": 2e-4, "epochs": 100,
+                        "lr_decay_every": 60, "checkpoint_every_steps": 1000,
+                        "init_weights": "pretrained/dpdnet_synthetic_base.keras"}
 
 
 def parse_value(key: str, text: str) -> Any:
