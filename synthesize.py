@@ -943,6 +943,13 @@ class Domain:
       resolution and at most the whole frame; indoor backgrounds, at most 8 m away, get less); drawn cameras and
       zoom alone rarely blur backgrounds that much. Turning it on takes one more draw per scene before the layout
       is drawn, so every scene's content and layout change, not only the chosen ones'. 0 disables it.
+    soft_content / soft_sigma: the fraction of layers whose content is smoothed by a Gaussian of sigma drawn
+      log-uniform in soft_sigma pixels, the silhouette kept sharp: surfaces that look soft although they are in
+      focus (skin, prints, painted walls, smooth patterns), so the network has to read defocus from the two views
+      rather than from how soft the content looks (stage 2 of pretrained/dpdnet_synthetic.keras draws 0.3: without
+      them it over-sharpened smooth periodic textures blurred by a few pixels; the demo keeps 0, with which its
+      DPDNet-Single still beats the input; results/synthetic_ood.md). Drawn after everything else, so the same
+      seed gives the same scenes with only those layers smoothed. 0 disables it.
     grey_fraction: DSLR scenes drawn one-channel (phones: half of them).
     zoom: the image shows 1/zoom of the sensor's width (a crop, or a camera with a smaller downscale), zoom
       drawn log-uniform in this range per scene: blur in pixels grows with it (up to --max-coc). At 320 wide,
@@ -971,6 +978,8 @@ class Domain:
     field: float = 0.0
     field_tilt: float = 0.0
     background_blur: float = 0.0
+    soft_content: float = 0.0
+    soft_sigma: tuple = (0.5, 4.0)
     grey_fraction: float = 0.05
     zoom: tuple = (1.0, 5.25)
     target_noise: bool = False
@@ -988,6 +997,10 @@ class Domain:
             raise SynthesisError(f"field: the cat's-eye cut must be in [0, 1), got {self.field}")
         if not 0 <= self.background_blur <= 1:
             raise SynthesisError(f"background_blur: a fraction of scenes in [0, 1], got {self.background_blur}")
+        if not 0 <= self.soft_content <= 1:
+            raise SynthesisError(f"soft_content: a fraction of layers in [0, 1], got {self.soft_content}")
+        if not (len(self.soft_sigma) == 2 and 0 < self.soft_sigma[0] <= self.soft_sigma[1]):
+            raise SynthesisError(f"soft_sigma: must be a range (lo, hi) with 0 < lo <= hi, got {self.soft_sigma}")
         if not 0 <= self.field_tilt < 1:
             raise SynthesisError(f"field_tilt: must be in [0, 1), got {self.field_tilt}")
 
@@ -996,7 +1009,8 @@ class Domain:
 
 
 # Domain settings added after a dataset format, and the value a manifest without them was made with.
-DOMAIN_ADDED = {"field": 0.0, "field_tilt": 0.0, "background_blur": 0.0}
+DOMAIN_ADDED = {"field": 0.0, "field_tilt": 0.0, "background_blur": 0.0, "soft_content": 0.0,
+                "soft_sigma": list(Domain.soft_sigma)}
 
 
 def draw_psf(rng, domain: Domain, phone: bool) -> PsfShape:
@@ -1109,7 +1123,18 @@ def sample_scene(rng: np.random.Generator, width: int, height: int, max_coc_px: 
     sensor = _draw_sensor(rng, domain, phone)
     if sensor.grey:                                # one-channel data: the green channel everywhere
         layers = [dataclasses.replace(l, colour=np.repeat(l.colour[..., 1:2], 3, axis=2)) for l in layers]
+    if domain.soft_content:
+        layers = [soften(rng, l, domain) for l in layers]
     return SceneSpec(kind, category, layers, cam, noise, 0.0, psf, (near, far), sensor, "phone" if phone else "dslr", iso)
+
+
+def soften(rng, layer: Layer, domain: Domain) -> Layer:
+    """The layer with its content smoothed (Domain.soft_content of the time) and its silhouette kept."""
+    if rng.random() >= domain.soft_content:
+        return layer
+    sigma = _log_uniform(rng, *domain.soft_sigma)
+    return dataclasses.replace(layer, colour=cv2.GaussianBlur(layer.colour, (0, 0), sigma,
+                                                              borderType=cv2.BORDER_REFLECT))
 
 
 # ----------------------------------------------------------------------------------------------- dataset
@@ -1295,7 +1320,8 @@ def domain_from_args(args) -> Domain:
             raise SynthesisError(f"cannot read {text!r} as a comma-separated list") from None
     return Domain(psf_families=items(args.psf_families), cameras=items(args.cameras),
                   noise_levels=items(args.noise_levels), tones=items(args.tones), bits=items(args.bits, int),
-                  field=args.field, field_tilt=args.field_tilt, background_blur=args.background_blur)
+                  field=args.field, field_tilt=args.field_tilt, background_blur=args.background_blur,
+                  soft_content=args.soft_content)
 
 
 def main(argv=None) -> None:
@@ -1326,6 +1352,10 @@ def main(argv=None) -> None:
     parser.add_argument("--background-blur", type=float, default=d.background_blur,
                         help=f"fraction of DSLR scenes whose background is blurred by a third of --max-coc to all "
                              f"of it (default {d.background_blur:g}; see Domain)")
+    parser.add_argument("--soft-content", type=float, default=d.soft_content,
+                        help=f"fraction of layers whose content is smoothed by a Gaussian of sigma "
+                             f"{d.soft_sigma[0]:g}-{d.soft_sigma[1]:g} px, in focus or not (default {d.soft_content:g}; "
+                             f"see Domain)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     print("settings: " + ", ".join(f"{k}={v}" for k, v in vars(args).items()))
