@@ -63,9 +63,6 @@ TRAIN_FAMILIES = {"psf_families": ("butterworth", "ramp"), "tones": ("srgb", "ga
                   "bits": (8, 16)}
 HELD_OUT_FAMILIES = {"psf_families": ("soft", "polygon"), "tones": ("linear",), "noise_levels": ("high",),
                      "bits": (10, 12)}
-# The synthetic test sets keep the scenes of every earlier run: without the smoothed layers that training data
-# has drawn since (Domain.soft_content), so a set's input and its past gains stay comparable.
-CHECK_DOMAIN = {"soft_content": 0.0}
 SEED = 11                         # not the demo's synthesis seed 0
 REFERENCE_SEED = 500              # training scenes of the --reference models (renderer2's val scenes: +1)
 REFERENCE_SCENES = {"renderer2": 100, "held-out": 400, "planes": 400}   # their training scenes (val: 10)
@@ -142,16 +139,15 @@ def check_sets(n: int, width: int, height: int, only: list[str] | None = None) -
     import synthesize
     big = (2 * width, 2 * height)
     makers = {
-        "in-dist": lambda: synthetic_set(synthesize.Domain(**TRAIN_FAMILIES, **CHECK_DOMAIN), n, width, height),
-        "held-out": lambda: synthetic_set(synthesize.Domain(**HELD_OUT_FAMILIES, **CHECK_DOMAIN), n, width, height),
+        "in-dist": lambda: synthetic_set(synthesize.Domain(**TRAIN_FAMILIES), n, width, height),
+        "held-out": lambda: synthetic_set(synthesize.Domain(**HELD_OUT_FAMILIES), n, width, height),
         "renderer2": lambda: renderer2_set(n, width, height),
         "renderer2 noise-free": lambda: renderer2_set(n, width, height, noise=False),
         "renderer2 optics, our content": lambda: renderer2_set(n, width, height, noise=False, our_content=True),
         "the same with our PSFs": lambda: renderer2_set(n, width, height, noise=False, our_content=True,
                                                         our_psfs=True),
         "renderer2 small blur": lambda: renderer2_set(n, width, height, max_blur=SMALL_BLUR_PX),
-        "in-dist large blur": lambda: synthetic_set(synthesize.Domain(**TRAIN_FAMILIES, **CHECK_DOMAIN,
-                                                                      cameras=("dslr",)), n,
+        "in-dist large blur": lambda: synthetic_set(synthesize.Domain(**TRAIN_FAMILIES, cameras=("dslr",)), n,
                                                     *big, max_blur=LARGE_BLUR_PX),
         "renderer2 optics, our content, large blur": lambda: renderer2_set(n, *big, noise=False, our_content=True,
                                                                            max_blur=LARGE_BLUR_PX),

@@ -946,10 +946,9 @@ class Domain:
     soft_content / soft_sigma: the fraction of layers whose content is smoothed by a Gaussian of sigma drawn
       log-uniform in soft_sigma pixels, the silhouette kept sharp: surfaces that look soft although they are in
       focus (skin, prints, painted walls, smooth patterns), so the network has to read defocus from the two views
-      rather than from how soft the content looks (stage 2 of pretrained/dpdnet_synthetic.keras draws 0.3: without
-      them it over-sharpened smooth periodic textures blurred by a few pixels; the demo keeps 0, with which its
-      DPDNet-Single still beats the input; results/synthetic_ood.md). Drawn after everything else, so the same
-      seed gives the same scenes with only those layers smoothed. 0 disables it.
+      rather than from how soft the content looks (pretrained/dpdnet_synthetic.keras's stage 2 draws 0.3; why the
+      demo keeps 0: results/synthetic_ood.md, "Soft content"). Drawn after everything else, so the same seed
+      gives the same scenes with only those layers smoothed. 0 disables it.
     grey_fraction: DSLR scenes drawn one-channel (phones: half of them).
     zoom: the image shows 1/zoom of the sensor's width (a crop, or a camera with a smaller downscale), zoom
       drawn log-uniform in this range per scene: blur in pixels grows with it (up to --max-coc). At 320 wide,
