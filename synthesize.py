@@ -946,9 +946,10 @@ class Domain:
     soft_content / soft_sigma: the fraction of layers whose content is smoothed by a Gaussian of sigma drawn
       log-uniform in soft_sigma pixels, the silhouette kept sharp: surfaces that look soft although they are in
       focus (skin, prints, painted walls, smooth patterns), so the network has to read defocus from the two views
-      rather than from how soft the content looks (pretrained/dpdnet_synthetic.keras's stage 2 draws 0.3; why the
-      demo keeps 0: results/synthetic_ood.md, "Soft content"). Drawn after everything else, so the same seed
-      gives the same scenes with only those layers smoothed. 0 disables it.
+      rather than from how soft the content looks (default 0.1, the most the demo's DPDNet-Single still gains
+      with; pretrained/dpdnet_synthetic.keras's stage 2 draws 0.3: results/synthetic_ood.md, "Soft content").
+      Drawn after everything else, so the same seed gives the same scenes with only those layers smoothed. 0
+      disables it.
     grey_fraction: DSLR scenes drawn one-channel (phones: half of them).
     zoom: the image shows 1/zoom of the sensor's width (a crop, or a camera with a smaller downscale), zoom
       drawn log-uniform in this range per scene: blur in pixels grows with it (up to --max-coc). At 320 wide,
@@ -977,7 +978,7 @@ class Domain:
     field: float = 0.0
     field_tilt: float = 0.0
     background_blur: float = 0.0
-    soft_content: float = 0.0
+    soft_content: float = 0.1
     soft_sigma: tuple = (0.5, 4.0)
     grey_fraction: float = 0.05
     zoom: tuple = (1.0, 5.25)

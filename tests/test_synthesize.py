@@ -226,13 +226,14 @@ def test_resume_skips_finished_scenes_and_refuses_other_settings(made, tmp_path)
         del old["domain"][key]
     with open(manifest, "w") as f:
         json.dump(old, f)
-    assert synthesize(root, seed=7, workers=1, **kw)["written"] == 0
+    unsmoothed = Domain(soft_content=0.0)                  # what such a folder was made with
+    assert synthesize(root, seed=7, workers=1, domain=unsmoothed, **kw)["written"] == 0
     with pytest.raises(SynthesisError, match="domain.field=0.0, not 0.3"):
-        synthesize(root, seed=7, workers=1, domain=Domain(field=0.3), **kw)
-    with pytest.raises(SynthesisError, match="domain.soft_content=0.0, not 0.3"):
-        synthesize(root, seed=7, workers=1, domain=Domain(soft_content=0.3), **kw)
+        synthesize(root, seed=7, workers=1, domain=Domain(field=0.3, soft_content=0.0), **kw)
+    with pytest.raises(SynthesisError, match="domain.soft_content=0.0, not 0.1"):   # today's default
+        synthesize(root, seed=7, workers=1, **kw)
     with pytest.raises(SynthesisError, match="beyond the 1 train scenes"):
-        synthesize(root, seed=7, workers=1, **{**kw, "n_train": 1})
+        synthesize(root, seed=7, workers=1, domain=unsmoothed, **{**kw, "n_train": 1})
     with pytest.raises(SystemExit, match="error: image size 20x64"):
         main(["--out", str(tmp_path / "x"), "--width", "20", "--height", "64"])
 
