@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import csv
+import hashlib
 import json
 import multiprocessing
 import os
@@ -428,6 +429,12 @@ class PatchStore:
         n, r, c = self.index[split][i]
         p = self.patch_size
         return self.images[split][n][r:r + p, c:c + p, channels]
+
+    def train_fingerprint(self) -> str:
+        """A short hash of the train scenes this store was cut from (each file's name, size and time) and the
+        patches kept of each: what a checkpoint trained on, so that a run resumes only on the same data."""
+        text = json.dumps(self.manifest["sources"]["train"], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def gather(self, split: str, rows, channels: slice = slice(None)) -> np.ndarray:
         """Patches `rows` of a split, channels `channels`, stacked into one uint16 array (B, P, P, C)."""

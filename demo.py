@@ -307,9 +307,13 @@ def run(args: argparse.Namespace) -> dict:
     print(f"\n[demo] 1/5 synthesising {SCENES[mode]} scenes at {cfg.working_width}x{cfg.working_height} into "
           f"{cfg.resolve_path('dataset_root')}", flush=True)
     with stage(seconds, "synthesize"):
-        syn = synthesize.synthesize(cfg.resolve_path("dataset_root"), width=cfg.working_width,
-                                    height=cfg.working_height, seed=SYNTH_SEED, workers=cfg.data_workers,
-                                    progress=progress, **SCENES[mode])
+        try:
+            syn = synthesize.synthesize(cfg.resolve_path("dataset_root"), width=cfg.working_width,
+                                        height=cfg.working_height, seed=SYNTH_SEED, workers=cfg.data_workers,
+                                        progress=progress, **SCENES[mode])
+        except synthesize.SynthesisError as e:   # a folder of an older synthesize.py: the networks must retrain too
+            raise synthesize.SynthesisError(f"{e}; for the demo: remove it and run again with --fresh, or use "
+                                            f"--root DIR") from None
 
     import data_prep
     print(f"\n[demo] 2/5 preparing {cfg.patch_size}x{cfg.patch_size} patches in {cfg.resolve_path('patch_dir')}",

@@ -412,6 +412,9 @@ def start_state(cfg: Config, resume, stream: PatchStream, steps_per_epoch: int, 
         if state.get(key) != now:
             raise TrainError(f"{last}: the checkpoint has {key} {state.get(key)}, this run {now} (another number "
                              f"of replicas or another patch store); resume on the same setup or use --fresh")
+    if state.get("train_data") not in (None, stream.store.train_fingerprint()):   # None: written before it was kept
+        raise TrainError(f"{last}: the checkpoint was trained on other train scenes than {stream.store.patch_dir} "
+                         f"holds (the dataset changed since, or another store); resume on its data or use --fresh")
     return state
 
 
@@ -458,7 +461,8 @@ class TrainingRun:
     def base_state(self) -> dict:
         return {"format": STATE_FORMAT, "steps_per_epoch": self.steps_per_epoch,
                 "global_batch": self.stream.global_batch, "replicas": self.stream.global_batch // self.cfg.batch_size,
-                "num_train_patches": self.stream.num_train, "select_on": self.cfg.select_on,
+                "num_train_patches": self.stream.num_train, "train_data": self.stream.store.train_fingerprint(),
+                "select_on": self.cfg.select_on,
                 "config": self.cfg.to_dict(), **backends.info(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
     def save_last(self, epoch, step_in_epoch, global_step, loss_sum, loss_count) -> None:

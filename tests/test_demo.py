@@ -77,6 +77,20 @@ def test_quick_demo_end_to_end(tmp_path):
     check_quick_demo(root, stdout, backend)
     assert "[demo] budget" not in stdout      # --quick is its own short budget: nothing timed
     check_budget_on_quick_store(root)
+    check_older_data_is_refused_with_the_way_out(root)
+
+
+def check_older_data_is_refused_with_the_way_out(root):
+    """Data an older synthesize.py made (here: before it smoothed 10% of layers) is a one-line error that says
+    what to do, before anything is trained on it."""
+    import synthesize
+    manifest = root / "synthetic_demo_quick" / "synthesize.json"
+    made = json.loads(manifest.read_text())
+    made["domain"]["soft_content"] = 0.0
+    manifest.write_text(json.dumps(made))
+    with pytest.raises(synthesize.SynthesisError, match="soft_content=0.0, not 0.1; .*for the demo: remove it and run "
+                                                         "again with --fresh"):
+        demo.run(_args("--quick", "--root", str(root), "--no-progress"))
 
 
 def check_budget_on_quick_store(root):

@@ -6,6 +6,7 @@ message."""
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -371,6 +372,28 @@ def test_resume_with_other_settings_is_refused(store, reference, capsys):
     # epochs may change: the finished 3-epoch reference run is simply complete
     result = train(_cfg(root, patches, ckpt, run_name="reference", **RESUME_SETTINGS), verbose=0)
     assert result["epochs_done"] == 3
+
+
+def test_resume_on_other_train_scenes_is_refused(store, reference, tmp_path):
+    """A checkpoint resumes only on the train scenes it was trained on: a store cut from a copy of the dataset
+    (same names, sizes and times) takes it up; once a train scene is rewritten and the store rebuilt, with the
+    same number of patches, it is a one-line error."""
+    from data_prep import build_store, open_store
+    from train import TrainError, train
+    base, root, patches = store
+    ckpt = str(tmp_path / "ckpt")
+    shutil.copytree(os.path.join(base, "ckpt", "reference"), os.path.join(ckpt, "reference"))
+    data, other = str(tmp_path / "dpdd"), str(tmp_path / "patches")
+    shutil.copytree(root, data)
+    build_store(_cfg(data, other, ckpt), progress=False)
+    assert train(_cfg(data, other, ckpt, run_name="reference", **RESUME_SETTINGS), verbose=0)["epochs_done"] == 3
+    stat = os.stat(os.path.join(data, "train_c", "target", "s1.png"))
+    os.utime(os.path.join(data, "train_c", "target", "s1.png"), ns=(stat.st_atime_ns, stat.st_mtime_ns + 10 ** 9))
+    build_store(_cfg(data, other, ckpt), progress=False)
+    assert len(open_store(_cfg(data, other, ckpt)).index["train"]) == len(open_store(_cfg(root, patches, ckpt)).index[
+        "train"])
+    with pytest.raises(TrainError, match="trained on other train scenes .* or use --fresh"):
+        train(_cfg(data, other, ckpt, run_name="reference", **RESUME_SETTINGS), verbose=0)
 
 
 def test_a_fresh_run_starts_from_init_weights_and_refuses_another_architecture(store, reference, tmp_path, capsys):
