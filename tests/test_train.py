@@ -390,8 +390,8 @@ def test_resume_on_other_train_scenes_is_refused(store, reference, tmp_path):
     stat = os.stat(os.path.join(data, "train_c", "target", "s1.png"))
     os.utime(os.path.join(data, "train_c", "target", "s1.png"), ns=(stat.st_atime_ns, stat.st_mtime_ns + 10 ** 9))
     build_store(_cfg(data, other, ckpt), progress=False)
-    assert len(open_store(_cfg(data, other, ckpt)).index["train"]) == len(open_store(_cfg(root, patches, ckpt)).index[
-        "train"])
+    patch_count = [len(open_store(_cfg(r, p, ckpt)).index["train"]) for r, p in ((data, other), (root, patches))]
+    assert patch_count[0] == patch_count[1]
     with pytest.raises(TrainError, match="trained on other train scenes .* or use --fresh"):
         train(_cfg(data, other, ckpt, run_name="reference", **RESUME_SETTINGS), verbose=0)
 
