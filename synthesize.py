@@ -1129,7 +1129,7 @@ def sample_scene(rng: np.random.Generator, width: int, height: int, max_coc_px: 
 
 
 def soften(rng, layer: Layer, domain: Domain) -> Layer:
-    """The layer with its content smoothed (Domain.soft_content of the time) and its silhouette kept."""
+    """The layer with its content smoothed (with probability Domain.soft_content) and its silhouette kept."""
     if rng.random() >= domain.soft_content:
         return layer
     sigma = _log_uniform(rng, *domain.soft_sigma)

@@ -198,6 +198,7 @@ class PatchStream:
         self.store, self.cfg, self.global_batch, self.process = store, cfg, global_batch, process
         self.inputs = slice(0, 6) if cfg.input_mode == "dual" else CHANNELS["source"]
         self.num_train = len(store.index["train"])
+        self.train_data = store.train_fingerprint()   # kept in checkpoints: a run resumes only on the same scenes
         num_val = len(store.index.get("val", ()))
         self.num_val = num_val - num_val % replicas
         self.steps_per_pass = self.num_train // global_batch
@@ -412,7 +413,7 @@ def start_state(cfg: Config, resume, stream: PatchStream, steps_per_epoch: int, 
         if state.get(key) != now:
             raise TrainError(f"{last}: the checkpoint has {key} {state.get(key)}, this run {now} (another number "
                              f"of replicas or another patch store); resume on the same setup or use --fresh")
-    if state.get("train_data") not in (None, stream.store.train_fingerprint()):   # None: written before it was kept
+    if state.get("train_data") not in (None, stream.train_data):   # None: written before it was kept
         raise TrainError(f"{last}: the checkpoint was trained on other train scenes than {stream.store.patch_dir} "
                          f"holds (the dataset changed since, or another store); resume on its data or use --fresh")
     return state
@@ -461,7 +462,7 @@ class TrainingRun:
     def base_state(self) -> dict:
         return {"format": STATE_FORMAT, "steps_per_epoch": self.steps_per_epoch,
                 "global_batch": self.stream.global_batch, "replicas": self.stream.global_batch // self.cfg.batch_size,
-                "num_train_patches": self.stream.num_train, "train_data": self.stream.store.train_fingerprint(),
+                "num_train_patches": self.stream.num_train, "train_data": self.stream.train_data,
                 "select_on": self.cfg.select_on,
                 "config": self.cfg.to_dict(), **backends.info(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
