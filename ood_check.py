@@ -65,7 +65,7 @@ HELD_OUT_FAMILIES = {"psf_families": ("soft", "polygon"), "tones": ("linear",), 
                      "bits": (10, 12)}
 # Every synthetic set and training run here draws no smoothed content (synthesize.Domain.soft_content), so its
 # scenes, and the checks' gains, stay those of the runs before that setting existed.
-CHECK_DOMAIN = {"soft_content": 0.0}
+CHECK_DOMAIN = {"soft_content": 0.0, "test_soft_content": None}
 SEED = 11                         # not the demo's synthesis seed 0
 REFERENCE_SEED = 500              # training scenes of the --reference models (renderer2's val scenes: +1)
 REFERENCE_SCENES = {"renderer2": 100, "held-out": 400, "planes": 400}   # their training scenes (val: 10)

@@ -943,13 +943,14 @@ class Domain:
       resolution and at most the whole frame; indoor backgrounds, at most 8 m away, get less); drawn cameras and
       zoom alone rarely blur backgrounds that much. Turning it on takes one more draw per scene before the layout
       is drawn, so every scene's content and layout change, not only the chosen ones'. 0 disables it.
-    soft_content / soft_sigma: the fraction of layers whose content is smoothed by a Gaussian of sigma drawn
-      log-uniform in soft_sigma pixels, the silhouette kept sharp: surfaces that look soft although they are in
-      focus (skin, prints, painted walls, smooth patterns), so the network has to read defocus from the two views
-      rather than from how soft the content looks (default 0.1, the most the demo's DPDNet-Single still gains
-      with; pretrained/dpdnet_synthetic.keras's stage 2 draws 0.3: results/synthetic_ood.md, "Soft content").
-      Drawn after everything else, so the same seed gives the same scenes with only those layers smoothed. 0
-      disables it.
+    soft_content / test_soft_content / soft_sigma: the fraction of layers whose content is smoothed by a Gaussian
+      of sigma drawn log-uniform in soft_sigma pixels, the silhouette kept sharp: surfaces that look soft although
+      they are in focus (skin, prints, painted walls, smooth patterns), so the network has to read defocus from the
+      two views rather than from how soft the content looks. soft_content holds for train and val scenes (default
+      0.3), test_soft_content for test scenes (default 0.1, the most at which the demo's DPDNet-Single, which
+      cannot tell the two apart, still beats the input; None: soft_content, as in folders made before it existed):
+      results/synthetic_ood.md, "Soft content". Drawn after everything else, so the same seed gives the same
+      scenes with only those layers smoothed. 0 disables it.
     grey_fraction: DSLR scenes drawn one-channel (phones: half of them).
     zoom: the image shows 1/zoom of the sensor's width (a crop, or a camera with a smaller downscale), zoom
       drawn log-uniform in this range per scene: blur in pixels grows with it (up to --max-coc). At 320 wide,
@@ -978,7 +979,8 @@ class Domain:
     field: float = 0.0
     field_tilt: float = 0.0
     background_blur: float = 0.0
-    soft_content: float = 0.1
+    soft_content: float = 0.3
+    test_soft_content: float | None = 0.1
     soft_sigma: tuple = (0.5, 4.0)
     grey_fraction: float = 0.05
     zoom: tuple = (1.0, 5.25)
@@ -997,12 +999,20 @@ class Domain:
             raise SynthesisError(f"field: the cat's-eye cut must be in [0, 1), got {self.field}")
         if not 0 <= self.background_blur <= 1:
             raise SynthesisError(f"background_blur: a fraction of scenes in [0, 1], got {self.background_blur}")
-        if not 0 <= self.soft_content <= 1:
-            raise SynthesisError(f"soft_content: a fraction of layers in [0, 1], got {self.soft_content}")
+        for name in ("soft_content", "test_soft_content"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise SynthesisError(f"{name}: a fraction of layers in [0, 1], got {value}")
         if not (len(self.soft_sigma) == 2 and 0 < self.soft_sigma[0] <= self.soft_sigma[1]):
             raise SynthesisError(f"soft_sigma: must be a range (lo, hi) with 0 < lo <= hi, got {self.soft_sigma}")
         if not 0 <= self.field_tilt < 1:
             raise SynthesisError(f"field_tilt: must be in [0, 1), got {self.field_tilt}")
+
+    def for_split(self, split: str) -> "Domain":
+        """The domain the scenes of `split` are drawn from: test scenes take test_soft_content where it is set."""
+        if split != "test" or self.test_soft_content is None:
+            return self
+        return dataclasses.replace(self, soft_content=self.test_soft_content, test_soft_content=None)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -1010,7 +1020,7 @@ class Domain:
 
 # Domain settings added after a dataset format, and the value a manifest without them was made with.
 DOMAIN_ADDED = {"field": 0.0, "field_tilt": 0.0, "background_blur": 0.0, "soft_content": 0.0,
-                "soft_sigma": list(Domain.soft_sigma)}
+                "test_soft_content": None, "soft_sigma": list(Domain.soft_sigma)}
 
 
 def draw_psf(rng, domain: Domain, phone: bool) -> PsfShape:
@@ -1161,6 +1171,7 @@ def make_scene(seed: int, split: str, index: int, width: int, height: int, max_c
     """Sample and (if `render`) render one scene: images {source, target, left, right, defocus (|CoC| in px
     per pixel)} and its metadata."""
     category = ("indoor", "outdoor")[index % 2]         # alternate, so every split is balanced
+    domain = domain.for_split(split)
     scene = sample_scene(scene_rng(seed, split, index), width, height, max_coc_px, category, domain)
     coc = visible_coc(scene.layers, scene.camera)
     src, tgt = scene_names(split, index)
@@ -1321,7 +1332,7 @@ def domain_from_args(args) -> Domain:
     return Domain(psf_families=items(args.psf_families), cameras=items(args.cameras),
                   noise_levels=items(args.noise_levels), tones=items(args.tones), bits=items(args.bits, int),
                   field=args.field, field_tilt=args.field_tilt, background_blur=args.background_blur,
-                  soft_content=args.soft_content)
+                  soft_content=args.soft_content, test_soft_content=args.test_soft_content)
 
 
 def main(argv=None) -> None:
@@ -1356,6 +1367,8 @@ def main(argv=None) -> None:
                         help=f"fraction of layers whose content is smoothed by a Gaussian of sigma "
                              f"{d.soft_sigma[0]:g}-{d.soft_sigma[1]:g} px, in focus or not (default {d.soft_content:g}; "
                              f"see Domain)")
+    parser.add_argument("--test-soft-content", type=float, default=d.test_soft_content,
+                        help=f"... in the test scenes (default {d.test_soft_content:g}; see Domain)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     print("settings: " + ", ".join(f"{k}={v}" for k, v in vars(args).items()))

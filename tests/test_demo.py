@@ -81,14 +81,15 @@ def test_quick_demo_end_to_end(tmp_path):
 
 
 def check_older_data_is_refused_with_the_way_out(root):
-    """Data an older synthesize.py made (here: before it smoothed 10% of layers) is a one-line error that says
-    what to do, before anything is trained on it."""
+    """Data an older synthesize.py made (here: one that smoothed 10% of the layers of every split) is a one-line
+    error that says what to do, before anything is trained on it."""
     import synthesize
     manifest = root / "synthetic_demo_quick" / "synthesize.json"
     made = json.loads(manifest.read_text())
-    made["domain"]["soft_content"] = 0.0
+    made["domain"]["soft_content"] = 0.1
+    del made["domain"]["test_soft_content"]
     manifest.write_text(json.dumps(made))
-    with pytest.raises(synthesize.SynthesisError, match="soft_content=0.0, not 0.1; .*for the demo: remove it and run "
+    with pytest.raises(synthesize.SynthesisError, match="soft_content=0.1, not 0.3; .*for the demo: remove it and run "
                                                          "again with --fresh"):
         demo.run(_args("--quick", "--root", str(root), "--no-progress"))
 

@@ -222,15 +222,15 @@ def test_resume_skips_finished_scenes_and_refuses_other_settings(made, tmp_path)
     manifest = os.path.join(root, "synthesize.json")      # written before the field, background and soft-content settings existed
     with open(manifest) as f:
         old = json.load(f)
-    for key in ("field", "field_tilt", "background_blur", "soft_content", "soft_sigma"):
+    for key in ("field", "field_tilt", "background_blur", "soft_content", "test_soft_content", "soft_sigma"):
         del old["domain"][key]
     with open(manifest, "w") as f:
         json.dump(old, f)
-    unsmoothed = Domain(soft_content=0.0)                  # what such a folder was made with
+    unsmoothed = Domain(soft_content=0.0, test_soft_content=None)   # what such a folder was made with
     assert synthesize(root, seed=7, workers=1, domain=unsmoothed, **kw)["written"] == 0
     with pytest.raises(SynthesisError, match="domain.field=0.0, not 0.3"):
-        synthesize(root, seed=7, workers=1, domain=Domain(field=0.3, soft_content=0.0), **kw)
-    with pytest.raises(SynthesisError, match="domain.soft_content=0.0, not 0.1"):   # today's default
+        synthesize(root, seed=7, workers=1, domain=Domain(field=0.3, soft_content=0.0, test_soft_content=None), **kw)
+    with pytest.raises(SynthesisError, match="domain.soft_content=0.0, not 0.3"):   # today's default
         synthesize(root, seed=7, workers=1, **kw)
     with pytest.raises(SynthesisError, match="beyond the 1 train scenes"):
         synthesize(root, seed=7, workers=1, domain=unsmoothed, **{**kw, "n_train": 1})
@@ -367,6 +367,22 @@ def test_soft_content_smooths_the_drawn_layers_and_keeps_everything_else(tmp_pat
             assert detail(b.colour) < detail(a.colour)
     with pytest.raises(SynthesisError, match="soft_content"):
         synthesize(str(tmp_path / "x"), 1, 0, 0, 96, 64, progress=False, domain=Domain(soft_content=2.0))
+    with pytest.raises(SynthesisError, match="test_soft_content: a fraction of layers in"):
+        synthesize(str(tmp_path / "x"), 1, 0, 0, 96, 64, progress=False, domain=Domain(test_soft_content=-0.1))
+
+
+def test_test_scenes_draw_their_own_soft_fraction():
+    """With test_soft_content set, test scenes are exactly those of a domain drawing that fraction everywhere, and
+    train and val scenes those of soft_content; None leaves the test split at soft_content."""
+    def images(split, domain):
+        return make_scene(5, split, 1, 96, 64, 8.0, domain=domain)[0]
+    plain = {split: images(split, Domain(soft_content=0.0, test_soft_content=None)) for split in dpdd.SPLITS}
+    smooth = {split: images(split, Domain(soft_content=1.0, test_soft_content=None)) for split in dpdd.SPLITS}
+    mixed = {split: images(split, Domain(soft_content=1.0, test_soft_content=0.0)) for split in dpdd.SPLITS}
+    for split in dpdd.SPLITS:
+        assert not np.array_equal(plain[split]["target"], smooth[split]["target"])
+        want = plain[split] if split == "test" else smooth[split]
+        assert all(np.array_equal(mixed[split][key], want[key]) for key in want)
 
 
 def test_target_noise_puts_the_inputs_noise_into_the_target():
