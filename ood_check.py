@@ -63,8 +63,8 @@ TRAIN_FAMILIES = {"psf_families": ("butterworth", "ramp"), "tones": ("srgb", "ga
                   "bits": (8, 16)}
 HELD_OUT_FAMILIES = {"psf_families": ("soft", "polygon"), "tones": ("linear",), "noise_levels": ("high",),
                      "bits": (10, 12)}
-# Every synthetic set and training run here draws no smoothed content (synthesize.Domain.soft_content), so its
-# scenes, and the checks' gains, stay those of the runs before that setting existed.
+# Every synthetic set and training run here draws no smoothed content in any split (synthesize.Domain.soft_content,
+# and test_soft_content None: the same), so its scenes, and the checks' gains, stay those of the runs before.
 CHECK_DOMAIN = {"soft_content": 0.0, "test_soft_content": None}
 SEED = 11                         # not the demo's synthesis seed 0
 REFERENCE_SEED = 500              # training scenes of the --reference models (renderer2's val scenes: +1)
