@@ -51,6 +51,7 @@ PROBE_STEPS = 12          # training steps timed per network to choose the budge
 EVAL_STEPS = 250          # evaluation takes about as long as this many training steps (results/demo.md)
 START_SECONDS = 15        # per network: building, compiling, the input's val loss
 LOOP_FACTOR = 1.1         # validation and checkpoints on top of the median step
+OVERRUN_TOLERANCE = 1.1   # the summary says the budget was overrun beyond this factor of --minutes
 MIN_EPOCHS = 5            # below this the networks learn too little to compare; train that many anyway
 
 
@@ -179,6 +180,7 @@ def summary_markdown(summary: dict) -> str:
              f"each in {tr.get('precision', 'float32')} (the same budget); weights: the checkpoint with the lowest "
              f"val loss.",
              *_budget_lines(tr.get("budget", {}), tr["steps_per_epoch"]),
+             *_overrun_lines(tr.get("budget", {}), t, {"DPDNet": tr["steps"], "DPDNet-Single": tr["steps_single"]}),
              *([f"- Inference: {_ensemble_text(summary['self_ensemble'])}."] if "self_ensemble" in summary else []),
              "- Toy scale: a small network, a few minutes of CPU training, synthetic scenes. It shows what the second "
              f"view is worth, not the paper's numbers (Table 1: DPDNet {paper['DPDNet']}, DPDNet-Single "
@@ -201,6 +203,21 @@ def _budget_lines(budget: dict, steps_per_epoch: int) -> list[str]:
             f"DPDNet-Single): {budget['epochs'] * steps_per_epoch} of the preset's "
             f"{budget['preset_epochs'] * steps_per_epoch} steps, so the differences are smaller than with all of "
             f"them (`--minutes 0`)."]
+
+
+def _overrun_lines(budget: dict, seconds: dict, steps: dict) -> list[str]:
+    """A line saying that the run took longer than the --minutes it was fitted to, and how fast the steps went
+    against the probe's timing: a machine that slows down mid-run (other load) is the usual cause."""
+    minutes, probed = budget.get("minutes"), budget.get("step_seconds")
+    if not probed or not minutes or seconds.get("total", 0) <= 60 * minutes * OVERRUN_TOLERANCE:
+        return []
+    went = {mode: seconds[f"train_{mode}"] / n for mode, n in zip(("dual", "single"), steps.values())
+            if n and f"train_{mode}" in seconds}
+    pace = " and ".join(f"{1000 * went[m]:.0f} ms" for m in went)
+    timed = " and ".join(f"{1000 * probed[m]:.0f} ms" for m in went)
+    return [f"- Over the {minutes:g}-minute budget ({seconds['total'] / 60:.1f} min): a training step took {pace} "
+            f"for DPDNet and DPDNet-Single (with start-up, validation and checkpoints) against {timed} when timed before "
+            f"training; the machine slowed down during the run."]
 
 
 def _ensemble_text(passes: dict) -> str:

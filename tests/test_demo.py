@@ -140,6 +140,16 @@ def test_epochs_that_fit_scales_the_schedule_with_the_time():
     assert demo.epochs_that_fit(2, 25, 100, 0, 0.2) == (2, 25)     # the fewest never exceeds the preset's own
 
 
+def test_overrun_line_reports_the_pace_against_the_probe():
+    budget = {"fitted": True, "minutes": 15, "step_seconds": {"dual": 0.094, "single": 0.089}}
+    seconds = {"train_dual": 465.0, "train_single": 720.0, "total": 1278.0}
+    steps = {"DPDNet": 3900, "DPDNet-Single": 3600}
+    (line,) = demo._overrun_lines(budget, seconds, steps)
+    assert "(21.3 min)" in line and "119 ms and 200 ms" in line and "94 ms and 89 ms" in line   # 465/3900, 720/3600
+    assert demo._overrun_lines(budget, {**seconds, "total": 15 * 60 * 1.1}, steps) == []   # within the tolerance
+    assert demo._overrun_lines({"fitted": False, "epochs": 40}, seconds, steps) == []      # --minutes 0: no budget
+
+
 def test_quick_demo_under_torch(tmp_path):
     """The whole demo under Keras' PyTorch backend (the suite's own pass is TensorFlow), on a fifth of --quick's
     training steps: it shows every stage runs there, and PyTorch trains this network at half TensorFlow's rate."""
