@@ -76,6 +76,11 @@ class Config:
                                                 # for dual, 8 flips/turns for single: 4x or 8x the time): on,
                                                 # off, or auto: on for weights trained with augment (the paper's
                                                 # were not: off)
+    scales: int = 0                             # passes at N sizes, each half the last, the coarser ones' large
+                                                # corrections merged in (inference.predict_image): for blur larger
+                                                # than the weights were trained on; 1: full size only (the paper);
+                                                # 0: auto, by the image's width against the frames the weights
+                                                # were trained on (1 for the paper's weights on DPDD)
 
     def resolve_path(self, name: str) -> str:
         """Absolute path of a path setting; relative ones live under the repository, so scripts work from any folder."""
@@ -161,7 +166,7 @@ class Config:
                     "epochs", "lr_decay_every", "data_workers", "loader_workers", "checkpoint_every_steps"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be at least 1, got {getattr(self, key)}")
-        for key in ("steps_per_epoch", "tile", "tile_overlap", "seed"):
+        for key in ("steps_per_epoch", "tile", "tile_overlap", "seed", "scales"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must be >= 0, got {getattr(self, key)}")
         for key in ("overlap", "val_overlap", "discard_fraction", "dropout"):

@@ -1,13 +1,15 @@
 """Running a model on a whole image of any size: build the network input from the views, pad to a multiple
 of 2**depth, predict in one pass or in tiles with blended seams, crop back and clamp to [0, 1]; for weights
-trained with augmentation, average over its flips (the self-ensemble). test.py (so demo.py), deblur.py and
-ood_check.py all go through predict_image."""
+trained with augmentation, average over its flips (the self-ensemble); with `scales`, merge passes at several
+sizes. test.py (so demo.py), deblur.py and ood_check.py all go through predict_image."""
 
 from __future__ import annotations
 
+import math
 import os
 import weakref
 
+import cv2
 import numpy as np
 
 import transforms
@@ -141,9 +143,64 @@ def ensemble_transforms(cfg: Config) -> tuple[str, ...]:
     return ("identity",)
 
 
+PYRAMID_MIN_SIDE = 32     # the pyramid stops before a level whose shorter side would be below this
+MERGE_SIGMA = 2.0         # px at the coarser size: the neighbourhood whose mean correction decides the merge
+MERGE_FROM, MERGE_FULL = 0.02, 0.06   # mean absolute correction where merging starts and where it is whole
+
+
 def predict_image(model, x: np.ndarray, cfg: Config) -> np.ndarray:
-    """Deblur one (H, W, C) float32 input of any size: float32 (H, W, 3) in [0, 1]: the mean of the outputs for
-    each transform of ensemble_transforms(cfg), each turned back (one output without the self-ensemble)."""
+    """Deblur one (H, W, C) float32 input of any size: float32 (H, W, 3) in [0, 1]. At each size of the pyramid
+    (pyramid_levels: one unless the image is wider than the frames the weights were trained on) the mean of the
+    outputs for each transform of ensemble_transforms(cfg), each turned back (one output without the
+    self-ensemble)."""
+    return _predict_pyramid(model, x, cfg, pyramid_levels(cfg, x.shape[1]))
+
+
+def pyramid_levels(cfg: Config, width: int) -> int:
+    """How many sizes predict_image runs an image of `width` at: cfg.scales, or with 0 (auto) one more for each
+    doubling by which the image is wider than cfg.working_width (the frames the weights were trained on, as
+    weights.load_model sets it), rounded: blur grows with the frame, so halving the image brings it back to
+    sizes the network has seen."""
+    if cfg.scales:
+        return cfg.scales
+    return 1 + max(0, round(math.log2(width / cfg.working_width)))
+
+
+def pyramid_sizes(height: int, width: int, scales: int) -> list[tuple[int, int]]:
+    """The (height, width) of each level predict_image runs for `scales`: the image's own, then each halved
+    (rounded down), as many as asked for while the shorter side stays at least PYRAMID_MIN_SIDE."""
+    sizes = [(height, width)]
+    while len(sizes) < scales and min(sizes[-1]) // 2 >= PYRAMID_MIN_SIDE:
+        sizes.append((sizes[-1][0] // 2, sizes[-1][1] // 2))
+    return sizes
+
+
+def _predict_pyramid(model, x: np.ndarray, cfg: Config, scales: int) -> np.ndarray:
+    """The output at this size plus, where the output for the input at half the size (itself such a pyramid)
+    changes the image much more than this one did, that difference: out = full + up(w * (half - down(full))),
+    w rising from 0 to 1 as the difference's local mean goes from MERGE_FROM to MERGE_FULL. A network trained
+    on smaller blur meets a big photo's large blur at a size where it is small; elsewhere (in-focus detail,
+    noise, the blur it knows) the full-size pass stands."""
+    full = _predict_ensemble(model, x, cfg)
+    sizes = pyramid_sizes(x.shape[0], x.shape[1], scales)
+    if len(sizes) == 1:
+        return full
+    half = _predict_pyramid(model, _resize(x, sizes[1]), cfg, len(sizes) - 1)
+    change = half - _resize(full, sizes[1])
+    local = cv2.GaussianBlur(np.abs(change).mean(axis=2), (0, 0), MERGE_SIGMA)
+    weight = np.clip((local - MERGE_FROM) / (MERGE_FULL - MERGE_FROM), 0.0, 1.0)
+    return np.clip(full + _resize(change * weight[..., None], sizes[0]), 0.0, 1.0)
+
+
+def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, C) float32 at size (height, width): area-averaged when shrinking, bilinear when enlarging."""
+    smaller = size[0] < image.shape[0]
+    out = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA if smaller else cv2.INTER_LINEAR)
+    return out.reshape(size + image.shape[2:])
+
+
+def _predict_ensemble(model, x: np.ndarray, cfg: Config) -> np.ndarray:
+    """The mean of the outputs for each transform of ensemble_transforms(cfg), each turned back."""
     names = ensemble_transforms(cfg)
     total = np.zeros(x.shape[:2] + (3,), np.float32)
     for name in names:

@@ -34,6 +34,10 @@ anything.
     python ood_check.py --train --weights W1 --weights W2 --out results/ood
     python ood_check.py --reference --weights checkpoints/demo/best.keras  # what each set's own data teaches
     python ood_check.py --weights W --only "renderer2 large blur" --out ood_large   # some of the sets
+    python ood_check.py --weights W --set scales=0 --out results/ood_scales   # as deblur.py runs by default
+
+The networks run at each set's own size; `--set scales=0` (or N) adds the passes at smaller sizes that test.py and
+deblur.py run for images wider than the weights' training frames (inference.pyramid_levels).
 
 --train synthesises the demo's number of training scenes (400) from TRAIN_FAMILIES under ood/ (about 1 min),
 trains the demo preset's DPDNet on them (--set overrides apply; --steps sets the budget) and adds it to the
@@ -66,6 +70,7 @@ HELD_OUT_FAMILIES = {"psf_families": ("soft", "polygon"), "tones": ("linear",), 
 # Every synthetic set and training run here draws no smoothed content in any split (synthesize.Domain.soft_content,
 # and test_soft_content None: the same), so its scenes, and the checks' gains, stay those of the runs before.
 CHECK_DOMAIN = {"soft_content": 0.0, "test_soft_content": None}
+CHECK_SCALES = 1                  # the networks run at each set's own size (--set scales=0: deblur.py's pyramid)
 SEED = 11                         # not the demo's synthesis seed 0
 REFERENCE_SEED = 500              # training scenes of the --reference models (renderer2's val scenes: +1)
 REFERENCE_SCENES = {"renderer2": 100, "held-out": 400, "planes": 400}   # their training scenes (val: 10)
@@ -403,7 +408,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     args.overrides = [f"{k}={os.path.join(REPO_DIR, v)}" for k, v in (("dataset_root", "ood/data_train"),
                       ("patch_dir", "ood/patches"), ("checkpoint_dir", "ood/checkpoints"))] + \
-                     ["run_name=ood_train_families"] + args.overrides
+                     ["run_name=ood_train_families", f"scales={CHECK_SCALES}"] + args.overrides
     cfg = config_from_args(args, verbose=False)
     if not args.weights and not args.train and not args.reference:
         sys.exit("error: nothing to check: give --weights, --train and/or --reference")

@@ -130,7 +130,9 @@ def inference_text(summary: dict) -> str:
     """How test.py ran the network: whole images or tiles, one pass or the self-ensemble's mean of several."""
     tiling = (f"tiles of {summary['tile']} px overlapping by {summary['tile_overlap']} px, seams blended"
               if summary.get("tile") else "whole image")
-    return f"{tiling}, {passes_text(summary.get('self_ensemble', 1))}"
+    scales = summary.get("scales", 1)
+    pyramid = f", at {scales} sizes each half the last, merged (scales)" if scales > 1 else ""
+    return f"{tiling}, {passes_text(summary.get('self_ensemble', 1))}{pyramid}"
 
 
 def passes_text(passes: int) -> str:

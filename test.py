@@ -36,7 +36,7 @@ from config import (Config, UserError, add_config_args, add_inference_args, conf
 from dpdd import GROUPS, METRICS, PAPER_TABLE1
 from fileio import atomic_write_json, atomic_write_text, is_temporary, json_safe
 from images import ImageError, bit_depth, read_image, to_float, write_image
-from inference import ensemble_transforms, prefer_low_memory_cpu
+from inference import ensemble_transforms, prefer_low_memory_cpu, pyramid_levels
 from results_page import format_metric, inference_text, table1_markdown
 
 prefer_low_memory_cpu()  # before TensorFlow is imported
@@ -292,7 +292,7 @@ def evaluate(cfg: Config, weights_path: str | None = None, out_dir: str | None =
 
     run_info = {**_weights_stamp(weights_path), "input_mode": model_cfg.input_mode, "tile": model_cfg.tile,
                 "tile_overlap": model_cfg.tile_overlap, "self_ensemble": len(ensemble_transforms(model_cfg)),
-                "precision": model_cfg.precision, **backends.info(),
+                "scales": model_cfg.scales, "precision": model_cfg.precision, **backends.info(),
                 "dataset_root": root, "lpips_random": lpips == "random"}
     done = resumable_rows(out_dir, run_info, scenes, overwrite)
     rows = [done[s.source] for s in scenes if s.source in done]
@@ -316,7 +316,7 @@ def evaluate(cfg: Config, weights_path: str | None = None, out_dir: str | None =
             "images": len(scenes), "input_bits": sorted(seen["bits"]),
             "image_sizes": [f"{w}x{h}" for w, h in sorted(seen["sizes"])],
             "tile": model_cfg.tile, "tile_overlap": model_cfg.tile_overlap,
-            "self_ensemble": len(ensemble_transforms(model_cfg)),
+            "self_ensemble": len(ensemble_transforms(model_cfg)), "scales": largest_pyramid(model_cfg, seen["sizes"]),
             "lpips": {"status": lp_status, "reason": lp_reason},
             "categories_source": labels.source, "categories_note": labels.note,
             "categories_disagreements": labels.disagreements,
@@ -349,7 +349,7 @@ def resumable_rows(out_dir: str, run_info: dict, scenes: list, overwrite: bool) 
     if os.path.isfile(info_path):
         with open(info_path) as f:
             old = json.load(f)
-        changed = differences(old, run_info, "then", defaults={"self_ensemble": 1})  # runs before it: one pass
+        changed = differences(old, run_info, "then", defaults={"self_ensemble": 1, "scales": 1})  # older runs: one size
         if changed:
             raise EvalError(f"{out_dir} holds results of another run ({changed[0]}); rerun with --overwrite or "
                             f"--set run_name=NEW")
@@ -456,7 +456,17 @@ def protocol_notes(scenes: list, total: int, sizes: set, bits: set, model_cfg: C
     if passes > 1:
         notes.append(f"Self-ensemble: each output is the mean of {passes} passes over flips of the input; the paper "
                      f"ran one.")
+    levels = largest_pyramid(model_cfg, sizes)
+    if levels > 1:
+        notes.append(f"Scales: images ran at up to {levels} sizes, each half the last, merged (weights trained on "
+                     f"{model_cfg.working_width}-pixel-wide frames; scales={model_cfg.scales}); the paper ran the "
+                     f"full size only.")
     return notes
+
+
+def largest_pyramid(model_cfg: Config, sizes) -> int:
+    """The most sizes any of the (width, height) images ran at (inference.pyramid_levels)."""
+    return max((pyramid_levels(model_cfg, w) for w, _ in sizes), default=1)
 
 
 # --------------------------------------------------------------------------------------------- command line

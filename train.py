@@ -37,7 +37,8 @@ import transforms
 # `last` is written, run-time switches that leave the arithmetic of a step unchanged, and where things live
 # (the store itself is checked against its manifest).
 RESUMABLE_KEYS = ("epochs", "checkpoint_every_steps", "xla", "data_workers", "loader_workers", "dataset_root",
-                  "patch_dir", "checkpoint_dir", "results_dir", "tile", "tile_overlap", "self_ensemble")
+                  "patch_dir", "checkpoint_dir", "results_dir", "tile", "tile_overlap", "self_ensemble",
+                  "scales")
 STATE_FORMAT = 1
 NO_GAIN = 0.02                       # a best val loss within 2% of the blurry input's: the network learnt nothing
 CHARBONNIER_EPS = 1e-3               # the Charbonnier loss is L1 for errors well above this, quadratic below

@@ -16,7 +16,9 @@ import numpy as np
 from config import Config, UserError, changed_keys
 
 ARCH_KEYS = ("input_mode", "base_filters", "depth", "head", "activation", "dropout")
-TRAINED_KEYS = ("augment",)   # how the weights were trained, which decides how they are run (trained_with_flips)
+# How the weights were trained, which decides how they are run (trained_settings): flips turn the self-ensemble on,
+# and the width of the training frames sets the pyramid's sizes (inference.pyramid_levels).
+TRAINED_KEYS = ("augment", "working_width")
 # Our channel index -> the authors' channel index (BGR per view); each permutation is its own inverse.
 BGR_PERM = {3: [2, 1, 0], 6: [2, 1, 0, 5, 4, 3]}
 
@@ -78,8 +80,8 @@ def load_model(path: str, cfg: Config):
 
     model_cfg is cfg (precision `auto` made concrete) with the architecture (input mode, width, depth, head) the
     file holds, read from the checkpoint's saved config.json or from the weights themselves (cfg supplies it
-    only for a bare Keras 3 .weights.h5 without a saved config), and with `augment` as the weights were trained
-    (trained_with_flips).
+    only for a bare Keras 3 .weights.h5 without a saved config), and with `augment` and `working_width` as the
+    weights were trained (trained_settings).
     Raises WeightsError with one line on anything unusable.
     """
     if not os.path.isfile(path):
@@ -88,22 +90,23 @@ def load_model(path: str, cfg: Config):
     cfg = with_concrete_precision(cfg)
     saved = saved_config(path)
     model, model_cfg = _load(path, cfg, saved)
-    return model, dataclasses.replace(model_cfg, augment=trained_with_flips(path, saved))
+    return model, dataclasses.replace(model_cfg, **trained_settings(path, saved))
 
 
-def trained_with_flips(path: str, saved: dict | None) -> bool:
-    """Whether the weights were trained with `augment`'s flips, which turns the self-ensemble on (inference): as
-    the config.json beside them says, else the config train.py keeps inside its .keras checkpoints, else False
-    (the authors' files and bare weights do not say; the paper trained without flips)."""
-    if saved and "augment" in saved:
-        return bool(saved["augment"])
-    if zipfile.is_zipfile(path):
+def trained_settings(path: str, saved: dict | None) -> dict:
+    """TRAINED_KEYS as the weights were trained: whether with `augment`'s flips, and on frames how wide. As the
+    config.json beside them says, else the config train.py keeps inside its .keras checkpoints, else the paper's
+    (the authors' files and bare weights do not say: no flips, 1680-pixel frames)."""
+    inside: dict = {}
+    if not (saved and all(k in saved for k in TRAINED_KEYS)) and zipfile.is_zipfile(path):
         from train import TrainError, read_checkpoint_state
         try:
-            return bool(read_checkpoint_state(path).get("config", {}).get("augment", False))
+            inside = read_checkpoint_state(path).get("config", {})
         except TrainError:
-            return False
-    return False
+            pass
+    found = {**inside, **(saved or {})}
+    return {"augment": bool(found.get("augment", Config.augment)),
+            "working_width": int(found.get("working_width", Config.working_width))}
 
 
 def _load(path: str, cfg: Config, saved: dict | None):

@@ -25,6 +25,7 @@ def test_paper_preset_is_the_paper():
     assert (cfg.adam_beta1, cfg.adam_beta2, cfg.adam_epsilon, cfg.loss) == (0.9, 0.999, 1e-7, "mse")
     assert (cfg.train_stride, cfg.val_stride) == (204, 506)
     assert cfg.head == "sigmoid" and not cfg.augment and cfg.in_channels == 6
+    assert cfg.tile == 0 and cfg.scales == 0          # evaluation: whole images; sizes by the weights (1 on DPDD)
     assert cfg.run_name == "dpdnet"
 
 
@@ -53,6 +54,7 @@ def test_user_paths_are_relative_to_the_current_folder_defaults_to_the_repo(tmp_
     ("batchsize=3", "unknown config key 'batchsize'"),
     ("batch_size=three", "batch_size: cannot read 'three' as int"),
     ("batch_size=0", "batch_size: must be at least 1"),
+    ("scales=-1", "scales: must be >= 0"),
     ("input_mode=triple", "input_mode: must be one of dual, single"),
     ("dropout=1.5", "dropout: must be in [0, 1)"),
     ("patch_size=500", "patch_size: must be a multiple of 2**depth = 16"),

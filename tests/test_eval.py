@@ -95,6 +95,47 @@ def test_output_is_clamped_and_real_model_crops_consistently(dual):
         inference.forward = orig
 
 
+def test_pyramid_sizes_halve_down_to_the_smallest_side():
+    assert inference.pyramid_sizes(1120, 1680, 3) == [(1120, 1680), (560, 840), (280, 420)]
+    assert inference.pyramid_sizes(208, 320, 5) == [(208, 320), (104, 160), (52, 80)]     # 26 rows: too few
+    assert inference.pyramid_sizes(63, 101, 2) == [(63, 101)]                             # 31 rows: too few
+    assert inference.pyramid_sizes(1120, 1680, 1) == [(1120, 1680)]
+
+
+def test_pyramid_merges_the_half_size_pass_where_it_changes_much(monkeypatch):
+    """A fake network that, only at full size, adds a 2x2 checkerboard (the highest frequency) and an offset of
+    0.1 on the left half and 0.01 on the right (the lowest): the half-size pass changes the left half by 0.1
+    (above inference.MERGE_FULL: merged whole, so the offset goes) and the right by 0.01 (below MERGE_FROM: the
+    full-size pass stands); area averaging over 2x2 blocks removes the checkerboard, which stays."""
+    checker = (np.indices((128, 96)).sum(axis=0) % 2 * 2 - 1)[..., None].astype(np.float32) * 0.05
+    offset = np.where(np.arange(96) < 48, 0.1, 0.01).astype(np.float32)[None, :, None]
+    assert inference.MERGE_FROM > 0.01 and inference.MERGE_FULL < 0.1
+
+    def fake_forward(model, x):
+        first = x[..., :3].copy()
+        return first + offset + checker if x.shape[0] == 128 else first
+
+    monkeypatch.setattr(inference, "forward", fake_forward)
+    cfg = make_config("paper", {"scales": 1})          # depth 4: 128x96 and 64x48 need no padding
+    x = np.random.default_rng(3).uniform(0.2, 0.7, (128, 96, 6)).astype(np.float32)
+    np.testing.assert_allclose(predict_image(None, x, cfg), x[..., :3] + offset + checker, atol=1e-6)
+    merged = predict_image(None, x, dataclasses.replace(cfg, scales=2))
+    np.testing.assert_allclose(merged[:, :36], (x[..., :3] + checker)[:, :36], atol=1e-5)
+    np.testing.assert_allclose(merged[:, 60:], (x[..., :3] + 0.01 + checker)[:, 60:], atol=1e-5)
+    mean_of_views = lambda m, p: (p[..., :3] + p[..., 3:]) / 2   # noqa: E731  (a network every size treats alike)
+    monkeypatch.setattr(inference, "forward", mean_of_views)
+    np.testing.assert_allclose(predict_image(None, x, dataclasses.replace(cfg, scales=3)),
+                               (x[..., :3] + x[..., 3:]) / 2, atol=1e-5)
+
+
+def test_pyramid_levels_follow_the_width_of_the_training_frames():
+    demo = make_config("demo")                          # trained on 320-pixel-wide frames
+    assert [inference.pyramid_levels(demo, w) for w in (320, 400, 640, 1280, 1680)] == [1, 1, 2, 3, 3]
+    assert inference.pyramid_levels(make_config("paper"), 1680) == 1                 # the paper's weights on DPDD
+    assert inference.pyramid_levels(make_config("paper", {"scales": 2}), 1680) == 2  # set: as set
+    assert inference.pyramid_levels(demo, 200) == 1
+
+
 def test_tile_layout_and_weights():
     for length in range(16, 400, 16):
         for tile in (16, 32, 64, 96, 160):
@@ -359,6 +400,17 @@ def test_rerun_with_other_weights_refuses_to_mix(tmp_path, dual, split):
     assert code == 1 and "--overwrite" in msg
     assert cli("--weights", other_path, "--set", f"dataset_root={root}", "--set", f"results_dir={tmp_path}",
                "--no-lpips", "--overwrite", "--limit", "1")[0] == 0
+
+
+def test_scales_are_noted_and_not_mixed_with_one_size_results(tmp_path, dual, split):
+    _, _, ckpt = dual
+    root, _ = split
+    T.evaluate(eval_cfg(root, tmp_path), ckpt, lpips="off", limit=1, progress=False)
+    with pytest.raises(T.EvalError, match="scales"):
+        T.evaluate(eval_cfg(root, tmp_path, scales=2), ckpt, lpips="off", limit=2, progress=False)
+    summary = T.evaluate(eval_cfg(root, tmp_path, scales=2), ckpt, lpips="off", limit=1, overwrite=True,
+                         progress=False)
+    assert summary["scales"] == 2 and any(n.startswith("Scales: ") for n in summary["protocol_notes"])
 
 
 def assert_clean(folder):

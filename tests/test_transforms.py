@@ -98,6 +98,20 @@ def test_weights_that_do_not_say_run_in_one_pass_unless_train_py_stored_it(tmp_p
     assert len(ensemble_transforms(weights.load_model(str(tmp_path / "bare.keras"), make_config("paper"))[1])) == 4
 
 
+def test_weights_carry_the_width_of_their_training_frames(tmp_path):
+    """pyramid_levels reads working_width from model_cfg: the weights' own (config.json beside them, else the
+    config inside a train.py checkpoint), the paper's 1680 for files that do not say, never the preset's."""
+    model, cfg = tiny_model("dual", seed=0, working_width=320, working_height=208, patch_size=64)
+    path = save_checkpoint(model, cfg, str(tmp_path / "run"))
+    assert weights.load_model(path, make_config("paper"))[1].working_width == 320
+    write_keras2_hdf5(model, str(tmp_path / "authors.hdf5"))
+    assert weights.load_model(str(tmp_path / "authors.hdf5"), make_config("demo"))[1].working_width == 1680
+    model.save(str(tmp_path / "bare.keras"))
+    with zipfile.ZipFile(tmp_path / "bare.keras", "a") as z:
+        z.writestr(STATE_JSON, json.dumps({"config": {**cfg.to_dict(), "working_width": 448}}))
+    assert weights.load_model(str(tmp_path / "bare.keras"), make_config("demo"))[1].working_width == 448
+
+
 def test_deblur_averages_the_flipped_passes(tmp_path, capsys):
     """deblur.py on weights trained with augment: the output is the mean of the four passes, computed here by
     hand from the network's own outputs on the flipped and swapped views."""
