@@ -11,7 +11,7 @@ B for the network; the output is then one channel too, the mean of the network's
 --rotate turns top/bottom views of vertical dual-pixel sensors by 90 degrees so that the disparity is
 horizontal, as in the training data, and turns the result back. Weights trained with flips (`augment`, as the demo
 presets do) are run on every one of those flips and the outputs averaged (self_ensemble; 4x the time, 8x
-for the single-image model). An image wider than the frames the weights were trained on (the demo's weights, 320
+for the single-image model). An image larger than the frames the weights were trained on (the demo's weights, 320
 wide, on a 1680-wide photo) also runs at half size, quarter size and so on (`scales`), where its blur is the size
 the network knows, and the large corrections made there are merged in (README, "Scales").
 """
@@ -171,9 +171,9 @@ def run(args, cfg: Config) -> list[str]:
         print(f"self-ensemble: each output is the mean of {passes} passes over flips of the input "
               f"(--set self_ensemble=off: one pass, {passes}x faster)")
     if model_cfg.scales == 0:
-        print(f"scales: an image wider than the {model_cfg.working_width}-pixel frames these weights were trained on "
-              f"also runs at half size (and quarter, ... one more per doubling), whose large corrections are merged "
-              f"in: at most 1.33x the time (--set scales=1: full size only)")
+        print(f"scales: an image larger than the {model_cfg.working_width}x{model_cfg.working_height} frames these "
+              f"weights were trained on also runs at half size (and quarter, ... one more per doubling), whose large "
+              f"corrections are merged in: at most 1.33x the time (--set scales=1: full size only)")
     elif model_cfg.scales > 1:
         print(f"scales: each image runs at up to {model_cfg.scales} sizes, each half the last, whose large "
               f"corrections are merged in: at most 1.33x the time")

@@ -217,7 +217,7 @@ def _overrun_lines(budget: dict, seconds: dict, steps: dict) -> list[str]:
     timed = " and ".join(f"{1000 * probed[m]:.0f} ms" for m in went)
     return [f"- Over the {minutes:g}-minute budget ({seconds['total'] / 60:.1f} min): a training step took {pace} "
             f"for DPDNet and DPDNet-Single (with start-up, validation and checkpoints) against {timed} when timed before "
-            f"training; the machine slowed down during the run."]
+            f"training: this machine ran slower than when it was timed."]
 
 
 def _ensemble_text(passes: dict) -> str:

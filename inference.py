@@ -153,17 +153,17 @@ def predict_image(model, x: np.ndarray, cfg: Config) -> np.ndarray:
     (pyramid_levels: one unless the image is wider than the frames the weights were trained on) the mean of the
     outputs for each transform of ensemble_transforms(cfg), each turned back (one output without the
     self-ensemble)."""
-    return _predict_pyramid(model, x, cfg, pyramid_levels(cfg, x.shape[1]))
+    return _predict_pyramid(model, x, cfg, pyramid_levels(cfg, *x.shape[:2]))
 
 
-def pyramid_levels(cfg: Config, width: int) -> int:
-    """How many sizes predict_image runs an image of `width` at: cfg.scales, or with 0 (auto) one more for each
-    doubling by which the image is wider than cfg.working_width (the frames the weights were trained on, as
-    weights.load_model sets it), rounded: blur grows with the frame, so halving the image brings it back to
+def pyramid_levels(cfg: Config, height: int, width: int) -> int:
+    """How many sizes predict_image runs an image at: cfg.scales, or with 0 (auto) one more for each doubling by
+    which its longer side exceeds that of the frames the weights were trained on (cfg.working_width/height, as
+    weights.load_model sets them), rounded: blur grows with the frame, so halving the image brings it back to
     sizes the network has seen."""
     if cfg.scales:
         return cfg.scales
-    return 1 + max(0, round(math.log2(width / cfg.working_width)))
+    return 1 + max(0, round(math.log2(max(height, width) / max(cfg.working_width, cfg.working_height))))
 
 
 def pyramid_sizes(height: int, width: int, scales: int) -> list[tuple[int, int]]:
@@ -193,10 +193,12 @@ def _predict_pyramid(model, x: np.ndarray, cfg: Config, scales: int) -> np.ndarr
 
 
 def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(H, W, C) float32 at size (height, width): area-averaged when shrinking, bilinear when enlarging."""
-    smaller = size[0] < image.shape[0]
-    out = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA if smaller else cv2.INTER_LINEAR)
-    return out.reshape(size + image.shape[2:])
+    """(H, W, C) float32 at size (height, width): area-averaged when shrinking, bilinear when enlarging; three
+    channels at a time (OpenCV's area resampling takes at most four at factors that are not whole)."""
+    mode = cv2.INTER_AREA if size[0] < image.shape[0] else cv2.INTER_LINEAR
+    parts = [cv2.resize(image[..., i:i + 3], (size[1], size[0]), interpolation=mode).reshape(size + (-1,))
+             for i in range(0, image.shape[2], 3)]
+    return np.concatenate(parts, axis=2)
 
 
 def _predict_ensemble(model, x: np.ndarray, cfg: Config) -> np.ndarray:

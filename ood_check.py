@@ -456,7 +456,7 @@ def main(argv=None) -> int:
     from fileio import atomic_write_json, atomic_write_text, json_safe
     summary = {"train_families": TRAIN_FAMILIES, "held_out_families": HELD_OUT_FAMILIES, "seed": SEED,
                "size": [args.width, args.height], "sharp_px": SHARP_PX, "blurred_px": BLURRED_PX,
-               "bands_px": [[lo, hi] for lo, hi in BANDS], "pairs": PAIRS, "yardsticks": YARDSTICKS,
+               "bands_px": [[lo, hi] for lo, hi in BANDS], "pairs": PAIRS, "yardsticks": YARDSTICKS, "scales": cfg.scales,
                "results": results}
     atomic_write_json(os.path.join(args.out, "summary.json"), json_safe(summary))
     text = (f"# Out-of-distribution check (ood_check.py)\n\nTraining families: {TRAIN_FAMILIES}\n\n"

@@ -292,7 +292,7 @@ def evaluate(cfg: Config, weights_path: str | None = None, out_dir: str | None =
 
     run_info = {**_weights_stamp(weights_path), "input_mode": model_cfg.input_mode, "tile": model_cfg.tile,
                 "tile_overlap": model_cfg.tile_overlap, "self_ensemble": len(ensemble_transforms(model_cfg)),
-                "scales": model_cfg.scales, "precision": model_cfg.precision, **backends.info(),
+                "scales": first_pyramid(model_cfg, scenes), "precision": model_cfg.precision, **backends.info(),
                 "dataset_root": root, "lpips_random": lpips == "random"}
     done = resumable_rows(out_dir, run_info, scenes, overwrite)
     rows = [done[s.source] for s in scenes if s.source in done]
@@ -459,14 +459,22 @@ def protocol_notes(scenes: list, total: int, sizes: set, bits: set, model_cfg: C
     levels = largest_pyramid(model_cfg, sizes)
     if levels > 1:
         notes.append(f"Scales: images ran at up to {levels} sizes, each half the last, merged (weights trained on "
-                     f"{model_cfg.working_width}-pixel-wide frames; scales={model_cfg.scales}); the paper ran the "
+                     f"{model_cfg.working_width}x{model_cfg.working_height} frames; scales={model_cfg.scales}); the paper ran the "
                      f"full size only.")
     return notes
 
 
 def largest_pyramid(model_cfg: Config, sizes) -> int:
     """The most sizes any of the (width, height) images ran at (inference.pyramid_levels)."""
-    return max((pyramid_levels(model_cfg, w) for w, _ in sizes), default=1)
+    return max((pyramid_levels(model_cfg, h, w) for w, h in sizes), default=1)
+
+
+def first_pyramid(model_cfg: Config, scenes: list) -> int:
+    """The sizes the first scene's images run at, for run_info: a resumed run must run them as the first did."""
+    if not scenes or model_cfg.scales:
+        return model_cfg.scales or 1
+    (w, h), _ = input_traits(scenes[0], model_cfg.input_mode)
+    return pyramid_levels(model_cfg, h, w)
 
 
 # --------------------------------------------------------------------------------------------- command line

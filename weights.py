@@ -17,8 +17,10 @@ from config import Config, UserError, changed_keys
 
 ARCH_KEYS = ("input_mode", "base_filters", "depth", "head", "activation", "dropout")
 # How the weights were trained, which decides how they are run (trained_settings): flips turn the self-ensemble on,
-# and the width of the training frames sets the pyramid's sizes (inference.pyramid_levels).
-TRAINED_KEYS = ("augment", "working_width")
+# and the size of the training frames sets the pyramid's sizes (inference.pyramid_levels); the patch size goes
+# with the frames, so that the config stays valid.
+TRAINED_KEYS = ("augment", "working_width", "working_height", "patch_size")
+FRAME_KEYS = TRAINED_KEYS[1:]
 # Our channel index -> the authors' channel index (BGR per view); each permutation is its own inverse.
 BGR_PERM = {3: [2, 1, 0], 6: [2, 1, 0, 5, 4, 3]}
 
@@ -80,8 +82,8 @@ def load_model(path: str, cfg: Config):
 
     model_cfg is cfg (precision `auto` made concrete) with the architecture (input mode, width, depth, head) the
     file holds, read from the checkpoint's saved config.json or from the weights themselves (cfg supplies it
-    only for a bare Keras 3 .weights.h5 without a saved config), and with `augment` and `working_width` as the
-    weights were trained (trained_settings).
+    only for a bare Keras 3 .weights.h5 without a saved config), and with `augment` and the frame and patch size
+    as the weights were trained (trained_settings).
     Raises WeightsError with one line on anything unusable.
     """
     if not os.path.isfile(path):
@@ -94,19 +96,21 @@ def load_model(path: str, cfg: Config):
 
 
 def trained_settings(path: str, saved: dict | None) -> dict:
-    """TRAINED_KEYS as the weights were trained: whether with `augment`'s flips, and on frames how wide. As the
-    config.json beside them says, else the config train.py keeps inside its .keras checkpoints, else the paper's
-    (the authors' files and bare weights do not say: no flips, 1680-pixel frames)."""
+    """TRAINED_KEYS as the weights were trained: whether with `augment`'s flips, and on which frames and patches.
+    As the config train.py keeps inside its .keras checkpoints says, else the config.json beside them, else the
+    paper's (the authors' files and bare weights do not say: no flips, 1680x1120 frames, 512-pixel patches); the
+    frame keys are taken together or not at all."""
     inside: dict = {}
-    if not (saved and all(k in saved for k in TRAINED_KEYS)) and zipfile.is_zipfile(path):
+    if zipfile.is_zipfile(path):
         from train import TrainError, read_checkpoint_state
         try:
             inside = read_checkpoint_state(path).get("config", {})
         except TrainError:
             pass
-    found = {**inside, **(saved or {})}
-    return {"augment": bool(found.get("augment", Config.augment)),
-            "working_width": int(found.get("working_width", Config.working_width))}
+    found = {**(saved or {}), **{k: v for k, v in inside.items() if k in TRAINED_KEYS}}
+    frames = ({k: int(found[k]) for k in FRAME_KEYS} if all(k in found for k in FRAME_KEYS)
+              else {k: getattr(Config, k) for k in FRAME_KEYS})
+    return {"augment": bool(found.get("augment", Config.augment)), **frames}
 
 
 def _load(path: str, cfg: Config, saved: dict | None):

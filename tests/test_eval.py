@@ -130,10 +130,21 @@ def test_pyramid_merges_the_half_size_pass_where_it_changes_much(monkeypatch):
 
 def test_pyramid_levels_follow_the_width_of_the_training_frames():
     demo = make_config("demo")                          # trained on 320-pixel-wide frames
-    assert [inference.pyramid_levels(demo, w) for w in (320, 400, 640, 1280, 1680)] == [1, 1, 2, 3, 3]
-    assert inference.pyramid_levels(make_config("paper"), 1680) == 1                 # the paper's weights on DPDD
-    assert inference.pyramid_levels(make_config("paper", {"scales": 2}), 1680) == 2  # set: as set
-    assert inference.pyramid_levels(demo, 200) == 1
+    sizes = ((208, 320), (250, 400), (416, 640), (832, 1280), (1120, 1680), (1680, 1120))   # (height, width)
+    assert [inference.pyramid_levels(demo, h, w) for h, w in sizes] == [1, 1, 2, 3, 3, 3]   # portrait: its long side
+    assert inference.pyramid_levels(make_config("paper"), 1120, 1680) == 1                 # the paper's weights on DPDD
+    assert inference.pyramid_levels(make_config("paper", {"scales": 2}), 1120, 1680) == 2  # set: as set
+    assert inference.pyramid_levels(demo, 100, 200) == 1
+
+
+def test_pyramid_runs_two_views_of_odd_sizes(monkeypatch):
+    """Six channels (two views) halved at odd sizes, where OpenCV's area resampling takes at most four at once:
+    a network every size treats alike gives the one-size output at every size."""
+    monkeypatch.setattr(inference, "forward", lambda m, p: (p[..., :3] + p[..., 3:]) / 2)
+    cfg = make_config("paper", {"scales": 3})
+    x = np.random.default_rng(4).uniform(0.2, 0.7, (133, 201, 6)).astype(np.float32)
+    assert inference.pyramid_sizes(133, 201, 3) == [(133, 201), (66, 100), (33, 50)]
+    np.testing.assert_allclose(predict_image(None, x, cfg), (x[..., :3] + x[..., 3:]) / 2, atol=1e-5)
 
 
 def test_tile_layout_and_weights():

@@ -12,7 +12,7 @@ import pytest
 
 import transforms
 import weights
-from config import make_config
+from config import Config, make_config
 from evalkit import TINY, load_script, save_checkpoint, tiny_model, write_keras2_hdf5
 from images import read_image, to_float, write_image
 from inference import ensemble_transforms, predict_image
@@ -99,17 +99,23 @@ def test_weights_that_do_not_say_run_in_one_pass_unless_train_py_stored_it(tmp_p
 
 
 def test_weights_carry_the_width_of_their_training_frames(tmp_path):
-    """pyramid_levels reads working_width from model_cfg: the weights' own (config.json beside them, else the
-    config inside a train.py checkpoint), the paper's 1680 for files that do not say, never the preset's."""
+    """pyramid_levels reads the training frames from model_cfg: the weights' own (the config inside a train.py
+    checkpoint, else config.json beside them), the paper's for files that do not say, never the preset's; and
+    model_cfg stays a valid config (patches that fit the frames)."""
+    frame = lambda c: (c.working_width, c.working_height, c.patch_size)   # noqa: E731
     model, cfg = tiny_model("dual", seed=0, working_width=320, working_height=208, patch_size=64)
     path = save_checkpoint(model, cfg, str(tmp_path / "run"))
-    assert weights.load_model(path, make_config("paper"))[1].working_width == 320
+    loaded = weights.load_model(path, make_config("paper"))[1]
+    assert frame(loaded) == (320, 208, 64)
+    assert frame(Config.from_dict(loaded.to_dict())) == (320, 208, 64)            # validates
     write_keras2_hdf5(model, str(tmp_path / "authors.hdf5"))
-    assert weights.load_model(str(tmp_path / "authors.hdf5"), make_config("demo"))[1].working_width == 1680
+    assert frame(weights.load_model(str(tmp_path / "authors.hdf5"), make_config("demo"))[1]) == (1680, 1120, 512)
     model.save(str(tmp_path / "bare.keras"))
     with zipfile.ZipFile(tmp_path / "bare.keras", "a") as z:
-        z.writestr(STATE_JSON, json.dumps({"config": {**cfg.to_dict(), "working_width": 448}}))
-    assert weights.load_model(str(tmp_path / "bare.keras"), make_config("demo"))[1].working_width == 448
+        z.writestr(STATE_JSON, json.dumps({"config": {**cfg.to_dict(), "working_width": 448, "working_height": 288}}))
+    with open(tmp_path / "config.json", "w") as f:            # a folder's config.json loses to the checkpoint's own
+        json.dump({**cfg.to_dict(), "working_width": 640, "working_height": 416}, f)
+    assert frame(weights.load_model(str(tmp_path / "bare.keras"), make_config("demo"))[1]) == (448, 288, 64)
 
 
 def test_deblur_averages_the_flipped_passes(tmp_path, capsys):
