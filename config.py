@@ -79,8 +79,8 @@ class Config:
     scales: int = 0                             # passes at N sizes, each half the last, the coarser ones' large
                                                 # corrections merged in (inference.predict_image): for blur larger
                                                 # than the weights were trained on; 1: full size only (the paper);
-                                                # 0: auto, by the image's width against the frames the weights
-                                                # were trained on (1 for the paper's weights on DPDD)
+                                                # 0: auto, by the image's longer side against the frames the
+                                                # weights were trained on (1 for the paper's weights on DPDD)
 
     def resolve_path(self, name: str) -> str:
         """Absolute path of a path setting; relative ones live under the repository, so scripts work from any folder."""

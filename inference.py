@@ -150,7 +150,7 @@ MERGE_FROM, MERGE_FULL = 0.02, 0.06   # mean absolute correction where merging s
 
 def predict_image(model, x: np.ndarray, cfg: Config) -> np.ndarray:
     """Deblur one (H, W, C) float32 input of any size: float32 (H, W, 3) in [0, 1]. At each size of the pyramid
-    (pyramid_levels: one unless the image is wider than the frames the weights were trained on) the mean of the
+    (pyramid_levels: one unless the image is larger than the frames the weights were trained on) the mean of the
     outputs for each transform of ensemble_transforms(cfg), each turned back (one output without the
     self-ensemble)."""
     return _predict_pyramid(model, x, cfg, pyramid_levels(cfg, *x.shape[:2]))
@@ -160,10 +160,9 @@ def pyramid_levels(cfg: Config, height: int, width: int) -> int:
     """How many sizes predict_image runs an image at: cfg.scales, or with 0 (auto) one more for each doubling by
     which its longer side exceeds that of the frames the weights were trained on (cfg.working_width/height, as
     weights.load_model sets them), rounded: blur grows with the frame, so halving the image brings it back to
-    sizes the network has seen."""
-    if cfg.scales:
-        return cfg.scales
-    return 1 + max(0, round(math.log2(max(height, width) / max(cfg.working_width, cfg.working_height))))
+    sizes the network has seen. Never more than pyramid_sizes allows for the image."""
+    asked = cfg.scales or 1 + max(0, round(math.log2(max(height, width) / max(cfg.working_width, cfg.working_height))))
+    return len(pyramid_sizes(height, width, asked))
 
 
 def pyramid_sizes(height: int, width: int, scales: int) -> list[tuple[int, int]]:

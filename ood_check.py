@@ -37,7 +37,7 @@ anything.
     python ood_check.py --weights W --set scales=0 --out results/ood_scales   # as deblur.py runs by default
 
 The networks run at each set's own size; `--set scales=0` (or N) adds the passes at smaller sizes that test.py and
-deblur.py run for images wider than the weights' training frames (inference.pyramid_levels).
+deblur.py run for images larger than the weights' training frames (inference.pyramid_levels).
 
 --train synthesises the demo's number of training scenes (400) from TRAIN_FAMILIES under ood/ (about 1 min),
 trains the demo preset's DPDNet on them (--set overrides apply; --steps sets the budget) and adds it to the

@@ -471,8 +471,8 @@ def largest_pyramid(model_cfg: Config, sizes) -> int:
 
 def first_pyramid(model_cfg: Config, scenes: list) -> int:
     """The sizes the first scene's images run at, for run_info: a resumed run must run them as the first did."""
-    if not scenes or model_cfg.scales:
-        return model_cfg.scales or 1
+    if not scenes or model_cfg.scales == 1:
+        return 1
     (w, h), _ = input_traits(scenes[0], model_cfg.input_mode)
     return pyramid_levels(model_cfg, h, w)
 

@@ -135,6 +135,7 @@ def test_pyramid_levels_follow_the_width_of_the_training_frames():
     assert inference.pyramid_levels(make_config("paper"), 1120, 1680) == 1                 # the paper's weights on DPDD
     assert inference.pyramid_levels(make_config("paper", {"scales": 2}), 1120, 1680) == 2  # set: as set
     assert inference.pyramid_levels(demo, 100, 200) == 1
+    assert inference.pyramid_levels(make_config("paper", {"scales": 3}), 63, 101) == 1    # too small to halve
 
 
 def test_pyramid_runs_two_views_of_odd_sizes(monkeypatch):
@@ -413,15 +414,20 @@ def test_rerun_with_other_weights_refuses_to_mix(tmp_path, dual, split):
                "--no-lpips", "--overwrite", "--limit", "1")[0] == 0
 
 
-def test_scales_are_noted_and_not_mixed_with_one_size_results(tmp_path, dual, split):
+def test_scales_are_noted_and_not_mixed_with_one_size_results(tmp_path, dual):
     _, _, ckpt = dual
-    root, _ = split
+    root = str(tmp_path / "dd_dp_dataset_canon")
+    make_test_split(root, n=2, h=72, w=96)                # halves to 36x48: two sizes fit (52x70 would not)
     T.evaluate(eval_cfg(root, tmp_path), ckpt, lpips="off", limit=1, progress=False)
     with pytest.raises(T.EvalError, match="scales"):
         T.evaluate(eval_cfg(root, tmp_path, scales=2), ckpt, lpips="off", limit=2, progress=False)
     summary = T.evaluate(eval_cfg(root, tmp_path, scales=2), ckpt, lpips="off", limit=1, overwrite=True,
                          progress=False)
     assert summary["scales"] == 2 and any(n.startswith("Scales: ") for n in summary["protocol_notes"])
+    small = str(tmp_path / "small" / "dd_dp_dataset_canon")
+    make_test_split(small, n=1)                           # 52x70: too small to halve, so one size, and no note
+    summary = T.evaluate(eval_cfg(small, tmp_path / "small", scales=2), ckpt, lpips="off", progress=False)
+    assert summary["scales"] == 1 and not any(n.startswith("Scales: ") for n in summary["protocol_notes"])
 
 
 def assert_clean(folder):
