@@ -1,5 +1,5 @@
 """Out-of-distribution check for models trained on synthetic dual-pixel data: does the gain over the blurry
-input survive on data not made like the training data? Eleven test sets, all rendered in memory:
+input survive on data not made like the training data? Twelve test sets, all rendered in memory:
 
   in-dist    synthesize.py scenes from the training families (TRAIN_FAMILIES below)
   held-out   synthesize.py scenes from families held back from that training (HELD_OUT_FAMILIES): other PSF
@@ -13,6 +13,9 @@ input survive on data not made like the training data? Eleven test sets, all ren
                                    the set above, so that the two gains differ by the PSFs alone (PAIRS)
   renderer2 small blur             renderer2 scenes with blur of at most SMALL_BLUR_PX, as on phones: nearly
                                    sharp images, where a model that sharpens what is already sharp loses
+  renderer2 demosaicked            the renderer2 scenes recorded through a Bayer mosaic and demosaiced by
+                                   renderer2's own Malvar-He-Cutler filters, as a camera's raw converter does:
+                                   noise correlated between neighbouring pixels, the sharp image demosaiced too
   in-dist large blur               the in-dist families' DSLR scenes with blur of up to LARGE_BLUR_PX, as the
                                    backgrounds of a photo at DPDD's scale (1680 wide) taken at f/4
   renderer2 optics, our content, large blur    and renderer2's optics over our content, noise-free, likewise
@@ -68,8 +71,9 @@ TRAIN_FAMILIES = {"psf_families": ("butterworth", "ramp"), "tones": ("srgb", "ga
 HELD_OUT_FAMILIES = {"psf_families": ("soft", "polygon"), "tones": ("linear",), "noise_levels": ("high",),
                      "bits": (10, 12)}
 # Every synthetic set and training run here draws no smoothed content in any split (synthesize.Domain.soft_content,
-# and test_soft_content None: the same), so its scenes, and the checks' gains, stay those of the runs before.
-CHECK_DOMAIN = {"soft_content": 0.0, "test_soft_content": None}
+# and test_soft_content None: the same) and no demosaiced scene, so its scenes, and the checks' gains, stay those
+# of the runs before.
+CHECK_DOMAIN = {"soft_content": 0.0, "test_soft_content": None, "demosaic": 0.0}
 CHECK_SCALES = 1                  # the networks run at each set's own size (--set scales=0: deblur.py's pyramid)
 SEED = 11                         # not the demo's synthesis seed 0
 REFERENCE_SEED = 500              # training scenes of the --reference models (renderer2's val scenes: +1)
@@ -80,7 +84,7 @@ BANDS = ((0, 1), (1, 3), (3, 6), (6, 10), (10, 20), (20, math.inf))   # blur dia
 SMALL_BLUR_PX = 3.0               # the small-blur set's largest blur diameter (phone dual-pixel blur: a few px)
 LARGE_BLUR_PX = 40.0              # the large-blur sets' largest blur diameter (a DSLR at f/4 at DPDD's scale)
 SET_NAMES = ("in-dist", "held-out", "renderer2", "renderer2 noise-free", "renderer2 optics, our content",
-             "the same with our PSFs", "renderer2 small blur", "in-dist large blur",
+             "the same with our PSFs", "renderer2 small blur", "renderer2 demosaicked", "in-dist large blur",
              "renderer2 optics, our content, large blur", "the same with our PSFs, large blur", "renderer2 large blur")
 # Sets that differ only in their PSFs: (renderer2's, ours); the share of the in-distribution twin's gain that a
 # model keeps under renderer2's PSFs is the out-of-distribution share of the optics alone.
@@ -120,15 +124,15 @@ def _renderer2():
 
 
 def renderer2_set(n: int, width: int, height: int, noise: bool = True, our_content: bool = False,
-                  max_blur: float | None = None, our_psfs: bool = False) -> list[dict]:
+                  max_blur: float | None = None, our_psfs: bool = False, demosaic: bool = False) -> list[dict]:
     """n scenes from the independent renderer in tests/, by default with the same largest blur as synthesize.py;
-    without noise, with synthesize.py's content (photographs, textures, dead leaves, patterns) and with
-    synthesize.py's PSFs (our_psfs) on request."""
+    without noise, with synthesize.py's content (photographs, textures, dead leaves, patterns), with
+    synthesize.py's PSFs (our_psfs) and through a Bayer mosaic and renderer2's demosaicing on request."""
     import synthesize
     return _renderer2().render_set(n, seed=SEED, h=height, w=width,
                                    max_blur=synthesize.default_max_coc(width) if max_blur is None else max_blur,
                                    noise=noise, content=synthesize.random_content if our_content else None,
-                                   psfs=our_psfs_for if our_psfs else None)
+                                   psfs=our_psfs_for if our_psfs else None, demosaic=demosaic)
 
 
 def our_psfs_for(index: int, seed: int = SEED):
@@ -149,7 +153,7 @@ def check_domain(families: dict, **extra):
 
 
 def check_sets(n: int, width: int, height: int, only: list[str] | None = None) -> dict[str, list[dict]]:
-    """The eleven sets of the module docstring (or the ones named in `only`), n scenes each."""
+    """The twelve sets of the module docstring (or the ones named in `only`), n scenes each."""
     big = (2 * width, 2 * height)
     makers = {
         "in-dist": lambda: synthetic_set(check_domain(TRAIN_FAMILIES), n, width, height),
@@ -160,6 +164,7 @@ def check_sets(n: int, width: int, height: int, only: list[str] | None = None) -
         "the same with our PSFs": lambda: renderer2_set(n, width, height, noise=False, our_content=True,
                                                         our_psfs=True),
         "renderer2 small blur": lambda: renderer2_set(n, width, height, max_blur=SMALL_BLUR_PX),
+        "renderer2 demosaicked": lambda: renderer2_set(n, width, height, demosaic=True),
         "in-dist large blur": lambda: synthetic_set(check_domain(TRAIN_FAMILIES, cameras=("dslr",)), n,
                                                     *big, max_blur=LARGE_BLUR_PX),
         "renderer2 optics, our content, large blur": lambda: renderer2_set(n, *big, noise=False, our_content=True,
@@ -396,7 +401,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, help="--train's and --reference's budget in steps (default: the "
                                                   "preset's, epochs x steps_per_epoch: 4,000 for demo)")
     parser.add_argument("--only", action="append", metavar="SET", help="check only this set (repeatable; "
-                                                                          "default: all eleven)")
+                                                                          "default: all twelve)")
     parser.add_argument("--scenes", type=int, default=24, help="test scenes per set (default 24)")
     parser.add_argument("--width", type=int, default=320, help="test image width (default 320, the demo's)")
     parser.add_argument("--height", type=int, default=208, help="test image height (default 208)")

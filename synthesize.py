@@ -1,7 +1,7 @@
 """Synthetic dual-pixel defocus data in the DPDD layout, made offline: layered scenes with depth, a thin-lens
 camera, left/right PSFs and occlusion-aware compositing, with the camera randomised per scene (domain
 randomisation: PSF family and aperture, DSLR or phone blur, left/right gain, ISO noise, tone curve, bit depth,
-one-channel data; see Domain, and README, 'Synthetic data').
+one-channel data, demosaicing; see Domain, and README, 'Synthetic data').
 
     python synthesize.py --out synthetic_dpdd --train 100 --val 10 --test 20 --width 560 --height 368 --seed 0
     python synthesize.py --out syn_a --psf-families butterworth,ramp --tones srgb --noise-levels low   # fewer families
@@ -361,7 +361,9 @@ class Sensor:
     with w = sigmoid(imbalance + v f): the ratio L/R is e^(imbalance + v f) and (L + R) / 2 is unchanged. tone: how linear light is
     stored: srgb (the IEC 61966-2-1 curve), gamma (linear ** (1 / gamma)) or linear (raw, as phones
     store it). bits: the levels the views and the combined image are quantised to (8, 10, 12, 16). grey:
-    one-channel data (the content is one channel and the noise is shared by R, G and B).
+    one-channel data (the content is one channel and the noise is shared by R, G and B). demosaic: "" (each pixel
+    has all three colours) or a DEMOSAIC_METHODS entry: the views, the combined image and the target are sampled
+    through the Bayer colour-filter pattern `bayer` and interpolated back (camera_pipeline).
     """
     imbalance: float = 0.0
     vignetting: float = 0.0
@@ -371,6 +373,8 @@ class Sensor:
     gamma: float = GAMMA
     bits: int = 16
     grey: bool = False
+    demosaic: str = ""
+    bayer: str = "RGGB"
 
     def encode(self, linear: np.ndarray) -> np.ndarray:
         x = np.clip(linear, 0.0, 1.0).astype(np.float32)
@@ -393,6 +397,30 @@ def _quantise(img: np.ndarray, bits: int) -> np.ndarray:
     """Round to the levels of a `bits`-bit image, staying float in [0, 1]."""
     top = float(peak(bits))
     return (np.rint(np.clip(img, 0.0, 1.0) * top) / top).astype(np.float32)
+
+
+# Bayer patterns (the colours of the 2x2 block at the top left) and OpenCV's conversion code for each (OpenCV
+# names a pattern by the block one pixel down and right); demosaicing methods and OpenCV's code suffixes.
+BAYER_PATTERNS = {"RGGB": "BG", "BGGR": "RG", "GRBG": "GB", "GBRG": "GR"}
+DEMOSAIC_METHODS = {"bilinear": "", "edge-aware": "_EA"}
+
+
+def mosaic(linear: np.ndarray, pattern: str) -> np.ndarray:
+    """The raw frame a Bayer sensor records of a linear RGB image: one colour per pixel, (H, W)."""
+    raw = np.empty(linear.shape[:2], np.float32)
+    for k, colour in enumerate(pattern):
+        dy, dx = divmod(k, 2)
+        raw[dy::2, dx::2] = linear[dy::2, dx::2, "RGB".index(colour)]
+    return raw
+
+
+def camera_pipeline(linear: np.ndarray, sensor: Sensor) -> np.ndarray:
+    """A linear RGB image in [0, 1] sampled through the sensor's Bayer pattern and demosaiced (OpenCV, 16-bit), as
+    a camera's raw converter does before the tone curve: fine detail softens a little and the noise, one draw
+    per photosite, becomes correlated between neighbouring pixels and colours."""
+    code = getattr(cv2, f"COLOR_Bayer{BAYER_PATTERNS[sensor.bayer]}2RGB{DEMOSAIC_METHODS[sensor.demosaic]}")
+    raw = np.rint(np.clip(mosaic(linear, sensor.bayer), 0.0, 1.0) * 65535.0).astype(np.uint16)
+    return (cv2.demosaicing(raw, code) / 65535.0).astype(np.float32)
 
 
 def _blur_views(make_stack, nonzero, c: float, psf: PsfShape, shared: int):
@@ -460,8 +488,8 @@ def render_views(layers: list[Layer], camera: Camera, noise: Noise | None = None
     a slab also covers the nearer parts of the same layer (which nearer slabs then replace), so no background
     leaks through the seams. Colours are decoded with `gamma`. Without `sensor`: vignetting (L darker to the
     right, R to the left, by up to `vignetting`) and noise act in linear light, combined = (L + R) / 2 there
-    and everything is encoded with `gamma`. With `sensor`: its gain field, noise, tone curve and quantisation
-    instead (the sharp image gets the tone curve, at 16 bits). All outputs are float32 (H, W, 3) in [0, 1];
+    and everything is encoded with `gamma`. With `sensor`: its gain field, noise, demosaicing (the sharp image's
+    too, without noise), tone curve and quantisation instead (the sharp image gets the tone curve, at 16 bits). All outputs are float32 (H, W, 3) in [0, 1];
     the sharp image is noise-free, unless `target_noise`: then it carries the combined image's own noise
     realisation (and its quantisation), so in-focus pixels of input and target agree and a network trained on
     them has nothing to denoise.
@@ -522,8 +550,11 @@ def render_views(layers: list[Layer], camera: Camera, noise: Noise | None = None
     # mean of the clipped views: a highlight that clips one view is clipped in the combined image too.
     out_l, out_r = np.clip(out_l, 0.0, 1.0), np.clip(out_r, 0.0, 1.0)
     combined = (out_l + out_r) / 2.0
+    sharp = np.clip(sharp, 0.0, 1.0)
+    if sensor is not None and sensor.demosaic and not sensor.grey:
+        out_l, out_r, combined, sharp = (camera_pipeline(x, sensor) for x in (out_l, out_r, combined, sharp))
     views = [encode(out_l), encode(out_r), encode(combined)]
-    target = encode(np.clip(sharp, 0.0, 1.0))
+    target = encode(sharp)
     if sensor is not None and sensor.bits < 16:
         views = [_quantise(v, sensor.bits) for v in views]
         target = _quantise(target, sensor.bits) if target_noise else target
@@ -957,6 +988,13 @@ class Domain:
       zoom 5.25 is a crop of a DPDD-resolution (1680 wide) photograph; (1, 1): the whole frame (format 2).
       Default (1, 5.25): at 320x208, 40% of pixels blurred by 2 px or more (30% at (1, 1)), input PSNR ~31 dB
       (~34 dB); the demo DPDNet's gain over the input on its test split rose from +0.15 to +0.44 dB.
+    demosaic: the fraction of colour (not one-channel) scenes recorded through a Bayer colour-filter pattern
+      (one of the four, drawn) and demosaiced by a method drawn from DEMOSAIC_METHODS (OpenCV's bilinear and
+      edge-aware), the target with the same pattern and method: a real camera's views are demosaiced, so their
+      noise is correlated between neighbouring pixels and colours and their finest detail a little soft.
+      Drawn after everything else, so the same seed gives the same scenes with only those demosaiced. Off (0) by
+      default: at 0.5 the demo's DPDNet lost more on scenes without demosaicing than it gained on demosaiced ones
+      (results/synthetic_ood.md, "Demosaiced views").
     target_noise: False: the all-in-focus target is noise-free; True: the train and val targets carry the combined
       image's own noise (see render_views), so the network learns to undo blur, not to denoise; test targets stay
       noise-free (the truth a result is scored against).
@@ -984,6 +1022,7 @@ class Domain:
     soft_sigma: tuple = (0.5, 4.0)
     grey_fraction: float = 0.05
     zoom: tuple = (1.0, 5.25)
+    demosaic: float = 0.0
     target_noise: bool = False
 
     def validate(self) -> None:
@@ -997,8 +1036,9 @@ class Domain:
             raise SynthesisError(f"zoom: must be a range (lo, hi) with 0 < lo <= hi, got {self.zoom}")
         if not 0 <= self.field < 1:
             raise SynthesisError(f"field: the cat's-eye cut must be in [0, 1), got {self.field}")
-        if not 0 <= self.background_blur <= 1:
-            raise SynthesisError(f"background_blur: a fraction of scenes in [0, 1], got {self.background_blur}")
+        for name in ("background_blur", "demosaic"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise SynthesisError(f"{name}: a fraction of scenes in [0, 1], got {getattr(self, name)}")
         for name in ("soft_content", "test_soft_content"):
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 1:
@@ -1020,7 +1060,7 @@ class Domain:
 
 # Domain settings added after a dataset format, and the value a manifest without them was made with.
 DOMAIN_ADDED = {"field": 0.0, "field_tilt": 0.0, "background_blur": 0.0, "soft_content": 0.0,
-                "test_soft_content": None, "soft_sigma": list(Domain.soft_sigma)}
+                "test_soft_content": None, "soft_sigma": list(Domain.soft_sigma), "demosaic": 0.0}
 
 
 def draw_psf(rng, domain: Domain, phone: bool) -> PsfShape:
@@ -1135,6 +1175,9 @@ def sample_scene(rng: np.random.Generator, width: int, height: int, max_coc_px: 
         layers = [dataclasses.replace(l, colour=np.repeat(l.colour[..., 1:2], 3, axis=2)) for l in layers]
     if domain.soft_content:
         layers = [soften(rng, l, domain) for l in layers]
+    if domain.demosaic and not sensor.grey and rng.random() < domain.demosaic:
+        sensor = dataclasses.replace(sensor, demosaic=str(rng.choice(list(DEMOSAIC_METHODS))),
+                                     bayer=str(rng.choice(list(BAYER_PATTERNS))))
     return SceneSpec(kind, category, layers, cam, noise, 0.0, psf, (near, far), sensor, "phone" if phone else "dslr", iso)
 
 
@@ -1184,7 +1227,8 @@ def make_scene(seed: int, split: str, index: int, width: int, height: int, max_c
             "camera": scene.camera_kind, "psf": scene.psf.family, "iso": round(scene.iso),
             "tone": scene.sensor.tone, "bits": scene.sensor.bits, "grey": int(scene.sensor.grey),
             "lr_ratio": round(math.exp(scene.sensor.imbalance), 3), "psf_field": round(scene.psf.field, 3),
-            "psf_field_tilt": round(scene.psf.field_tilt, 3)}
+            "psf_field_tilt": round(scene.psf.field_tilt, 3), "demosaic": scene.sensor.demosaic or "none",
+            "bayer": scene.sensor.bayer if scene.sensor.demosaic else ""}
     if not render:
         return {}, meta
     left, right, combined, sharp = render_views(scene.layers, scene.camera, scene.noise, scene.vignetting,
@@ -1332,7 +1376,7 @@ def domain_from_args(args) -> Domain:
     return Domain(psf_families=items(args.psf_families), cameras=items(args.cameras),
                   noise_levels=items(args.noise_levels), tones=items(args.tones), bits=items(args.bits, int),
                   field=args.field, field_tilt=args.field_tilt, background_blur=args.background_blur,
-                  soft_content=args.soft_content, test_soft_content=args.test_soft_content)
+                  soft_content=args.soft_content, test_soft_content=args.test_soft_content, demosaic=args.demosaic)
 
 
 def main(argv=None) -> None:
@@ -1369,6 +1413,9 @@ def main(argv=None) -> None:
                              f"see Domain)")
     parser.add_argument("--test-soft-content", type=float, default=d.test_soft_content,
                         help=f"... in the test scenes (default {d.test_soft_content:g}; see Domain)")
+    parser.add_argument("--demosaic", type=float, default=d.demosaic,
+                        help=f"fraction of colour scenes recorded through a Bayer pattern and demosaiced "
+                             f"(default {d.demosaic:g}; see Domain)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     print("settings: " + ", ".join(f"{k}={v}" for k, v in vars(args).items()))

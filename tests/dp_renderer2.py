@@ -12,6 +12,8 @@ does for its twin sets):
   blur falls from the back plane to the front one, as depth orders it in any camera: planes behind the
   in-focus one are blurred behind focus, planes in front of it in front of focus.
 - Poisson-Gaussian noise from a photon count, a left/right gain ratio and sRGB, gamma 2.2 or linear output.
+- On request (demosaic=True) a camera's raw conversion: the noise drawn per photosite of a Bayer mosaic (one of
+  its four phases) and the colours interpolated back by Malvar, He and Cutler's linear filters (ICASSP 2004).
 
 Sign convention as in DPDD: behind the focal plane (positive blur) the left view's PSF lies left of centre.
 """
@@ -19,6 +21,7 @@ Sign convention as in DPDD: behind the focal plane (positive blur) the left view
 from __future__ import annotations
 
 import numpy as np
+from scipy.ndimage import correlate
 from scipy.signal import fftconvolve
 
 
@@ -95,13 +98,51 @@ def _encode(lin: np.ndarray, tone: str) -> np.ndarray:
     return np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * lin ** (1 / 2.4) - 0.055)
 
 
+# Malvar-He-Cutler demosaicing filters (x 1/8): green at red or blue sites; red at green sites in a red row
+# (ROW) or a red column (COL, its transpose); red at blue sites (blue alike, the roles swapped).
+_MHC_G = np.array([[0, 0, -1, 0, 0], [0, 0, 2, 0, 0], [-1, 2, 4, 2, -1], [0, 0, 2, 0, 0], [0, 0, -1, 0, 0]]) / 8
+_MHC_ROW = np.array([[0, 0, .5, 0, 0], [0, -1, 0, -1, 0], [-1, 4, 5, 4, -1], [0, -1, 0, -1, 0], [0, 0, .5, 0, 0]]) / 8
+_MHC_COL = _MHC_ROW.T
+_MHC_DIAG = np.array([[0, 0, -1.5, 0, 0], [0, 2, 0, 2, 0], [-1.5, 0, 6, 0, -1.5], [0, 2, 0, 2, 0],
+                      [0, 0, -1.5, 0, 0]]) / 8
+
+
+def bayer_masks(h: int, w: int, phase: int) -> dict:
+    """Boolean (H, W) masks of the red, green and blue sites of an RGGB mosaic shifted by phase (0-3: down
+    phase // 2 rows and right phase % 2 columns), so every phase is one of the four Bayer patterns."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    yy, xx = (yy + phase // 2) % 2, (xx + phase % 2) % 2
+    return {"r": (yy == 0) & (xx == 0), "g": yy != xx, "b": (yy == 1) & (xx == 1)}
+
+
+def demosaic_mhc(lin: np.ndarray, phase: int) -> np.ndarray:
+    """Sample a linear (H, W, 3) image through the Bayer mosaic of `phase` and interpolate the missing colours
+    with Malvar-He-Cutler; the frame's edges mirrored (which keeps the mosaic's period)."""
+    h, w = lin.shape[:2]
+    m = bayer_masks(h, w, phase)
+    raw = lin[..., 0] * m["r"] + lin[..., 1] * m["g"] + lin[..., 2] * m["b"]
+    f = {name: correlate(raw, k, mode="mirror") for name, k in
+         (("g", _MHC_G), ("row", _MHC_ROW), ("col", _MHC_COL), ("diag", _MHC_DIAG))}
+    red_row = np.any(m["r"], axis=1)[:, None]                 # rows holding red sites (the others blue)
+    out = np.empty_like(lin)
+    out[..., 1] = np.where(m["g"], raw, f["g"])
+    for c, own, other in ((0, m["r"], m["b"]), (2, m["b"], m["r"])):
+        in_own_row = red_row if c == 0 else ~red_row
+        at_green = np.where(in_own_row, f["row"], f["col"])
+        out[..., c] = np.where(own, raw, np.where(other, f["diag"], at_green))
+    return np.clip(out, 0, 1)
+
+
 def render_scene(rng: np.random.Generator, h: int = 208, w: int = 320, max_blur: float = 12.0,
-                 tone: str | None = None, noise: bool = True, content=None, psfs=None) -> dict:
+                 tone: str | None = None, noise: bool = True, content=None, psfs=None, demosaic: bool = False) -> dict:
     """One scene: float32 'left', 'right', 'combined', 'sharp' (H, W, 3) in [0, 1] and 'blur' (H, W), the
     |blur diameter| in pixels of the surface seen at each pixel, plus a description. noise=False: the same
     scene without its photon and read noise. content(rng, h, w): another source of plane textures (display
     values in [0, 1], (H, W, 3)) instead of this renderer's own. psfs(signed blur) -> (left, right): other optics'
-    PSFs in place of this renderer's, every other draw the same, so the two renders differ only in the PSFs."""
+    PSFs in place of this renderer's, every other draw the same, so the two renders differ only in the PSFs.
+    demosaic: the views, the combined image and the sharp one through a Bayer mosaic and Malvar-He-Cutler
+    (demosaic_mhc), the noise drawn per photosite; drawn after everything else, so the scene is otherwise the
+    same."""
     n_planes = int(rng.integers(2, 5))
     sizes = np.sort(rng.uniform(0, max_blur, n_planes - 1))[::-1]   # |blur| of the planes out of focus
     focus = int(rng.integers(n_planes))                        # one surface in focus; planes go back to front,
@@ -131,17 +172,23 @@ def render_scene(rng: np.random.Generator, h: int = 208, w: int = 320, max_blur:
     noisy = [rng.poisson(np.clip(v, 0, None) * photons) / photons + rng.normal(0, 0.002, v.shape)
              for v in (lin_left, lin_right)] if noise else [lin_left, lin_right]
     combined = (noisy[0] + noisy[1]) / 2
+    phase = None
+    if demosaic:
+        phase = int(rng.integers(4))
+        noisy, combined, sharp = ([demosaic_mhc(v, phase) for v in noisy], demosaic_mhc(combined, phase),
+                                  demosaic_mhc(sharp, phase))
     out = {k: _encode(v, tone).astype(np.float32) for k, v in
            (("left", noisy[0]), ("right", noisy[1]), ("combined", combined), ("sharp", sharp))}
     out["blur"] = blur_map.astype(np.float32)
     out["desc"] = {"blurs": [round(float(b), 2) for b in blurs], "blades": blades, "softness": round(softness, 3),
-                   "tone": tone, "lr_ratio": round(ratio, 3), "photons": round(photons) if noise else None}
+                   "tone": tone, "lr_ratio": round(ratio, 3), "photons": round(photons) if noise else None,
+                   "bayer_phase": phase}
     return out
 
 
 def render_set(n: int, seed: int = 1234, h: int = 208, w: int = 320, max_blur: float = 12.0, noise: bool = True,
-               content=None, psfs=None) -> list[dict]:
+               content=None, psfs=None, demosaic: bool = False) -> list[dict]:
     """n scenes, deterministic for the seed (and the same scenes with or without noise, or with other PSFs).
     psfs(i): scene i's render_scene psfs."""
     return [render_scene(np.random.default_rng([seed, i]), h, w, max_blur, noise=noise, content=content,
-                         psfs=None if psfs is None else psfs(i)) for i in range(n)]
+                         psfs=None if psfs is None else psfs(i), demosaic=demosaic) for i in range(n)]

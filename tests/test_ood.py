@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import ood_check
-from dp_renderer2 import aperture_psfs, render_scene
+from dp_renderer2 import aperture_psfs, bayer_masks, demosaic_mhc, render_scene
 from evalkit import save_checkpoint, tiny_model
 
 
@@ -66,6 +66,29 @@ def test_renderer2_without_noise_renders_the_same_scene_clean():
     assert far_from_blur.sum() > 100
     expected = clean["sharp"] * (np.sqrt(r) + 1 / np.sqrt(r)) / 2
     np.testing.assert_allclose(clean["combined"][far_from_blur], np.clip(expected, 0, 1)[far_from_blur], atol=1e-5)
+
+
+def test_renderer2_demosaicing_is_exact_on_flat_colour_and_ramps_and_keeps_the_scene():
+    """Malvar-He-Cutler reproduces any linear ramp exactly away from the frame's edges (its filters are gradient
+    corrected) and a flat colour everywhere, whichever of the four Bayer phases; each phase holds one red, two
+    green and one blue site per 2x2 block. demosaic=True renders the same scene (planes, blur map) and its
+    noise-free sharp image is the plain one's through the mosaic of the drawn phase."""
+    yy, xx = np.mgrid[0:16, 0:18] / 40.0
+    ramp = np.stack([0.1 + xx, 0.2 + yy, 0.05 + xx + 0.5 * yy], -1)
+    for phase in range(4):
+        m = bayer_masks(16, 18, phase)
+        assert (m["r"].sum(), m["g"].sum(), m["b"].sum()) == (72, 144, 72)
+        assert not (m["r"] & m["g"]).any() and not (m["b"] & m["g"]).any() and (m["r"] | m["g"] | m["b"]).all()
+        np.testing.assert_allclose(demosaic_mhc(ramp, phase)[2:-2, 2:-2], ramp[2:-2, 2:-2], atol=1e-12)
+        np.testing.assert_allclose(demosaic_mhc(np.full((9, 7, 3), [0.8, 0.5, 0.2]), phase),
+                                   np.full((9, 7, 3), [0.8, 0.5, 0.2]), atol=1e-12)
+    plain = render_scene(np.random.default_rng(5), 48, 64, max_blur=6.0, tone="linear", noise=False)
+    raw = render_scene(np.random.default_rng(5), 48, 64, max_blur=6.0, tone="linear", noise=False, demosaic=True)
+    assert raw["desc"]["blurs"] == plain["desc"]["blurs"] and plain["desc"]["bayer_phase"] is None
+    np.testing.assert_array_equal(raw["blur"], plain["blur"])
+    np.testing.assert_allclose(raw["sharp"], demosaic_mhc(plain["sharp"].astype(np.float64),
+                                                          raw["desc"]["bayer_phase"]), atol=1e-6)
+    assert np.abs(raw["sharp"] - plain["sharp"]).max() > 1e-3          # the textures' detail is not all smooth
 
 
 def test_renderer2_takes_other_content():
@@ -204,7 +227,7 @@ def test_ood_check_reports_each_set(tmp_path):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     (label, sets), = summary["results"].items()
     assert set(sets) == {"in-dist", "held-out", "renderer2", "renderer2 noise-free", "renderer2 optics, our content",
-                         "the same with our PSFs", "renderer2 small blur", "in-dist large blur",
+                         "the same with our PSFs", "renderer2 small blur", "renderer2 demosaicked", "in-dist large blur",
                          "renderer2 optics, our content, large blur", "the same with our PSFs, large blur",
                          "renderer2 large blur"}
     for r in sets.values():
@@ -266,7 +289,7 @@ def test_a_model_that_returns_its_input_gains_nothing_anywhere(tmp_path):
         gains = [g for g in gains if g != "nan"]
         held += len(gains)
         assert max(abs(g) for g in gains) < 0.2, (name, gains)
-    assert held == 4 * 4 + 6        # four small sets: 2 means, 2 bands; renderer2 large blur: 3 means, 3 bands
+    assert held == 5 * 4 + 6        # five small sets: 2 means, 2 bands; renderer2 large blur: 3 means, 3 bands
 
 
 def test_reference_models_train_on_each_sets_distribution_other_than_the_test_scenes(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 the DPDD layout it writes, determinism and resuming."""
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -222,16 +223,19 @@ def test_resume_skips_finished_scenes_and_refuses_other_settings(made, tmp_path)
     manifest = os.path.join(root, "synthesize.json")      # written before the field, background and soft-content settings existed
     with open(manifest) as f:
         old = json.load(f)
-    for key in ("field", "field_tilt", "background_blur", "soft_content", "test_soft_content", "soft_sigma"):
+    for key in ("field", "field_tilt", "background_blur", "soft_content", "test_soft_content", "soft_sigma",
+                "demosaic"):
         del old["domain"][key]
     with open(manifest, "w") as f:
         json.dump(old, f)
-    unsmoothed = Domain(soft_content=0.0, test_soft_content=None)   # what such a folder was made with
+    unsmoothed = Domain(soft_content=0.0, test_soft_content=None, demosaic=0.0)   # what such a folder was made with
     assert synthesize(root, seed=7, workers=1, domain=unsmoothed, **kw)["written"] == 0
     with pytest.raises(SynthesisError, match="domain.field=0.0, not 0.3"):
-        synthesize(root, seed=7, workers=1, domain=Domain(field=0.3, soft_content=0.0, test_soft_content=None), **kw)
+        synthesize(root, seed=7, workers=1, domain=dataclasses.replace(unsmoothed, field=0.3), **kw)
     with pytest.raises(SynthesisError, match="domain.soft_content=0.0, not 0.3"):   # today's default
         synthesize(root, seed=7, workers=1, **kw)
+    with pytest.raises(SynthesisError, match="domain.demosaic=0.0, not 0.5"):
+        synthesize(root, seed=7, workers=1, domain=dataclasses.replace(unsmoothed, demosaic=0.5), **kw)
     with pytest.raises(SynthesisError, match="beyond the 1 train scenes"):
         synthesize(root, seed=7, workers=1, domain=unsmoothed, **{**kw, "n_train": 1})
     with pytest.raises(SystemExit, match="error: image size 20x64"):
@@ -458,3 +462,49 @@ def test_a_varying_psf_on_a_small_object_blurs_as_on_the_whole_frame():
         pasted[box] = view
         np.testing.assert_allclose(pasted, whole, atol=1e-6)
         assert whole[box].sum() == pytest.approx(whole.sum(), rel=1e-6)     # nothing blurred outside the box
+
+
+def test_demosaicing_samples_the_drawn_bayer_pattern_and_correlates_the_noise(tmp_path):
+    """camera_pipeline: a flat colour comes back exact through every pattern and method (a pattern handed to
+    OpenCV under the wrong name swaps red and blue); on smooth content it agrees with renderer2's independently
+    written Malvar-He-Cutler demosaicing of the same mosaic (test dir); white noise comes out correlated between
+    neighbouring pixels. Scenes drawn with demosaic=1 are the demosaic=0 scenes with only the sensor's demosaic
+    and bayer set, on every colour scene and no one-channel one."""
+    from dp_renderer2 import demosaic_mhc
+    from synthesize import BAYER_PATTERNS, DEMOSAIC_METHODS, Sensor, camera_pipeline, mosaic, sample_scene, scene_rng
+    colour = np.array([0.8, 0.5, 0.2], np.float32)
+    flat = np.broadcast_to(colour, (9, 11, 3)).copy()
+    yy, xx = np.mgrid[0:48, 0:64] / 64.0
+    smooth = np.stack([0.3 + 0.2 * np.sin(3 * xx), 0.4 + 0.2 * np.cos(4 * yy), 0.2 + 0.3 * xx * yy], -1)
+    phases = {"RGGB": 0, "GRBG": 1, "GBRG": 2, "BGGR": 3}             # renderer2's RGGB shifted right, down, both
+    for pattern in BAYER_PATTERNS:
+        raw = mosaic(flat, pattern)
+        assert [raw[0, 0], raw[0, 1], raw[1, 0], raw[1, 1]] == [colour["RGB".index(c)] for c in pattern]
+        for method in DEMOSAIC_METHODS:
+            sensor = Sensor(demosaic=method, bayer=pattern)
+            np.testing.assert_allclose(camera_pipeline(flat, sensor), flat, atol=1e-4)
+            ours = camera_pipeline(smooth.astype(np.float32), sensor)
+            theirs = demosaic_mhc(smooth, phases[pattern])
+            assert np.abs(ours - theirs)[2:-2, 2:-2].max() < 2e-3
+    noise = np.random.default_rng(0).normal(0.3, 0.02, (120, 120, 3)).astype(np.float32)
+    corr = lambda c: float(np.corrcoef(c[:, 1:].ravel(), c[:, :-1].ravel())[0, 1])
+    assert abs(corr(noise[..., 1])) < 0.05
+    assert corr(camera_pipeline(noise, Sensor(demosaic="bilinear"))[..., 1]) > 0.3
+    grey = []
+    for i in range(16):
+        plain = sample_scene(scene_rng(5, "train", i), 64, 48, 6.0, domain=Domain(demosaic=0.0))
+        raw = sample_scene(scene_rng(5, "train", i), 64, 48, 6.0, domain=Domain(demosaic=1.0))
+        assert plain.sensor.demosaic == "" and raw.camera == plain.camera
+        assert dataclasses.replace(raw.sensor, demosaic="", bayer="RGGB") == plain.sensor
+        assert bool(raw.sensor.demosaic) != plain.sensor.grey
+        grey += [i] if plain.sensor.grey else []
+    assert grey == [4, 10]                                           # both kinds of scene are in the sample
+    layers = [Layer(np.random.default_rng(2).random((24, 32, 3)).astype(np.float32), np.ones((24, 32)), 2.0)]
+    linear = Sensor(tone="linear")                      # no tone curve and 16 bits: what the pipeline saw, exactly
+    plain = render_views(layers, CAM, None, sensor=linear)
+    raw = render_views(layers, CAM, None, sensor=dataclasses.replace(linear, demosaic="bilinear", bayer="GBRG"))
+    for a, b in zip(plain, raw):                        # left, right, combined and the target alike
+        np.testing.assert_array_equal(b, camera_pipeline(a, dataclasses.replace(linear, demosaic="bilinear",
+                                                                                bayer="GBRG")))
+    with pytest.raises(SynthesisError, match="demosaic: a fraction of scenes"):
+        synthesize(str(tmp_path / "x"), 1, 0, 0, 96, 64, progress=False, domain=Domain(demosaic=1.5))
