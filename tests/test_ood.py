@@ -71,7 +71,7 @@ def test_renderer2_without_noise_renders_the_same_scene_clean():
 def test_renderer2_demosaicing_is_exact_on_flat_colour_and_ramps_and_keeps_the_scene():
     """Malvar-He-Cutler reproduces any linear ramp exactly away from the frame's edges (its filters are gradient
     corrected) and a flat colour everywhere, whichever of the four Bayer phases; each phase holds one red, two
-    green and one blue site per 2x2 block. demosaic=True renders the same scene (planes, blur map) and its
+    green and one blue site per 2x2 block; a single red photosite spreads by the paper's coefficients. demosaic=True renders the same scene (planes, blur map) and its
     noise-free sharp image is the plain one's through the mosaic of the drawn phase."""
     yy, xx = np.mgrid[0:16, 0:18] / 40.0
     ramp = np.stack([0.1 + xx, 0.2 + yy, 0.05 + xx + 0.5 * yy], -1)
@@ -82,6 +82,17 @@ def test_renderer2_demosaicing_is_exact_on_flat_colour_and_ramps_and_keeps_the_s
         np.testing.assert_allclose(demosaic_mhc(ramp, phase)[2:-2, 2:-2], ramp[2:-2, 2:-2], atol=1e-12)
         np.testing.assert_allclose(demosaic_mhc(np.full((9, 7, 3), [0.8, 0.5, 0.2]), phase),
                                    np.full((9, 7, 3), [0.8, 0.5, 0.2]), atol=1e-12)
+    # one red photosite of 1 on a 0.5 background (phase 0: red at even rows and columns), so no tap is clipped:
+    # the paper's coefficients, x 1/8, each times the impulse's 0.5 above the background
+    img = np.full((11, 11, 3), 0.5)
+    img[4, 4, 0] = 1.0
+    out = demosaic_mhc(img, 0) - 0.5
+    tap = lambda k: pytest.approx(0.5 * k / 8, abs=1e-12)
+    assert out[4, 4, 1] == tap(4) and out[4, 6, 1] == tap(-1)        # green at the red site and at the next red one
+    assert out[4, 5, 0] == tap(4) and out[3, 4, 0] == tap(4)         # red at green sites in its row and column
+    assert out[3, 3, 0] == tap(2)                                     # red at a blue site
+    assert out[4, 4, 2] == tap(6) and out[4, 6, 2] == tap(-1.5)       # blue at red sites
+    assert out[4, 5, 1] == tap(0) and out[4, 6, 0] == tap(0)          # a site keeps its own colour
     plain = render_scene(np.random.default_rng(5), 48, 64, max_blur=6.0, tone="linear", noise=False)
     raw = render_scene(np.random.default_rng(5), 48, 64, max_blur=6.0, tone="linear", noise=False, demosaic=True)
     assert raw["desc"]["blurs"] == plain["desc"]["blurs"] and plain["desc"]["bayer_phase"] is None

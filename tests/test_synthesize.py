@@ -495,6 +495,8 @@ def test_demosaicing_samples_the_drawn_bayer_pattern_and_correlates_the_noise(tm
         plain = sample_scene(scene_rng(5, "train", i), 64, 48, 6.0, domain=Domain(demosaic=0.0))
         raw = sample_scene(scene_rng(5, "train", i), 64, 48, 6.0, domain=Domain(demosaic=1.0))
         assert plain.sensor.demosaic == "" and raw.camera == plain.camera
+        for a, b in zip(plain.layers, raw.layers, strict=True):
+            assert np.array_equal(a.colour, b.colour) and np.array_equal(a.alpha, b.alpha)
         assert dataclasses.replace(raw.sensor, demosaic="", bayer="RGGB") == plain.sensor
         assert bool(raw.sensor.demosaic) != plain.sensor.grey
         grey += [i] if plain.sensor.grey else []
@@ -506,5 +508,10 @@ def test_demosaicing_samples_the_drawn_bayer_pattern_and_correlates_the_noise(tm
     for a, b in zip(plain, raw):                        # left, right, combined and the target alike
         np.testing.assert_array_equal(b, camera_pipeline(a, dataclasses.replace(linear, demosaic="bilinear",
                                                                                 bayer="GBRG")))
+    srgb8 = Sensor(tone="srgb", bits=8, demosaic="edge-aware", bayer="BGGR")   # demosaiced before tone and bits
+    *views, target = render_views(layers, CAM, None, sensor=srgb8)
+    for a, b in zip(plain[:3], views):
+        np.testing.assert_allclose(b, np.rint(srgb8.encode(camera_pipeline(a, srgb8)) * 255) / 255, atol=1e-6)
+    np.testing.assert_allclose(target, srgb8.encode(camera_pipeline(plain[3], srgb8)), atol=1e-6)
     with pytest.raises(SynthesisError, match="demosaic: a fraction of scenes"):
         synthesize(str(tmp_path / "x"), 1, 0, 0, 96, 64, progress=False, domain=Domain(demosaic=1.5))
