@@ -153,7 +153,8 @@ def predict_image(model, x: np.ndarray, cfg: Config) -> np.ndarray:
     (pyramid_levels: one unless the image is larger than the frames the weights were trained on) the mean of the
     outputs for each transform of ensemble_transforms(cfg), each turned back (one output without the
     self-ensemble)."""
-    return _predict_pyramid(model, x, cfg, pyramid_levels(cfg, *x.shape[:2]))
+    height, width = x.shape[:2]
+    return _predict_pyramid(model, x, cfg, pyramid_sizes(height, width, pyramid_levels(cfg, height, width)))
 
 
 def pyramid_levels(cfg: Config, height: int, width: int) -> int:
@@ -174,17 +175,16 @@ def pyramid_sizes(height: int, width: int, scales: int) -> list[tuple[int, int]]
     return sizes
 
 
-def _predict_pyramid(model, x: np.ndarray, cfg: Config, scales: int) -> np.ndarray:
-    """The output at this size plus, where the output for the input at half the size (itself such a pyramid)
-    changes the image much more than this one did, that difference: out = full + up(w * (half - down(full))),
-    w rising from 0 to 1 as the difference's local mean goes from MERGE_FROM to MERGE_FULL. A network trained
-    on smaller blur meets a big photo's large blur at a size where it is small; elsewhere (in-focus detail,
-    noise, the blur it knows) the full-size pass stands."""
+def _predict_pyramid(model, x: np.ndarray, cfg: Config, sizes: list[tuple[int, int]]) -> np.ndarray:
+    """The output at x's own size (sizes[0]) plus, where the output for the input at half that size (sizes[1],
+    itself such a pyramid) changes the image much more than this one did, that difference:
+    out = full + up(w * (half - down(full))), w rising from 0 to 1 as the difference's local mean goes from
+    MERGE_FROM to MERGE_FULL. A network trained on smaller blur meets a big photo's large blur at a size where it
+    is small; elsewhere (in-focus detail, noise, the blur it knows) the full-size pass stands."""
     full = _predict_ensemble(model, x, cfg)
-    sizes = pyramid_sizes(x.shape[0], x.shape[1], scales)
     if len(sizes) == 1:
         return full
-    half = _predict_pyramid(model, _resize(x, sizes[1]), cfg, len(sizes) - 1)
+    half = _predict_pyramid(model, _resize(x, sizes[1]), cfg, sizes[1:])
     change = half - _resize(full, sizes[1])
     local = cv2.GaussianBlur(np.abs(change).mean(axis=2), (0, 0), MERGE_SIGMA)
     weight = np.clip((local - MERGE_FROM) / (MERGE_FULL - MERGE_FROM), 0.0, 1.0)

@@ -9,7 +9,8 @@ one-channel data, demosaicing; see Domain, and README, 'Synthetic data').
 Writes {split}_c/source/NAME.png (blurry combined), {split}_c/target/TARGET.png (all-in-focus),
 {split}_l/source/NAME_L.png and {split}_r/source/NAME_R.png (the two views), 16-bit PNG, plus
 test_categories.csv (indoor/outdoor by depth range), scenes.csv (camera, PSF family, ISO, tone, bits, demosaicing
-and blur per scene) and synthesize.json (the settings, the Domain included). Deterministic for a seed, resumable, parallel (--workers).
+and blur per scene) and synthesize.json (the settings, the Domain included). Deterministic for a seed, resumable,
+parallel (--workers).
 """
 
 from __future__ import annotations
@@ -489,8 +490,8 @@ def render_views(layers: list[Layer], camera: Camera, noise: Noise | None = None
     leaks through the seams. Colours are decoded with `gamma`. Without `sensor`: vignetting (L darker to the
     right, R to the left, by up to `vignetting`) and noise act in linear light, combined = (L + R) / 2 there
     and everything is encoded with `gamma`. With `sensor`: its gain field, noise, demosaicing (the sharp image's
-    too, without noise unless `target_noise`), tone curve and quantisation instead (the sharp image gets the tone curve, at 16 bits). All outputs are float32 (H, W, 3) in [0, 1];
-    the sharp image is noise-free, unless `target_noise`: then it carries the combined image's own noise
+    too, without noise unless `target_noise`), tone curve and quantisation instead (the sharp image gets the tone
+    curve, at 16 bits). All outputs are float32 (H, W, 3) in [0, 1]; the sharp image is noise-free, unless `target_noise`: then it carries the combined image's own noise
     realisation (and its quantisation), so in-focus pixels of input and target agree and a network trained on
     them has nothing to denoise.
     """
