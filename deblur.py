@@ -6,6 +6,8 @@
     python deblur.py --weights W --left top.png --right bottom.png --rotate --out sharp.png
 
 Bit depth is read from each file (8-bit divided by 255, 16-bit by 65535) and the output has the input's depth.
+Raw sensor data stored unscaled in 16-bit files (values within 10 or 12 bits) is read with white at 1023 or 4095,
+--white-level and --black-level set the levels by hand, and the output is written back at the input's levels.
 One-channel (grey) views, as phones often store dual-pixel data (one green channel), are copied into R, G and
 B for the network; the output is then one channel too, the mean of the network's three, and deblur.py says so.
 --rotate turns top/bottom views of vertical dual-pixel sensors by 90 degrees so that the disparity is
@@ -26,7 +28,8 @@ import numpy as np
 
 import weights
 from config import Config, UserError, add_config_args, add_inference_args, config_from_args, exit_on_error
-from images import IMAGE_EXTENSIONS, ImageError, bit_depth, read_image, write_image
+from images import (IMAGE_EXTENSIONS, ImageError, bit_depth, levels, peak, quantize, read_image, to_float,
+                    write_image)
 from inference import ensemble_transforms, prefer_low_memory_cpu
 
 prefer_low_memory_cpu()  # before TensorFlow is imported
@@ -83,29 +86,46 @@ def to_rgb(img: np.ndarray) -> np.ndarray:
 
 
 def deblur_file(model, model_cfg: Config, out: str, left: str = "", right: str = "", single: str = "",
-                rotate: int = 0) -> tuple[int, int]:
-    """Read the input file(s), deblur, write `out` atomically with the input's bit depth and channel count
-    (one-channel inputs: the mean of the three output channels); returns (bits, channels)."""
+                rotate: int = 0, black: int = 0, white: int | None = None) -> str:
+    """Read the input file(s), deblur, write `out` atomically with the input's bit depth, levels and channel count
+    (one-channel inputs: the mean of the three output channels); returns what was read, in words. black, white:
+    the input's levels (images.levels; white None: from the bit depth, or raw data's 10 or 12 bits)."""
     if model_cfg.input_mode == "dual":
+        names = (left, right)
         imgs = [read_image(left, allow_grey=True), read_image(right, allow_grey=True)]
-        bits = output_bits(*imgs, names=(left, right))
-        channels = channel_count(*imgs, names=(left, right))
-        y = deblur_arrays(model, model_cfg, left=to_rgb(imgs[0]), right=to_rgb(imgs[1]), rotate=rotate,
-                          names=(left, right))
+        bits = output_bits(*imgs, names=names)
+        channels = channel_count(*imgs, names=names)
     else:
-        img = read_image(single, allow_grey=True)
-        bits, channels = output_bits(img), img.shape[2]
-        y = deblur_arrays(model, model_cfg, combined=to_rgb(img), rotate=rotate)
+        names, imgs = (single,), [read_image(single, allow_grey=True)]
+        bits, channels = output_bits(*imgs), imgs[0].shape[2]
+    given = white is not None
+    black, white = levels(*imgs, black=black, white=white, name=" and ".join(names))
+    x = [to_rgb(to_float(img, black, white)) for img in imgs]
+    if model_cfg.input_mode == "dual":
+        y = deblur_arrays(model, model_cfg, left=x[0], right=x[1], rotate=rotate, names=names)
+    else:
+        y = deblur_arrays(model, model_cfg, combined=x[0], rotate=rotate)
     if channels == 1:
         y = y.mean(axis=2, keepdims=True)
-    write_image(out, y, bits=bits)
-    return bits, channels
+    write_image(out, quantize(y, bits, black, white))
+    fits_14_bits = not given and bits == 16 and white == peak(16) and max(int(i.max()) for i in imgs) <= peak(14)
+    return describe(bits, channels, black, white, given, fits_14_bits)
 
 
-def describe(bits: int, channels: int) -> str:
+def describe(bits: int, channels: int, black: int, white: int, given: bool, fits_14_bits: bool) -> str:
+    """What deblur.py read and wrote, in words: bit depth, levels (raw data), channels."""
+    text = f"{bits}-bit"
+    if white != peak(bits) and not given:
+        text += (f" files holding {white.bit_length()}-bit raw data: read between black {black} and white {white} "
+                 f"and written back at that scale (--black-level N subtracts a sensor's black level; "
+                 f"--white-level {peak(bits)} reads them as {bits}-bit)")
+    elif white != peak(bits) or black:
+        text += f", read between black {black} and white {white} and written back at that scale"
+    elif fits_14_bits:
+        text += f" with values within 14 bits (for 14-bit raw data pass --white-level {peak(14)})"
     if channels == 1:
-        return f"{bits}-bit, one channel: the grey input was copied into R, G and B and the output is their mean"
-    return f"{bits}-bit RGB"
+        return text + ", one channel: the grey input was copied into R, G and B and the output is their mean"
+    return text + " RGB"
 
 
 def find_pairs(folder: str) -> list[tuple[str, str, str]]:
@@ -179,9 +199,10 @@ def run(args, cfg: Config) -> list[str]:
               f"corrections are merged in: at most 1.33x the time")
     if not folder_mode:
         check_output_path(args.out, [p for p in (args.left, args.right, args.single) if p])
-        bits, channels = deblur_file(model, model_cfg, args.out, args.left, args.right, args.single, args.rotate)
+        read = deblur_file(model, model_cfg, args.out, args.left, args.right, args.single, args.rotate,
+                           args.black_level, args.white_level)
         model_cfg.save_json(os.path.splitext(args.out)[0] + ".config.json")
-        print(f"wrote {args.out} ({describe(bits, channels)})")
+        print(f"wrote {args.out} ({read})")
         return [args.out]
 
     jobs = ([(name, {"single": path}) for name, path in find_singles(args.input_dir)] if single_inputs else
@@ -194,7 +215,8 @@ def run(args, cfg: Config) -> list[str]:
         check_output_path(out, list(inputs.values()))
         if os.path.exists(out) and not args.overwrite:
             continue
-        kinds.add(describe(*deblur_file(model, model_cfg, out, rotate=args.rotate, **inputs)))
+        kinds.add(deblur_file(model, model_cfg, out, rotate=args.rotate, black=args.black_level,
+                              white=args.white_level, **inputs))
         written.append(out)
     skipped = len(jobs) - len(written)
     print(f"wrote {len(written)} image(s) to {args.out_dir}" + (f" ({'; '.join(sorted(kinds))})" if kinds else "") +
@@ -215,6 +237,13 @@ def main(argv=None) -> int:
     parser.add_argument("--rotate", type=int, nargs="?", const=90, default=0, choices=(0, 90, 270),
                         help="vertical dual-pixel sensors: turn the top/bottom views by 90 degrees counter-clockwise "
                              "(or 270) before the network and back after")
+    parser.add_argument("--white-level", type=int, metavar="N",
+                        help="the value of white in the input files (default: the bit depth's maximum, 255 or 65535; "
+                             "1023 or 4095 for 16-bit files whose values all fit in 10 or 12 bits, as raw sensor data "
+                             "is often stored)")
+    parser.add_argument("--black-level", type=int, default=0, metavar="N",
+                        help="the value of black in the input files: a raw sensor's black level, subtracted before "
+                             "the network and added back to the output (default 0)")
     add_config_args(parser)
     args = parser.parse_args(argv)
     cfg = config_from_args(args)

@@ -1,5 +1,6 @@
-"""Image reading and writing for the whole project: bit depth detected from the file, RGB order in
-memory (OpenCV's BGR never leaves this file), and reflection padding to a multiple of 2**depth."""
+"""Image reading and writing for the whole project: bit depth detected from the file, the black and white levels
+of raw data, RGB order in memory (OpenCV's BGR never leaves this file), and reflection padding to a multiple of
+2**depth."""
 
 from __future__ import annotations
 
@@ -58,16 +59,51 @@ def max_value(img: np.ndarray) -> int:
     return peak(bit_depth(img))
 
 
-def to_float(img: np.ndarray) -> np.ndarray:
-    """uint8/uint16 -> float32 in [0, 1], dividing by the bit depth's maximum."""
-    return img.astype(np.float32) / np.float32(max_value(img))
+def to_float(img: np.ndarray, black: int = 0, white: int | None = None) -> np.ndarray:
+    """uint8/uint16 -> float32 in [0, 1]: (value - black) / (white - black), white the bit depth's maximum unless
+    given (raw data: `levels`); values outside the two levels are clipped."""
+    if black == 0 and white is None:
+        return img.astype(np.float32) / np.float32(max_value(img))
+    return np.clip((img.astype(np.float32) - np.float32(black)) / np.float32(white - black), 0.0, 1.0)
 
 
-def quantize(img: np.ndarray, bits: int = 16) -> np.ndarray:
-    """Float [0, 1] -> uint8/uint16, clamped and rounded (the authors truncated)."""
+def quantize(img: np.ndarray, bits: int = 16, black: int = 0, white: int | None = None) -> np.ndarray:
+    """Float [0, 1] -> uint8/uint16 between the levels black and white (default 0 and the bit depth's maximum),
+    clamped and rounded (the authors truncated)."""
     if bits not in DTYPES:
         raise ValueError(f"bits must be 8 or 16, got {bits}")
-    return np.rint(np.clip(img, 0.0, 1.0) * peak(bits)).astype(DTYPES[bits])
+    top = peak(bits) if white is None else white
+    return np.rint(np.clip(img, 0.0, 1.0) * (top - black) + black).astype(DTYPES[bits])
+
+
+# Raw sensor data is often stored unscaled in 16-bit files: a 10- or 12-bit sensor's values fill only the low bits
+# (white 1023 or 4095), and black is the sensor's black level rather than 0. A 16-bit photo that dark is black.
+RAW_BITS = (10, 12)
+
+
+def raw_bits(*images: np.ndarray) -> int | None:
+    """10 or 12 for 16-bit images whose values all fit in that many bits (raw data stored unscaled), else None."""
+    if bit_depth(images[0]) != 16:
+        return None
+    high = max(int(img.max()) for img in images)
+    return next((bits for bits in RAW_BITS if high <= peak(bits)), None)
+
+
+def levels(*images: np.ndarray, black: int = 0, white: int | None = None, name: str = "") -> tuple[int, int]:
+    """(black, white): the values that mean black and white in these images. white: as given, or the bit depth's
+    maximum, or for raw data stored unscaled in 16 bits (`raw_bits`) 1023 or 4095. ImageError unless
+    0 <= black < white <= the bit depth's maximum."""
+    top = max_value(images[0])
+    if white is None:
+        bits = raw_bits(*images)
+        white = top if bits is None else peak(bits)
+    where = f"{name}: " if name else ""
+    if not 0 < white <= top:
+        raise ImageError(f"{where}white level {white} is outside 1..{top}, the range of {bit_depth(images[0])}-bit "
+                         f"images")
+    if not 0 <= black < white:
+        raise ImageError(f"{where}black level {black} must be at least 0 and below the white level {white}")
+    return black, white
 
 
 def write_image(path: str, img: np.ndarray, bits: int | None = None) -> None:

@@ -137,6 +137,8 @@ def test_bad_input_gives_one_clear_error_and_no_output(tmp_path, dual, pair):
         (("--left", left, "--right", right, "--out", left), "would overwrite an input"),
         (("--left", left, "--right", right), "--out is required"),
         (("--input-dir", tmp_path / "none", "--out-dir", out), "input folder not found"),
+        (("--left", left, "--right", right, "--black-level", 65535, "--out", out), "black level 65535 must be"),
+        (("--left", left, "--right", right, "--white-level", 70000, "--out", out), "white level 70000 is outside"),
     ]
     for args, message in cases:
         code, msg = cli("--weights", ckpt, *args)
@@ -204,6 +206,41 @@ def test_one_channel_views_are_copied_to_rgb_and_give_one_channel_out(tmp_path, 
     assert np.abs(to_float(got) - want).max() <= 1 / 65535 + 1e-6
     code, msg = cli("--weights", ckpt, "--left", grey["left"], "--right", pair[16, "right"], "--out", tmp_path / "x.png")
     assert code == 1 and "both be RGB or both be one channel" in msg and not (tmp_path / "x.png").exists()
+
+
+def test_raw_data_is_read_at_its_levels_and_written_back_at_them(tmp_path, dual, pair, capsys):
+    """Phone dual-pixel data often comes raw: 10 or 12 bits stored unscaled in 16-bit files, above a black level.
+    Read at its levels it gives the network what the same scene at full range gives it, and the output comes
+    back at those levels; read as 16-bit (what deblur.py did before) the network sees a nearly black image."""
+    model, cfg, ckpt = dual
+    raw, x = {}, {}
+    for view in ("left", "right"):
+        v = np.rint(64 + to_float(read_image(pair[16, view])) * (1023 - 64)).astype(np.uint16)
+        x[view] = (v.astype(np.float32) - 64) / 959
+        raw[view] = str(tmp_path / f"raw_{view[0].upper()}.png")
+        write_image(raw[view], v)
+    want = predict_image(model, network_input(cfg, x["left"], x["right"]), cfg)
+    views = ("--weights", ckpt, "--left", raw["left"], "--right", raw["right"])
+    assert cli(*views, "--black-level", 64, "--out", tmp_path / "raw.png")[0] == 0
+    assert "16-bit files holding 10-bit raw data: read between black 64 and white 1023" in capsys.readouterr().out
+    got = read_image(str(tmp_path / "raw.png"))
+    assert got.dtype == np.uint16 and got.min() >= 64 and got.max() <= 1023
+    assert np.abs((got.astype(np.float32) - 64) / 959 - want).max() <= 0.5 / 959 + 1e-6
+    assert cli(*views, "--white-level", 65535, "--out", tmp_path / "as16.png")[0] == 0
+    as_16_bit = to_float(read_image(str(tmp_path / "as16.png")), 64, 1023)
+    assert np.abs(as_16_bit - want).max() > 0.05               # the check above can tell the difference
+
+    dark = {}                                                  # values within 14 bits: 16-bit, with a hint
+    for view in ("left", "right"):
+        dark[view] = str(tmp_path / f"dark_{view[0].upper()}.png")
+        write_image(dark[view], np.rint(to_float(read_image(pair[16, view])) * 16383).astype(np.uint16))
+    assert cli("--weights", ckpt, "--left", dark["left"], "--right", dark["right"], "--out", tmp_path / "d.png")[0] == 0
+    assert "values within 14 bits (for 14-bit raw data pass --white-level 16383)" in capsys.readouterr().out
+    assert cli("--weights", ckpt, "--left", dark["left"], "--right", dark["right"], "--white-level", 16383,
+               "--out", tmp_path / "d14.png")[0] == 0
+    assert "read between black 0 and white 16383" in capsys.readouterr().out
+    d14 = to_float(read_image(str(tmp_path / "d14.png")), 0, 16383)
+    assert np.abs(d14 - expected(model, cfg, pair[16, "left"], pair[16, "right"])).max() < 2e-3
 
 
 def test_pretrained_synthetic_model_loads_and_deblurs(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 from config import make_config
 import dpdd
 from dpdd import DatasetError, compare_with_official, find_dataset_root, list_scenes, official_split
-from images import ImageError, crop, pad_to_multiple, read_image, to_float, write_image
+from images import ImageError, crop, levels, pad_to_multiple, quantize, raw_bits, read_image, to_float, write_image
 
 
 def test_16_and_8_bit_round_trip_keep_depth_and_rgb_order(tmp_path):
@@ -27,6 +27,37 @@ def test_float_written_as_rounded_16_bit(tmp_path):
     path = str(tmp_path / "f.png")
     write_image(path, np.full((2, 2, 3), 0.5, np.float32))
     assert read_image(path)[0, 0, 0] == 32768  # 0.5*65535 = 32767.5 rounds half to even -> 32768
+
+
+def test_raw_levels_are_found_from_the_values_and_checked():
+    """16-bit files whose values fit in 10 or 12 bits are raw data stored unscaled: white 1023 or 4095. One
+    value more and they are read as 16-bit; 8-bit images never are raw."""
+    def img(top, dtype=np.uint16):
+        a = np.zeros((4, 5, 3), dtype)
+        a[1, 2, 0] = top
+        return a
+    assert [raw_bits(img(v)) for v in (0, 1023, 1024, 4095, 4096, 65535)] == [10, 10, 12, 12, None, None]
+    assert raw_bits(img(200, np.uint8)) is None
+    assert raw_bits(img(1000), img(3000)) == 12                     # the views of a pair share their levels
+    assert levels(img(1000)) == (0, 1023) and levels(img(5000)) == (0, 65535) and levels(img(9, np.uint8)) == (0, 255)
+    assert levels(img(1000), black=64, white=65535) == (64, 65535)  # given levels win
+    for kwargs, message in (({"black": 1023}, "below the white level 1023"), ({"black": -1}, "at least 0"),
+                            ({"white": 70000}, "outside 1..65535"), ({"white": 0}, "outside 1..65535")):
+        with pytest.raises(ImageError, match=message):
+            levels(img(1000), name="x.png", **kwargs)
+    with pytest.raises(ImageError, match="x.png: white level 1023 is outside 1..255, the range of 8-bit images"):
+        levels(img(9, np.uint8), white=1023, name="x.png")
+
+
+def test_levels_map_black_to_0_and_white_to_1_and_back():
+    raw = np.array([[[0, 64, 543]], [[1023, 1100, 300]]], np.uint16)   # below black and above white are clipped
+    x = to_float(raw, 64, 1023)
+    np.testing.assert_allclose(x[..., 0].ravel(), [0.0, 1.0])
+    np.testing.assert_allclose(x[0, 0, 1:], [0.0, (543 - 64) / 959], rtol=1e-6)
+    assert x[1, 0, 1] == 1.0 and x.dtype == np.float32
+    back = quantize(x, 16, 64, 1023)
+    assert back.dtype == np.uint16 and back.tolist() == [[[64, 64, 543]], [[1023, 1023, 300]]]
+    assert quantize(np.float32([[[0.5]]]), 8).item() == 128 and to_float(np.uint8([[[255]]])).item() == 1.0
 
 
 def test_bad_images_name_the_file(tmp_path):
