@@ -298,6 +298,13 @@ PRESETS["synthetic"] = {**PRESETS["synthetic_base"], "dataset_root": "synthetic_
                         "lr_decay_every": 60, "checkpoint_every_steps": 1000,
                         "init_weights": "pretrained/dpdnet_synthetic_base.keras"}
 
+# synthetic_gpu: a larger DPDNet (base 32, depth 4: 7.8 M weights, 16x the demo's) from the same generator, for one
+# GPU under JAX (gpu_synthetic.sh, which makes its data): 640x416 scenes with blur up to 40 px, both splits 30%
+# smoothed layers, 256x256 patches, 20,000 steps of batch 16; the demo's recipe otherwise. Not yet trained.
+PRESETS["synthetic_gpu"] = {**_DEMO, "dataset_root": "synthetic_gpu", "patch_dir": "patches/synthetic_gpu",
+                            "working_width": 640, "working_height": 416, "patch_size": 256, "base_filters": 32,
+                            "depth": 4, "epochs": 200, "lr_decay_every": 125, "checkpoint_every_steps": 2000,
+                            "precision": "mixed_bfloat16"}
 
 def parse_value(key: str, text: str) -> Any:
     """Parse the text of `--set key=value` into the key's type; ConfigError names the key."""

@@ -9,31 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 OUT=${1:-${OUT:-results/gpu_pipeline}}
-mkdir -p "$OUT"
-WORK=$(mktemp -d /tmp/dpdnet_gpu.XXXX)
-export KERAS_BACKEND=jax PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
-export XLA_PYTHON_CLIENT_PREALLOCATE=false   # so the sampled GPU memory is what the run uses, not JAX's pool
-PY=${PYTHON:-python3}
+source gpu_steps.sh
 DATA="--set dataset_root=$WORK/dpdd --set patch_dir=$WORK/patches --set checkpoint_dir=$WORK/ckpt"
-CPUS=$(nproc)
-
-step() {  # step NAME COMMAND...: run it, log wall time and the peak GPU memory sampled meanwhile
-  local name=$1; shift
-  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$WORK/mem_$name.txt" 2>/dev/null &
-  local sampler=$! t0=$(date +%s%N)
-  set +e; "$@" > "$OUT/$name.log" 2>&1; local rc=$?; set -e
-  kill $sampler 2>/dev/null || true
-  local peak=$(sort -n "$WORK/mem_$name.txt" 2>/dev/null | tail -1)
-  local ms=$(( ($(date +%s%N) - t0) / 1000000 ))
-  printf '%-10s rc=%s %6d.%03d s  peak GPU memory %s MiB  :: %s\n' "$name" "$rc" $((ms / 1000)) $((ms % 1000)) \
-    "${peak:-?}" "$*" | tee -a "$OUT/timeline.txt"
-  tail -n 3 "$OUT/$name.log"
-  return $rc
-}
-
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-  $PY -c "import jax, keras; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__)"; } \
-  | tee "$OUT/timeline.txt"
 
 # 16 train scenes x 20 kept paper patches = 320 patches (64 steps of batch 5 per epoch), 2 val, 8 test scenes.
 step synthesize $PY synthesize.py --out "$WORK/dpdd" --train 16 --val 2 --test 8 --width 1680 --height 1120 \
