@@ -6,8 +6,9 @@
     python deblur.py --weights W --left top.png --right bottom.png --rotate --out sharp.png
 
 Bit depth is read from each file (8-bit divided by 255, 16-bit by 65535) and the output has the input's depth.
-Raw sensor data stored unscaled in 16-bit files (values within 10 or 12 bits) is read with white at 1023 or 4095,
---white-level and --black-level set the levels by hand, and the output is written back at the input's levels.
+16-bit files whose values all fit in 10 or 12 bits are taken for raw sensor data stored unscaled (white 1023 or
+4095; a guess from the values, stated, found once for a whole --input-dir), --white-level and --black-level set
+the levels by hand, and the output is written back at the input's levels.
 One-channel (grey) views, as phones often store dual-pixel data (one green channel), are copied into R, G and
 B for the network; the output is then one channel too, the mean of the network's three, and deblur.py says so.
 --rotate turns top/bottom views of vertical dual-pixel sensors by 90 degrees so that the disparity is
@@ -29,7 +30,7 @@ import numpy as np
 import weights
 from config import Config, UserError, add_config_args, add_inference_args, config_from_args, exit_on_error
 from images import (IMAGE_EXTENSIONS, ImageError, bit_depth, levels, peak, quantize, read_image, to_float,
-                    write_image)
+                    white_from_values, write_image)
 from inference import ensemble_transforms, prefer_low_memory_cpu
 
 prefer_low_memory_cpu()  # before TensorFlow is imported
@@ -86,10 +87,10 @@ def to_rgb(img: np.ndarray) -> np.ndarray:
 
 
 def deblur_file(model, model_cfg: Config, out: str, left: str = "", right: str = "", single: str = "",
-                rotate: int = 0, black: int = 0, white: int | None = None) -> str:
+                rotate: int = 0, black: int = 0, white: int | None = None, found: bool = False) -> str:
     """Read the input file(s), deblur, write `out` atomically with the input's bit depth, levels and channel count
     (one-channel inputs: the mean of the three output channels); returns what was read, in words. black, white:
-    the input's levels (images.levels; white None: from the bit depth, or raw data's 10 or 12 bits)."""
+    the input's levels (white None: found from the values, images.levels; found: white was found so for a folder)."""
     if model_cfg.input_mode == "dual":
         names = (left, right)
         imgs = [read_image(left, allow_grey=True), read_image(right, allow_grey=True)]
@@ -98,7 +99,7 @@ def deblur_file(model, model_cfg: Config, out: str, left: str = "", right: str =
     else:
         names, imgs = (single,), [read_image(single, allow_grey=True)]
         bits, channels = output_bits(*imgs), imgs[0].shape[2]
-    given = white is not None
+    found = found or white is None
     black, white = levels(*imgs, black=black, white=white, name=" and ".join(names))
     x = [to_rgb(to_float(img, black, white)) for img in imgs]
     if model_cfg.input_mode == "dual":
@@ -108,24 +109,37 @@ def deblur_file(model, model_cfg: Config, out: str, left: str = "", right: str =
     if channels == 1:
         y = y.mean(axis=2, keepdims=True)
     write_image(out, quantize(y, bits, black, white))
-    fits_14_bits = not given and bits == 16 and white == peak(16) and max(int(i.max()) for i in imgs) <= peak(14)
-    return describe(bits, channels, black, white, given, fits_14_bits)
+    fits_14_bits = found and white == peak(16) and max(int(img.max()) for img in imgs) <= peak(14)
+    return describe(bits, channels, black, white, found, fits_14_bits)
 
 
-def describe(bits: int, channels: int, black: int, white: int, given: bool, fits_14_bits: bool) -> str:
-    """What deblur.py read and wrote, in words: bit depth, levels (raw data), channels."""
-    text = f"{bits}-bit"
-    if white != peak(bits) and not given:
-        text += (f" files holding {white.bit_length()}-bit raw data: read between black {black} and white {white} "
-                 f"and written back at that scale (--black-level N subtracts a sensor's black level; "
-                 f"--white-level {peak(bits)} reads them as {bits}-bit)")
-    elif white != peak(bits) or black:
+def describe(bits: int, channels: int, black: int, white: int, found: bool, fits_14_bits: bool) -> str:
+    """What deblur.py read and wrote, in words: bit depth, channels, levels (raw data)."""
+    text = f"{bits}-bit " + ("RGB" if channels == 3 else
+                             "one channel (copied into R, G and B for the network; the output is their mean)")
+    if found and white != peak(bits):
+        text += (f", taken as {white.bit_length()}-bit raw data (every value within {white}): read between black "
+                 f"{black} and white {white} and written back at that scale (--white-level {peak(bits)} reads it "
+                 f"as {bits}-bit" + ("; --black-level N subtracts a sensor's black level)" if not black else ")"))
+    elif black or white != peak(bits):
         text += f", read between black {black} and white {white} and written back at that scale"
-    elif fits_14_bits:
-        text += f" with values within 14 bits (for 14-bit raw data pass --white-level {peak(14)})"
-    if channels == 1:
-        return text + ", one channel: the grey input was copied into R, G and B and the output is their mean"
-    return text + " RGB"
+    if fits_14_bits:
+        text += f", every value within 14 bits (for 14-bit raw data pass --white-level {peak(14)})"
+    return text
+
+
+def folder_white(jobs: list[tuple[str, dict]]) -> int | None:
+    """The white level of a folder's inputs, found once from the values of them all (images.white_from_values), so
+    that the frames of one camera are read alike whatever each one holds; None for files of several bit depths
+    (each pair then finds its own). Reads every file once."""
+    from tqdm import tqdm
+    bits, high = set(), 0
+    for _, inputs in tqdm(jobs, desc="levels", unit="img", leave=False):
+        for path in inputs.values():
+            img = read_image(path, allow_grey=True)
+            bits.add(bit_depth(img))
+            high = max(high, int(img.max()))
+    return white_from_values(bits.pop(), high) if len(bits) == 1 else None
 
 
 def find_pairs(folder: str) -> list[tuple[str, str, str]]:
@@ -209,18 +223,21 @@ def run(args, cfg: Config) -> list[str]:
             [(name, {"left": left, "right": right}) for name, left, right in find_pairs(args.input_dir)])
     os.makedirs(args.out_dir, exist_ok=True)
     model_cfg.save_json(os.path.join(args.out_dir, "config.json"))
+    white = args.white_level if args.white_level is not None else folder_white(jobs)
     written, kinds = [], set()
     for name, inputs in tqdm(jobs, desc="deblur", unit="img"):
         out = os.path.join(args.out_dir, name + ".png")
         check_output_path(out, list(inputs.values()))
         if os.path.exists(out) and not args.overwrite:
             continue
-        kinds.add(deblur_file(model, model_cfg, out, rotate=args.rotate, black=args.black_level,
-                              white=args.white_level, **inputs))
+        kinds.add(deblur_file(model, model_cfg, out, rotate=args.rotate, black=args.black_level, white=white,
+                              found=args.white_level is None, **inputs))
         written.append(out)
     skipped = len(jobs) - len(written)
-    print(f"wrote {len(written)} image(s) to {args.out_dir}" + (f" ({'; '.join(sorted(kinds))})" if kinds else "") +
+    print(f"wrote {len(written)} image(s) to {args.out_dir}" +
           (f"; {skipped} already there (--overwrite to redo them)" if skipped else ""))
+    for kind in sorted(kinds):
+        print(f"  read: {kind}")
     return written
 
 

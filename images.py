@@ -64,7 +64,8 @@ def to_float(img: np.ndarray, black: int = 0, white: int | None = None) -> np.nd
     given (raw data: `levels`); values outside the two levels are clipped."""
     if black == 0 and white is None:
         return img.astype(np.float32) / np.float32(max_value(img))
-    return np.clip((img.astype(np.float32) - np.float32(black)) / np.float32(white - black), 0.0, 1.0)
+    top = max_value(img) if white is None else white
+    return np.clip((img.astype(np.float32) - np.float32(black)) / np.float32(top - black), 0.0, 1.0)
 
 
 def quantize(img: np.ndarray, bits: int = 16, black: int = 0, white: int | None = None) -> np.ndarray:
@@ -73,36 +74,40 @@ def quantize(img: np.ndarray, bits: int = 16, black: int = 0, white: int | None 
     if bits not in DTYPES:
         raise ValueError(f"bits must be 8 or 16, got {bits}")
     top = peak(bits) if white is None else white
+    if not 0 <= black < top <= peak(bits):
+        raise ValueError(f"levels black {black}, white {top} do not fit a {bits}-bit image")
     return np.rint(np.clip(img, 0.0, 1.0) * (top - black) + black).astype(DTYPES[bits])
 
 
 # Raw sensor data is often stored unscaled in 16-bit files: a 10- or 12-bit sensor's values fill only the low bits
-# (white 1023 or 4095), and black is the sensor's black level rather than 0. A 16-bit photo that dark is black.
+# (white 1023 or 4095), and black is the sensor's black level rather than 0.
 RAW_BITS = (10, 12)
 
 
-def raw_bits(*images: np.ndarray) -> int | None:
-    """10 or 12 for 16-bit images whose values all fit in that many bits (raw data stored unscaled), else None."""
-    if bit_depth(images[0]) != 16:
-        return None
-    high = max(int(img.max()) for img in images)
-    return next((bits for bits in RAW_BITS if high <= peak(bits)), None)
+def white_from_values(bits: int, high: int) -> int:
+    """The white level of `bits`-bit data whose largest value is `high`: the bit depth's maximum, except for 16-bit
+    data whose values all fit in 10 or 12 bits, taken as raw data stored unscaled: 1023 or 4095. A gamma-encoded
+    photo that dark is black; a dim linear export or an under-exposed raw frame of more bits is misread."""
+    if bits == 16:
+        for raw in RAW_BITS:
+            if high <= peak(raw):
+                return peak(raw)
+    return peak(bits)
 
 
 def levels(*images: np.ndarray, black: int = 0, white: int | None = None, name: str = "") -> tuple[int, int]:
-    """(black, white): the values that mean black and white in these images. white: as given, or the bit depth's
-    maximum, or for raw data stored unscaled in 16 bits (`raw_bits`) 1023 or 4095. ImageError unless
-    0 <= black < white <= the bit depth's maximum."""
-    top = max_value(images[0])
-    if white is None:
-        bits = raw_bits(*images)
-        white = top if bits is None else peak(bits)
-    where = f"{name}: " if name else ""
-    if not 0 < white <= top:
-        raise ImageError(f"{where}white level {white} is outside 1..{top}, the range of {bit_depth(images[0])}-bit "
-                         f"images")
+    """(black, white): the values that mean black and white in these images; white as given, else found from their
+    values (`white_from_values`). ImageError unless 0 <= black < white <= the bit depth's maximum."""
+    bits, where = bit_depth(images[0]), f"{name}: " if name else ""
+    found = white is None
+    if found:
+        white = white_from_values(bits, max(int(img.max()) for img in images))
+    if not 0 < white <= peak(bits):
+        raise ImageError(f"{where}white level {white} is outside 1..{peak(bits)}, the range of {bits}-bit images")
     if not 0 <= black < white:
-        raise ImageError(f"{where}black level {black} must be at least 0 and below the white level {white}")
+        how = (f" (found from the values: {white.bit_length()}-bit raw data; --white-level sets it)"
+               if found and white != peak(bits) else "")
+        raise ImageError(f"{where}black level {black} must be at least 0 and below the white level {white}{how}")
     return black, white
 
 

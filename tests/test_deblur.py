@@ -222,7 +222,8 @@ def test_raw_data_is_read_at_its_levels_and_written_back_at_them(tmp_path, dual,
     want = predict_image(model, network_input(cfg, x["left"], x["right"]), cfg)
     views = ("--weights", ckpt, "--left", raw["left"], "--right", raw["right"])
     assert cli(*views, "--black-level", 64, "--out", tmp_path / "raw.png")[0] == 0
-    assert "16-bit files holding 10-bit raw data: read between black 64 and white 1023" in capsys.readouterr().out
+    assert "taken as 10-bit raw data (every value within 1023): read between black 64 and white 1023" in \
+        capsys.readouterr().out
     got = read_image(str(tmp_path / "raw.png"))
     assert got.dtype == np.uint16 and got.min() >= 64 and got.max() <= 1023
     assert np.abs((got.astype(np.float32) - 64) / 959 - want).max() <= 0.5 / 959 + 1e-6
@@ -235,12 +236,31 @@ def test_raw_data_is_read_at_its_levels_and_written_back_at_them(tmp_path, dual,
         dark[view] = str(tmp_path / f"dark_{view[0].upper()}.png")
         write_image(dark[view], np.rint(to_float(read_image(pair[16, view])) * 16383).astype(np.uint16))
     assert cli("--weights", ckpt, "--left", dark["left"], "--right", dark["right"], "--out", tmp_path / "d.png")[0] == 0
-    assert "values within 14 bits (for 14-bit raw data pass --white-level 16383)" in capsys.readouterr().out
+    assert "every value within 14 bits (for 14-bit raw data pass --white-level 16383)" in capsys.readouterr().out
     assert cli("--weights", ckpt, "--left", dark["left"], "--right", dark["right"], "--white-level", 16383,
                "--out", tmp_path / "d14.png")[0] == 0
     assert "read between black 0 and white 16383" in capsys.readouterr().out
     d14 = to_float(read_image(str(tmp_path / "d14.png")), 0, 16383)
     assert np.abs(d14 - expected(model, cfg, pair[16, "left"], pair[16, "right"])).max() < 2e-3
+
+
+def test_a_folder_of_raw_pairs_is_read_at_one_white_level(tmp_path, dual, pair, capsys):
+    """In a folder the white level is found once from every file's values: a dark 12-bit frame whose values all
+    fit in 10 bits is read like its brighter neighbour (white 4095), not as 10-bit data."""
+    model, cfg, ckpt = dual
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    x = {view: to_float(read_image(pair[16, view])) for view in ("left", "right")}
+    for name, top in (("bright", 4095), ("dark", 1000)):
+        for view in ("left", "right"):
+            write_image(str(folder / f"{name}_{view[0].upper()}.png"), np.rint(x[view] * top).astype(np.uint16))
+    assert cli("--weights", ckpt, "--input-dir", folder, "--out-dir", tmp_path / "out")[0] == 0
+    out = capsys.readouterr().out
+    assert "taken as 12-bit raw data" in out and "10-bit" not in out
+    dark_in = {v: read_image(str(folder / f"dark_{v[0].upper()}.png")).astype(np.float32) / 4095 for v in x}
+    want = predict_image(model, network_input(cfg, dark_in["left"], dark_in["right"]), cfg)
+    got = read_image(str(tmp_path / "out" / "dark.png")).astype(np.float32) / 4095
+    assert np.abs(got - want).max() <= 0.5 / 4095 + 1e-6
 
 
 def test_pretrained_synthetic_model_loads_and_deblurs(tmp_path):

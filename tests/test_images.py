@@ -8,7 +8,8 @@ import pytest
 from config import make_config
 import dpdd
 from dpdd import DatasetError, compare_with_official, find_dataset_root, list_scenes, official_split
-from images import ImageError, crop, levels, pad_to_multiple, quantize, raw_bits, read_image, to_float, write_image
+from images import (ImageError, crop, levels, pad_to_multiple, quantize, read_image, to_float, white_from_values,
+                    write_image)
 
 
 def test_16_and_8_bit_round_trip_keep_depth_and_rgb_order(tmp_path):
@@ -30,18 +31,20 @@ def test_float_written_as_rounded_16_bit(tmp_path):
 
 
 def test_raw_levels_are_found_from_the_values_and_checked():
-    """16-bit files whose values fit in 10 or 12 bits are raw data stored unscaled: white 1023 or 4095. One
-    value more and they are read as 16-bit; 8-bit images never are raw."""
+    """16-bit files whose values fit in 10 or 12 bits are taken as raw data stored unscaled: white 1023 or 4095.
+    One value more and they are read as 16-bit; 8-bit images never are raw."""
     def img(top, dtype=np.uint16):
         a = np.zeros((4, 5, 3), dtype)
         a[1, 2, 0] = top
         return a
-    assert [raw_bits(img(v)) for v in (0, 1023, 1024, 4095, 4096, 65535)] == [10, 10, 12, 12, None, None]
-    assert raw_bits(img(200, np.uint8)) is None
-    assert raw_bits(img(1000), img(3000)) == 12                     # the views of a pair share their levels
+    assert [white_from_values(16, v) for v in (0, 1023, 1024, 4095, 4096, 65535)] == [1023, 1023, 4095, 4095,
+                                                                                     65535, 65535]
+    assert white_from_values(8, 200) == 255
+    assert levels(img(1000), img(3000)) == (0, 4095)                # the views of a pair share their levels
     assert levels(img(1000)) == (0, 1023) and levels(img(5000)) == (0, 65535) and levels(img(9, np.uint8)) == (0, 255)
     assert levels(img(1000), black=64, white=65535) == (64, 65535)  # given levels win
-    for kwargs, message in (({"black": 1023}, "below the white level 1023"), ({"black": -1}, "at least 0"),
+    for kwargs, message in (({"black": 1023}, r"below the white level 1023 \(found from the values: 10-bit raw"),
+                            ({"black": -1}, "at least 0"), ({"black": 70000, "white": 65535}, "below the white level 65535$"),
                             ({"white": 70000}, "outside 1..65535"), ({"white": 0}, "outside 1..65535")):
         with pytest.raises(ImageError, match=message):
             levels(img(1000), name="x.png", **kwargs)
@@ -58,6 +61,10 @@ def test_levels_map_black_to_0_and_white_to_1_and_back():
     back = quantize(x, 16, 64, 1023)
     assert back.dtype == np.uint16 and back.tolist() == [[[64, 64, 543]], [[1023, 1023, 300]]]
     assert quantize(np.float32([[[0.5]]]), 8).item() == 128 and to_float(np.uint8([[[255]]])).item() == 1.0
+    np.testing.assert_allclose(to_float(np.uint8([[[5, 130]]]), 5).ravel(), [0.0, 0.5])   # white: 255
+    for bits, black, white in ((8, 0, 1023), (16, 100, 100), (16, -1, 1023)):
+        with pytest.raises(ValueError, match="do not fit"):
+            quantize(x, bits, black, white)
 
 
 def test_bad_images_name_the_file(tmp_path):
