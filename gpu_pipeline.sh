@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 OUT=${1:-${OUT:-results/gpu_pipeline}}
-source gpu_steps.sh
+source ./gpu_steps.sh
 DATA="--set dataset_root=$WORK/dpdd --set patch_dir=$WORK/patches --set checkpoint_dir=$WORK/ckpt"
 
 # 16 train scenes x 20 kept paper patches = 320 patches (64 steps of batch 5 per epoch), 2 val, 8 test scenes.
