@@ -306,6 +306,7 @@ PRESETS["synthetic_gpu"] = {**_DEMO, "dataset_root": "synthetic_gpu", "patch_dir
                             "depth": 4, "epochs": 200, "lr_decay_every": 125, "checkpoint_every_steps": 2000,
                             "precision": "mixed_bfloat16"}
 
+
 def parse_value(key: str, text: str) -> Any:
     """Parse the text of `--set key=value` into the key's type; ConfigError names the key."""
     if key not in _FIELD_TYPES:
