@@ -90,7 +90,8 @@ def deblur_file(model, model_cfg: Config, out: str, left: str = "", right: str =
                 rotate: int = 0, black: int = 0, white: int | None = None, found: bool = False) -> str:
     """Read the input file(s), deblur, write `out` atomically with the input's bit depth, levels and channel count
     (one-channel inputs: the mean of the three output channels); returns what was read, in words. black, white:
-    the input's levels (white None: found from the values, images.levels; found: white was found so for a folder)."""
+    the input's levels (white None: found from these files' values, images.levels); found: the caller found white
+    from the values of a whole folder (folder_levels)."""
     if model_cfg.input_mode == "dual":
         names = (left, right)
         imgs = [read_image(left, allow_grey=True), read_image(right, allow_grey=True)]
@@ -99,7 +100,7 @@ def deblur_file(model, model_cfg: Config, out: str, left: str = "", right: str =
     else:
         names, imgs = (single,), [read_image(single, allow_grey=True)]
         bits, channels = output_bits(*imgs), imgs[0].shape[2]
-    found = found or white is None
+    auto = white is None
     black, white = levels(*imgs, black=black, white=white, name=" and ".join(names))
     x = [to_rgb(to_float(img, black, white)) for img in imgs]
     if model_cfg.input_mode == "dual":
@@ -109,8 +110,8 @@ def deblur_file(model, model_cfg: Config, out: str, left: str = "", right: str =
     if channels == 1:
         y = y.mean(axis=2, keepdims=True)
     write_image(out, quantize(y, bits, black, white))
-    fits_14_bits = found and white == peak(16) and max(int(img.max()) for img in imgs) <= peak(14)
-    return describe(bits, channels, black, white, found, fits_14_bits)
+    fits_14_bits = auto and white == peak(16) and max(int(img.max()) for img in imgs) <= peak(14)
+    return describe(bits, channels, black, white, found or auto, fits_14_bits)
 
 
 def describe(bits: int, channels: int, black: int, white: int, found: bool, fits_14_bits: bool) -> str:
@@ -128,10 +129,10 @@ def describe(bits: int, channels: int, black: int, white: int, found: bool, fits
     return text
 
 
-def folder_white(jobs: list[tuple[str, dict]]) -> int | None:
-    """The white level of a folder's inputs, found once from the values of them all (images.white_from_values), so
-    that the frames of one camera are read alike whatever each one holds; None for files of several bit depths
-    (each pair then finds its own). Reads every file once."""
+def folder_levels(jobs: list[tuple[str, dict]]) -> tuple[int | None, int]:
+    """(white, largest value) of a folder's inputs: white found once from the values of them all
+    (images.white_from_values), so that the frames of one camera are read alike whatever each one holds; None for
+    files of several bit depths (each pair then finds its own). Reads every file once."""
     from tqdm import tqdm
     bits, high = set(), 0
     for _, inputs in tqdm(jobs, desc="levels", unit="img", leave=False):
@@ -139,7 +140,7 @@ def folder_white(jobs: list[tuple[str, dict]]) -> int | None:
             img = read_image(path, allow_grey=True)
             bits.add(bit_depth(img))
             high = max(high, int(img.max()))
-    return white_from_values(bits.pop(), high) if len(bits) == 1 else None
+    return (white_from_values(bits.pop(), high) if len(bits) == 1 else None), high
 
 
 def find_pairs(folder: str) -> list[tuple[str, str, str]]:
@@ -223,7 +224,7 @@ def run(args, cfg: Config) -> list[str]:
             [(name, {"left": left, "right": right}) for name, left, right in find_pairs(args.input_dir)])
     os.makedirs(args.out_dir, exist_ok=True)
     model_cfg.save_json(os.path.join(args.out_dir, "config.json"))
-    white = args.white_level if args.white_level is not None else folder_white(jobs)
+    white, high = (args.white_level, None) if args.white_level is not None else folder_levels(jobs)
     written, kinds = [], set()
     for name, inputs in tqdm(jobs, desc="deblur", unit="img"):
         out = os.path.join(args.out_dir, name + ".png")
@@ -238,6 +239,8 @@ def run(args, cfg: Config) -> list[str]:
           (f"; {skipped} already there (--overwrite to redo them)" if skipped else ""))
     for kind in sorted(kinds):
         print(f"  read: {kind}")
+    if white == peak(16) and high is not None and high <= peak(14):
+        print(f"  every value within 14 bits: for 14-bit raw data pass --white-level {peak(14)}")
     return written
 
 

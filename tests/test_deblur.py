@@ -261,6 +261,11 @@ def test_a_folder_of_raw_pairs_is_read_at_one_white_level(tmp_path, dual, pair, 
     want = predict_image(model, network_input(cfg, dark_in["left"], dark_in["right"]), cfg)
     got = read_image(str(tmp_path / "out" / "dark.png")).astype(np.float32) / 4095
     assert np.abs(got - want).max() <= 0.5 / 4095 + 1e-6
+    for view in ("left", "right"):                            # a folder within 14 bits: 16-bit, one hint
+        write_image(str(folder / f"bright_{view[0].upper()}.png"), np.rint(x[view] * 16383).astype(np.uint16))
+    assert cli("--weights", ckpt, "--input-dir", folder, "--out-dir", tmp_path / "out14")[0] == 0
+    out = capsys.readouterr().out
+    assert "taken as" not in out and out.count("every value within 14 bits: for 14-bit raw data pass") == 1
 
 
 def test_pretrained_synthetic_model_loads_and_deblurs(tmp_path):
