@@ -491,9 +491,9 @@ def render_views(layers: list[Layer], camera: Camera, noise: Noise | None = None
     right, R to the left, by up to `vignetting`) and noise act in linear light, combined = (L + R) / 2 there
     and everything is encoded with `gamma`. With `sensor`: its gain field, noise, demosaicing (the sharp image's
     too, without noise unless `target_noise`), tone curve and quantisation instead (the sharp image gets the tone
-    curve, at 16 bits). All outputs are float32 (H, W, 3) in [0, 1]; the sharp image is noise-free, unless `target_noise`: then it carries the combined image's own noise
-    realisation (and its quantisation), so in-focus pixels of input and target agree and a network trained on
-    them has nothing to denoise.
+    curve, at 16 bits). All outputs are float32 (H, W, 3) in [0, 1]; the sharp image is noise-free, unless
+    `target_noise`: then it carries the combined image's own noise realisation (and its quantisation), so
+    in-focus pixels of input and target agree and a network trained on them has nothing to denoise.
     """
     h, w = layers[0].alpha.shape
     out_l = np.zeros((h, w, 3), np.float32)

@@ -71,8 +71,9 @@ def test_renderer2_without_noise_renders_the_same_scene_clean():
 def test_renderer2_demosaicing_is_exact_on_flat_colour_and_ramps_and_keeps_the_scene():
     """Malvar-He-Cutler reproduces any linear ramp exactly away from the frame's edges (its filters are gradient
     corrected) and a flat colour everywhere, whichever of the four Bayer phases; each phase holds one red, two
-    green and one blue site per 2x2 block; a single red photosite spreads by the paper's coefficients. demosaic=True renders the same scene (planes, blur map) and its
-    noise-free sharp image is the plain one's through the mosaic of the drawn phase."""
+    green and one blue site per 2x2 block; a single red photosite spreads by the paper's coefficients.
+    demosaic=True renders the same scene (planes, blur map) and its noise-free sharp image is the plain one's
+    through the mosaic of the drawn phase."""
     yy, xx = np.mgrid[0:16, 0:18] / 40.0
     ramp = np.stack([0.1 + xx, 0.2 + yy, 0.05 + xx + 0.5 * yy], -1)
     for phase in range(4):
