@@ -456,9 +456,10 @@ def _blur_views_at(make_stack, nonzero, c: float, psf: PsfShape, shared: int):
     """_blur_views for a PSF that is the same all over the frame."""
     kls, krs = view_kernels(c, psf)
     if kls[0] is kls[1] is kls[2] and krs[0] is krs[1] is krs[2]:
-        box, (bl, br) = _blur_region(make_stack, nonzero, [kls[0], krs[0]])
+        box, blurred = _blur_region(make_stack, nonzero, [kls[0], krs[0]])
         if box is None:
             return None, []
+        bl, br = blurred
         rep = lambda b: np.concatenate([b[..., :3]] + [np.repeat(b[..., 3 + j:4 + j], 3, axis=2)
                                                       for j in range(shared)], axis=2)
         return box, [rep(bl), rep(br)]

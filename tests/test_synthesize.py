@@ -464,6 +464,16 @@ def test_a_varying_psf_on_a_small_object_blurs_as_on_the_whole_frame():
         assert whole[box].sum() == pytest.approx(whole.sum(), rel=1e-6)     # nothing blurred outside the box
 
 
+@pytest.mark.parametrize("shape", [PsfShape(family="soft"), PsfShape(family="soft", chroma=0.1),
+                                   PsfShape(family="soft", field=0.35)])
+def test_a_layer_with_no_pixel_in_the_frame_blurs_to_nothing(shape):
+    """A layer whose every pixel is covered or outside the frame has an empty box, for every kind of PSF (one for
+    all colours, one per colour, one per field position); seed 5 at 320x208 once crashed on it."""
+    from synthesize import _blur_views
+    stack = lambda rows, cols: np.zeros((48, 64, 4), np.float32)[rows, cols]
+    assert _blur_views(stack, np.zeros((48, 64), bool), 9.0, shape, shared=1) == (None, [])
+
+
 def test_demosaicing_samples_the_drawn_bayer_pattern_and_correlates_the_noise(tmp_path):
     """camera_pipeline: a flat colour comes back exact through every pattern and method (a pattern handed to
     OpenCV under the wrong name swaps red and blue); on smooth content it agrees with renderer2's independently
