@@ -35,6 +35,8 @@ class Config:
     val_overlap: float = 0.01                   # val patches: stride 506
     discard_fraction: float = 0.3               # int(0.3*N) least sharp train patches dropped per image
     sobel_ksizes: tuple = (3, 7, 11, 15)
+    black_level: int = 0                        # the dataset files' black and white values, for raw frames stored
+    white_level: int = 0                        # unscaled (a 10-bit sensor: 1023); 0: the bit depth's maximum
     data_workers: int = 2                       # processes for data_prep
     loader_workers: int = 2                     # threads that load train.py's batches ahead of the step
 
@@ -166,7 +168,7 @@ class Config:
                     "epochs", "lr_decay_every", "data_workers", "loader_workers", "checkpoint_every_steps"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be at least 1, got {getattr(self, key)}")
-        for key in ("steps_per_epoch", "tile", "tile_overlap", "seed", "scales"):
+        for key in ("steps_per_epoch", "tile", "tile_overlap", "seed", "scales", "black_level", "white_level"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must be >= 0, got {getattr(self, key)}")
         for key in ("overlap", "val_overlap", "discard_fraction", "dropout"):
@@ -190,6 +192,9 @@ class Config:
             raise ConfigError("overlap: leaves a patch stride below one pixel")
         if self.tile and (self.tile % multiple or self.tile <= 2 * self.tile_overlap):
             raise ConfigError(f"tile: must be a multiple of {multiple} and larger than 2*tile_overlap, got {self.tile}")
+        if self.white_level > 65535 or (self.white_level and self.black_level >= self.white_level):
+            raise ConfigError(f"white_level: must be above black_level ({self.black_level}) and at most 65535, "
+                              f"got {self.white_level}")
         if self.run_name and (os.sep in self.run_name or self.run_name in (".", "..")):
             raise ConfigError(f"run_name: must be a plain name, got {self.run_name!r}")
 

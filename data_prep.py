@@ -22,15 +22,16 @@ import cv2
 import numpy as np
 
 from config import Config, UserError, add_config_args, config_from_args, exit_on_error
-from dpdd import DatasetError, Scene, compare_with_official, find_dataset_root, list_scenes
+from dpdd import (DatasetError, Scene, check_levels, compare_with_official, find_dataset_root, list_scenes,
+                  scene_levels)
 from fileio import atomic_path, atomic_write_csv, atomic_write_json, is_temporary
-from images import bit_depth, max_value, read_image
+from images import bit_depth, max_value, read_image, rescale
 
 STORE_VERSION = 1
 STORE_SPLITS = ("train", "val")
 # The settings that decide a store's content: a store built with other values is refused, never mixed.
 STORE_KEYS = ("working_width", "working_height", "patch_size", "overlap", "val_overlap", "discard_fraction",
-              "sobel_ksizes", "dataset_root")
+              "sobel_ksizes", "dataset_root", "black_level", "white_level")
 # Channel layout of every scene array (RGB order within each view), and its values: uint16, STORE_MAX = white
 # (8-bit scenes are scaled up to it exactly).
 CHANNELS = {"left": slice(0, 3), "right": slice(3, 6), "source": slice(6, 9), "target": slice(9, 12)}
@@ -95,6 +96,7 @@ def build_store(cfg: Config, splits=STORE_SPLITS, rebuild: bool = False, progres
     if not todo and previous and manifest == previous.manifest:
         print("the patch store is up to date")
         return manifest
+    check_levels(cfg, root, todo)
     _remove(os.path.join(patch_dir, "manifest.json"))  # the store is incomplete until the end
     clear_leftovers(patch_dir, keep=set(entries))
     if todo:
@@ -248,7 +250,8 @@ def _worker_init() -> None:
 def build_scene(scene: Scene, cfg: Config, patch_dir: str, root: str) -> tuple[dict, list]:
     """Write one scene's (H, W, 12) uint16 array atomically; return its manifest entry and kept corners."""
     files = scene_files(scene, root)
-    imgs = {k: to_working_size(v, cfg.working_width, cfg.working_height) for k, v in read_scene(scene).items()}
+    imgs, bits = read_scene(scene, cfg)
+    imgs = {k: to_working_size(v, cfg.working_width, cfg.working_height) for k, v in imgs.items()}
     h, w = imgs["target"].shape[:2]
     if h < cfg.patch_size or w < cfg.patch_size:
         raise DatasetError(f"{scene.source_path}: {w}x{h} pixels at the working size, smaller than the "
@@ -263,12 +266,13 @@ def build_scene(scene: Scene, cfg: Config, patch_dir: str, root: str) -> tuple[d
         np.save(tmp, stack)
     entry = {"split": scene.split, "source": scene.source, "files": files,
              "store_file": [rel, os.path.getsize(os.path.join(patch_dir, rel))], "shape": list(stack.shape),
-             "bits": bit_depth(imgs["target"]), "candidates": candidates, "kept": len(kept)}
+             "bits": bits, "candidates": candidates, "kept": len(kept)}
     return entry, [list(rc) for rc in kept]
 
 
-def read_scene(scene: Scene) -> dict[str, np.ndarray]:
-    """The scene's four images (left, right, source, target) as read, checked for one bit depth and one shape."""
+def read_scene(scene: Scene, cfg: Config) -> tuple[dict[str, np.ndarray], int]:
+    """The scene's four images (left, right, source, target), checked for one bit depth and one shape, at the
+    dataset's levels (dpdd.scene_levels: full-range 16-bit for raw frames); and the files' bit depth."""
     paths = {"left": scene.left_path, "right": scene.right_path, "source": scene.source_path,
              "target": scene.target_path}
     imgs = {name: read_image(path) for name, path in paths.items()}
@@ -281,7 +285,8 @@ def read_scene(scene: Scene) -> dict[str, np.ndarray]:
             raise DatasetError(f"{paths[name]}: {img.shape[1]}x{img.shape[0]} pixels, but {paths['source']} is "
                                f"{first.shape[1]}x{first.shape[0]} (left, right, source and target of a scene "
                                f"must match)")
-    return imgs
+    black, white = scene_levels(cfg, list(imgs.values()), scene.source_path)
+    return {name: rescale(img, black, white) for name, img in imgs.items()}, bit_depth(first)
 
 
 # ----------------------------------------------------------------------------------------------------------

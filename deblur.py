@@ -22,6 +22,7 @@ the network knows, and the large corrections made there are merged in (README, "
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -189,6 +190,9 @@ def run(args, cfg: Config) -> list[str]:
         if not os.path.isfile(path):
             raise ImageError(f"{path}: file not found")
 
+    black = cfg.black_level if args.black_level is None else args.black_level
+    white = args.white_level if args.white_level is not None else cfg.white_level or None
+    cfg = dataclasses.replace(cfg, black_level=black, white_level=white or 0)   # saved with the output
     weights_path = args.weights or cfg.checkpoint_path()
     model, model_cfg = weights.load_model(weights_path, cfg)
     if model_cfg.tile and model_cfg.tile % 2 ** model_cfg.depth:
@@ -214,8 +218,7 @@ def run(args, cfg: Config) -> list[str]:
               f"corrections are merged in: at most 1.33x the time")
     if not folder_mode:
         check_output_path(args.out, [p for p in (args.left, args.right, args.single) if p])
-        read = deblur_file(model, model_cfg, args.out, args.left, args.right, args.single, args.rotate,
-                           args.black_level, args.white_level)
+        read = deblur_file(model, model_cfg, args.out, args.left, args.right, args.single, args.rotate, black, white)
         model_cfg.save_json(os.path.splitext(args.out)[0] + ".config.json")
         print(f"wrote {args.out} ({read})")
         return [args.out]
@@ -224,15 +227,16 @@ def run(args, cfg: Config) -> list[str]:
             [(name, {"left": left, "right": right}) for name, left, right in find_pairs(args.input_dir)])
     os.makedirs(args.out_dir, exist_ok=True)
     model_cfg.save_json(os.path.join(args.out_dir, "config.json"))
-    white, high = (args.white_level, None) if args.white_level is not None else folder_levels(jobs)
+    found = white is None
+    white, high = folder_levels(jobs) if found else (white, None)
     written, kinds = [], set()
     for name, inputs in tqdm(jobs, desc="deblur", unit="img"):
         out = os.path.join(args.out_dir, name + ".png")
         check_output_path(out, list(inputs.values()))
         if os.path.exists(out) and not args.overwrite:
             continue
-        kinds.add(deblur_file(model, model_cfg, out, rotate=args.rotate, black=args.black_level, white=white,
-                              found=args.white_level is None, **inputs))
+        kinds.add(deblur_file(model, model_cfg, out, rotate=args.rotate, black=black, white=white, found=found,
+                              **inputs))
         written.append(out)
     skipped = len(jobs) - len(written)
     print(f"wrote {len(written)} image(s) to {args.out_dir}" +
@@ -260,10 +264,10 @@ def main(argv=None) -> int:
     parser.add_argument("--white-level", type=int, metavar="N",
                         help="the value of white in the input files (default: the bit depth's maximum, 255 or 65535; "
                              "1023 or 4095 for 16-bit files whose values all fit in 10 or 12 bits, as raw sensor data "
-                             "is often stored)")
-    parser.add_argument("--black-level", type=int, default=0, metavar="N",
+                             "is often stored); the same as --set white_level=N")
+    parser.add_argument("--black-level", type=int, metavar="N",
                         help="the value of black in the input files: a raw sensor's black level, subtracted before "
-                             "the network and added back to the output (default 0)")
+                             "the network and added back to the output (default 0); the same as --set black_level=N")
     add_config_args(parser)
     args = parser.parse_args(argv)
     cfg = config_from_args(args)

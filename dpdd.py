@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 
 from config import REPO_DIR, Config, UserError
-from images import IMAGE_EXTENSIONS
+from images import IMAGE_EXTENSIONS, bit_depth, levels, peak, read_image, white_from_values
 
 SPLITS = ("train", "val", "test")
 # Table 1 of the paper: the test set's groups, the metrics, and the published numbers (16-bit test images; in the
@@ -100,6 +100,32 @@ def list_scenes(root: str, split: str) -> list[Scene]:
     if extra:
         raise DatasetError(f"{split}: view {extra[0]} has no source image in {src_dir}")
     return scenes
+
+
+def check_levels(cfg: Config, root: str, scenes: list[Scene]) -> None:
+    """With white_level unset, refuse a 16-bit dataset whose ground-truth images all fit in 10 or 12 bits, as raw
+    frames stored unscaled do: read as 16-bit they would train and test on nearly black images. Judged on all the
+    scenes, not one (a dark scene of an ordinary dataset passes); stops reading at the first brighter image."""
+    high = 0
+    for scene in scenes if not cfg.white_level else []:
+        img = read_image(scene.target_path)
+        high = max(high, int(img.max()))
+        if bit_depth(img) != 16 or white_from_values(16, high) == peak(16):
+            return
+    if high:
+        raw = white_from_values(16, high)
+        raise DatasetError(f"{root}: every value of the {len(scenes)} scenes' 16-bit ground truth is within {raw.bit_length()} "
+                           f"bits (largest {high}), as in raw frames stored unscaled: --set white_level={raw} reads "
+                           f"them so (with --set black_level=N for the sensor's black level), --set white_level="
+                           f"{peak(16)} as 16-bit")
+
+
+def scene_levels(cfg: Config, images: list, name: str) -> tuple[int, int | None]:
+    """(black, white) of one scene's images as read: cfg.black_level and cfg.white_level (0, returned as None: each
+    image's own bit depth's maximum), checked against every image's bit depth."""
+    for img in images:
+        levels(img, black=cfg.black_level, white=cfg.white_level or peak(bit_depth(img)), name=name)
+    return cfg.black_level, cfg.white_level or None
 
 
 def official_split() -> dict[str, list[tuple[str, str]]]:

@@ -111,6 +111,14 @@ def levels(*images: np.ndarray, black: int = 0, white: int | None = None, name: 
     return black, white
 
 
+def rescale(img: np.ndarray, black: int = 0, white: int | None = None) -> np.ndarray:
+    """An image with levels black and white (None: its bit depth's maximum) as a full-range 16-bit one; unchanged
+    when the levels are its bit depth's own, so ordinary files keep their values and depth exactly."""
+    if black == 0 and white in (None, max_value(img)):
+        return img
+    return quantize(to_float(img, black, white), 16)
+
+
 def write_image(path: str, img: np.ndarray, bits: int | None = None) -> None:
     """Write an RGB image atomically; float input is quantised to `bits` (default 16)."""
     if img.dtype.kind == "f":

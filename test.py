@@ -56,20 +56,18 @@ def load_scene(scene: dpdd.Scene, cfg: Config) -> dict:
     """Read one test scene and build the network input and the float ground truth (runs in the prefetch thread)."""
     from inference import network_input
     target, combined = read_image(scene.target_path), read_image(scene.source_path)
-    if cfg.input_mode == "dual":
-        left, right = read_image(scene.left_path), read_image(scene.right_path)
-        x = network_input(cfg, left, right, names=(scene.left_path, scene.right_path))
-        path, ref = scene.left_path, left
-    else:
-        x = network_input(cfg, combined=combined)
-        path, ref = scene.source_path, combined
-    for p, img in ((path, ref), (scene.source_path, combined)):
+    views = [read_image(scene.left_path), read_image(scene.right_path)] if cfg.input_mode == "dual" else [combined]
+    paths = (scene.left_path, scene.right_path) if cfg.input_mode == "dual" else (scene.source_path,)
+    for p, img in ((paths[0], views[0]), (scene.source_path, combined)):
         if target.shape != img.shape:
             raise ImageError(f"{scene.target_path} is {target.shape[1]}x{target.shape[0]} but {p} is "
                              f"{img.shape[1]}x{img.shape[0]}: a scene's images must have the same size")
-    return {"x": x, "gt": to_float(target), "blurry": to_float(combined),
-            "bits": input_bits([left, right] if cfg.input_mode == "dual" else [combined]),
-            "size": (target.shape[1], target.shape[0])}
+    black, white = dpdd.scene_levels(cfg, [target, combined, *views], scene.source_path)
+    floats = [to_float(img, black, white) for img in views]
+    x = (network_input(cfg, *floats, names=paths) if cfg.input_mode == "dual" else
+         network_input(cfg, combined=floats[0]))
+    return {"x": x, "gt": to_float(target, black, white), "blurry": to_float(combined, black, white),
+            "bits": input_bits(views), "size": (target.shape[1], target.shape[0])}
 
 
 def input_bits(images: list) -> list[int]:
@@ -289,11 +287,13 @@ def evaluate(cfg: Config, weights_path: str | None = None, out_dir: str | None =
     out_dir = out_dir or cfg.results_folder()
     weights_path = weights_path or cfg.checkpoint_path()
     model, model_cfg = load_for_test(weights_path, cfg)
+    dpdd.check_levels(cfg, root, scenes)
 
     run_info = {**_weights_stamp(weights_path), "input_mode": model_cfg.input_mode, "tile": model_cfg.tile,
                 "tile_overlap": model_cfg.tile_overlap, "self_ensemble": len(ensemble_transforms(model_cfg)),
                 "scales": first_pyramid(model_cfg, scenes), "precision": model_cfg.precision, **backends.info(),
-                "dataset_root": root, "lpips_random": lpips == "random"}
+                "dataset_root": root, "black_level": cfg.black_level, "white_level": cfg.white_level,
+                "lpips_random": lpips == "random"}
     done = resumable_rows(out_dir, run_info, scenes, overwrite)
     rows = [done[s.source] for s in scenes if s.source in done]
     _, lp_status, lp_reason = _lpips(lpips)  # may fail (--require-lpips): nothing written yet
@@ -349,7 +349,8 @@ def resumable_rows(out_dir: str, run_info: dict, scenes: list, overwrite: bool) 
     if os.path.isfile(info_path):
         with open(info_path) as f:
             old = json.load(f)
-        changed = differences(old, run_info, "then", defaults={"self_ensemble": 1, "scales": 1})  # older runs: one size
+        changed = differences(old, run_info, "then", defaults={"self_ensemble": 1, "scales": 1,  # older runs: one size
+                                                              "black_level": 0, "white_level": 0})
         if changed:
             raise EvalError(f"{out_dir} holds results of another run ({changed[0]}); rerun with --overwrite or "
                             f"--set run_name=NEW")

@@ -1,12 +1,13 @@
-"""Helpers shared by test_eval.py and test_deblur.py: a tiny DPDD-layout test split, tiny checkpoints saved the
-way train.py saves them, a Keras 2.2.4-style HDF5 writer, and loading test.py (whose name clashes with the
-standard library's `test` package) as a module."""
+"""Helpers shared by test_eval.py, test_deblur.py and test_data_prep.py: a tiny DPDD-layout test split, a copy
+of a dataset as raw frames, tiny checkpoints saved the way train.py saves them, a Keras 2.2.4-style HDF5 writer,
+and loading test.py (whose name clashes with the standard library's `test` package) as a module."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
+import shutil
 
 import cv2
 import h5py
@@ -53,6 +54,20 @@ def make_test_split(root: str, n: int = 4, h: int = 52, w: int = 70, bits: int =
     with open(os.path.join(root, "test_categories.csv"), "w") as f:
         f.write("index,source,target,category\n" + "\n".join(rows) + "\n")
     return names
+
+
+def as_raw(root: str, out: str, black: int, white: int) -> None:
+    """A copy of a 16-bit dataset as raw frames are often stored: values from black to white, unscaled in 16-bit
+    files (other files copied as they are)."""
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            src, dst = os.path.join(dirpath, name), os.path.join(out, os.path.relpath(dirpath, root), name)
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            if not name.endswith(".png"):
+                shutil.copy(src, dst)
+                continue
+            img = cv2.imread(src, cv2.IMREAD_UNCHANGED)
+            cv2.imwrite(dst, np.rint(img / 65535.0 * (white - black) + black).astype(np.uint16))
 
 
 def tiny_model(input_mode: str = "dual", seed: int = 0, **overrides):

@@ -55,6 +55,8 @@ def test_user_paths_are_relative_to_the_current_folder_defaults_to_the_repo(tmp_
     ("batch_size=three", "batch_size: cannot read 'three' as int"),
     ("batch_size=0", "batch_size: must be at least 1"),
     ("scales=-1", "scales: must be >= 0"),
+    ("black_level=-1", "black_level: must be >= 0"),
+    ("white_level=65536", "white_level: must be above black_level (0) and at most 65535, got 65536"),
     ("input_mode=triple", "input_mode: must be one of dual, single"),
     ("dropout=1.5", "dropout: must be in [0, 1)"),
     ("patch_size=500", "patch_size: must be a multiple of 2**depth = 16"),

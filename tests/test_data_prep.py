@@ -15,6 +15,7 @@ import pytest
 
 import data_prep
 from config import REPO_DIR, make_config
+from evalkit import as_raw
 from fileio import is_temporary
 from images import write_image
 
@@ -322,6 +323,43 @@ def test_mixed_bit_depths_are_refused(tmp_path):
     make_scene(root, "val", "val00", 150, 230, rng, bits=8)
     msg = run_main(root, store, **SMALL)
     assert msg.startswith("error: the dataset mixes bit depths") and "val00.png is 8-bit" in msg
+
+
+def test_raw_frames_are_refused_or_read_at_the_dataset_levels(tmp_path):
+    make_dataset(tmp_path / "data", 2, 1, 150, 230)
+    raw = tmp_path / "raw"
+    as_raw(str(tmp_path / "data"), str(raw), 64, 1023)
+    msg = run_main(raw, tmp_path / "guess", **SMALL)
+    assert msg.startswith("error: ") and "within 10 bits (largest " in msg and "--set white_level=1023" in msg
+    assert not (tmp_path / "guess" / "manifest.json").exists()
+    for rel in ("train_c/target/train00_t.png", "train_c/source/train00.png", "train_l/source/train00_L.png",
+                "train_r/source/train00_R.png"):  # one dark scene in an ordinary dataset is no raw data
+        path = str(tmp_path / "data" / rel)
+        cv2.imwrite(path, cv2.imread(path, cv2.IMREAD_UNCHANGED) // 20)
+    assert run_main(tmp_path / "data", tmp_path / "dark", **SMALL) is None
+    # At its levels, the store holds what the same frames normalised here in float64 give.
+    store = tmp_path / "store"
+    assert run_main(raw, store, **SMALL, black_level=64, white_level=1023) is None
+    for name, split in (("train00", "train"), ("train01", "train"), ("val00", "val")):
+        arr = stored(store, split, name)
+        for role, rel in (("target", f"{split}_c/target/{name}_t.png"), ("left", f"{split}_l/source/{name}_L.png")):
+            frame = cv2.imread(str(raw / rel), cv2.IMREAD_UNCHANGED)[:, :, ::-1].astype(np.float64)
+            by_hand = np.rint(np.clip((frame - 64) / (1023 - 64), 0, 1) * 65535)
+            assert np.abs(arr[:, :, data_prep.CHANNELS[role]] - by_hand).max() <= 1
+    hand = tmp_path / "hand"  # those normalised frames as ordinary 16-bit files: the same patches are kept
+    for dirpath, _, names in os.walk(raw):
+        for name in names:
+            frame = cv2.imread(os.path.join(dirpath, name), cv2.IMREAD_UNCHANGED).astype(np.float64)
+            path = os.path.join(hand, os.path.relpath(dirpath, raw), name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            cv2.imwrite(path, np.rint(np.clip((frame - 64) / 959, 0, 1) * 65535).astype(np.uint16))
+    assert run_main(hand, tmp_path / "hand_store", **SMALL) is None
+    assert index_rows(store) == index_rows(tmp_path / "hand_store")
+    assert "black_level: 64 in the store, 0 now" in run_main(raw, store, **SMALL, white_level=1023)
+    # white_level 65535 reads the frames as 16-bit, value for value (the old behaviour, now asked for).
+    assert run_main(raw, tmp_path / "as16", **SMALL, white_level=65535) is None
+    target = cv2.imread(str(raw / "val_c/target/val00_t.png"), cv2.IMREAD_UNCHANGED)[:, :, ::-1]
+    np.testing.assert_array_equal(stored(tmp_path / "as16", "val", "val00")[:, :, data_prep.CHANNELS["target"]], target)
 
 
 def test_missing_root_exits_1_without_tensorflow(tmp_path):

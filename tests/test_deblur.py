@@ -227,6 +227,9 @@ def test_raw_data_is_read_at_its_levels_and_written_back_at_them(tmp_path, dual,
     got = read_image(str(tmp_path / "raw.png"))
     assert got.dtype == np.uint16 and got.min() >= 64 and got.max() <= 1023
     assert np.abs((got.astype(np.float32) - 64) / 959 - want).max() <= 0.5 / 959 + 1e-6
+    assert cli(*views, "--set", "black_level=64", "--out", tmp_path / "set.png")[0] == 0  # the setting, same idea
+    np.testing.assert_array_equal(read_image(str(tmp_path / "set.png")), got)
+    assert json.loads((tmp_path / "set.config.json").read_text())["black_level"] == 64
     assert cli(*views, "--white-level", 65535, "--out", tmp_path / "as16.png")[0] == 0
     as_16_bit = to_float(read_image(str(tmp_path / "as16.png")), 64, 1023)
     assert np.abs(as_16_bit - want).max() > 0.05               # the check above can tell the difference

@@ -18,7 +18,7 @@ import inference
 import metrics
 import weights
 from config import REPO_DIR, make_config
-from evalkit import TINY, load_script, make_test_split, save_checkpoint, tiny_model, write_keras2_hdf5
+from evalkit import TINY, as_raw, load_script, make_test_split, save_checkpoint, tiny_model, write_keras2_hdf5
 from images import ImageError, quantize, read_image, to_float, write_image
 from inference import blend_weights, predict_image, tile_starts
 
@@ -473,6 +473,32 @@ def test_bad_inputs_give_one_clear_error(tmp_path, dual):
     shutil.rmtree(os.path.join(root, "test_c", "target"))
     code, msg = cli("--weights", ckpt, *base)
     assert code == 1 and "test_c/target: folder missing" in msg
+
+
+def test_raw_frames_are_refused_or_evaluated_at_the_dataset_levels(tmp_path, dual):
+    model, cfg, ckpt = dual
+    root, raw = str(tmp_path / "ds"), str(tmp_path / "raw")
+    names = make_test_split(root, n=2)
+    as_raw(root, raw, 64, 1023)
+    code, msg = cli("--weights", ckpt, "--set", f"dataset_root={raw}", "--set", f"results_dir={tmp_path / 'r0'}",
+                    "--no-lpips")
+    assert code == 1 and "within 10 bits" in msg and "--set white_level=1023" in msg
+    summary = T.evaluate(eval_cfg(raw, tmp_path / "r1", black_level=64, white_level=1023), ckpt, lpips="off",
+                         progress=False)
+    rows = read_csv(tmp_path / "r1" / "dpdnet" / "metrics.csv")
+    for row, name in zip(rows, names):  # against the raw frames normalised here
+        scene = next(s for s in dpdd.list_scenes(raw, "test") if s.source == name)
+        frame = {k: (read_image(p).astype(np.float64) - 64) / 959 for k, p in
+                 (("l", scene.left_path), ("r", scene.right_path), ("t", scene.target_path), ("s", scene.source_path))}
+        pred = predict_image(model, np.concatenate([frame["l"], frame["r"]], -1).astype(np.float32), cfg)
+        for key, m in (("", metrics.image_metrics(frame["t"], pred)),
+                       ("input_", metrics.image_metrics(frame["t"], frame["s"]))):
+            assert float(row[key + "psnr"]) == pytest.approx(m["psnr"], abs=1e-3)
+            assert float(row[key + "mae"]) == pytest.approx(m["mae"], abs=1e-6)
+    assert summary["groups"]["combined"]["count"] == 2
+    assert json.loads((tmp_path / "r1" / "dpdnet" / "config.json").read_text())["black_level"] == 64
+    with pytest.raises(T.EvalError, match="black_level: 64 then, 0 now"):
+        T.evaluate(eval_cfg(raw, tmp_path / "r1", white_level=65535), ckpt, lpips="off", progress=False)
 
 
 def test_command_line_exit_status(tmp_path):
