@@ -76,8 +76,12 @@ def test_bad_images_name_the_file(tmp_path):
         read_image(str(bad))
     import cv2
     cv2.imwrite(str(tmp_path / "gray.png"), np.zeros((4, 4), np.uint16))
-    with pytest.raises(ImageError, match="gray.png: has 1 channel"):
+    with pytest.raises(ImageError, match=r"gray.png: has 1 channel\(s\), expected 3 \(RGB\)$"):
         read_image(str(tmp_path / "gray.png"))
+    assert read_image(str(tmp_path / "gray.png"), allow_grey=True).shape == (4, 4, 1)
+    cv2.imwrite(str(tmp_path / "rgba.png"), np.zeros((4, 4, 4), np.uint8))
+    with pytest.raises(ImageError, match=r"rgba.png: has 4 channel\(s\), expected 3 \(RGB\) or 1$"):
+        read_image(str(tmp_path / "rgba.png"), allow_grey=True)
 
 
 @pytest.mark.parametrize("h, w", [(1120, 1680), (37, 50), (16, 17), (5, 3)])
