@@ -37,6 +37,7 @@ class Config:
     sobel_ksizes: tuple = (3, 7, 11, 15)
     black_level: int = 0                        # the dataset files' black and white values, for raw frames stored
     white_level: int = 0                        # unscaled (a 10-bit sensor: 1023); 0: the bit depth's maximum
+                                                # (deblur.py: found from the values, as its output says)
     data_workers: int = 2                       # processes for data_prep
     loader_workers: int = 2                     # threads that load train.py's batches ahead of the step
 

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 
 from config import REPO_DIR, Config, UserError
-from images import IMAGE_EXTENSIONS, bit_depth, levels, peak, read_image, white_from_values
+from images import IMAGE_EXTENSIONS, ImageError, bit_depth, levels, peak, read_image, white_from_values
 
 SPLITS = ("train", "val", "test")
 # Table 1 of the paper: the test set's groups, the metrics, and the published numbers (16-bit test images; in the
@@ -102,10 +102,21 @@ def list_scenes(root: str, split: str) -> list[Scene]:
     return scenes
 
 
+def dataset_levels(cfg: Config) -> tuple[int, int | None]:
+    """(black, white) of the dataset's files: cfg.black_level and cfg.white_level, None for white_level 0 (each
+    image's own bit depth's maximum), as images.to_float and images.rescale take them."""
+    return cfg.black_level, cfg.white_level or None
+
+
 def check_levels(cfg: Config, root: str, scenes: list[Scene]) -> None:
-    """With white_level unset, refuse a 16-bit dataset whose ground-truth images all fit in 10 or 12 bits, as raw
-    frames stored unscaled do: read as 16-bit they would train and test on nearly black images. Judged on all the
-    scenes, not one (a dark scene of an ordinary dataset passes); stops reading at the first brighter image."""
+    """Before anything is written: the levels fit the first scene's files (scene_levels), and with white_level
+    unset a 16-bit dataset whose ground-truth images all fit in 10 or 12 bits, as raw frames stored unscaled do, is
+    refused (read as 16-bit they would train and test on nearly black images). Judged on all the scenes, not one
+    (a dark scene of an ordinary dataset passes); stops reading at the first brighter image."""
+    if scenes:
+        first = scenes[0]
+        scene_levels(cfg, [read_image(p) for p in (first.target_path, first.source_path, first.left_path,
+                                                   first.right_path)], first.source_path)
     high = 0
     for scene in scenes if not cfg.white_level else []:
         img = read_image(scene.target_path)
@@ -114,18 +125,20 @@ def check_levels(cfg: Config, root: str, scenes: list[Scene]) -> None:
             return
     if high:
         raw = white_from_values(16, high)
-        raise DatasetError(f"{root}: every value of the {len(scenes)} scenes' 16-bit ground truth is within {raw.bit_length()} "
-                           f"bits (largest {high}), as in raw frames stored unscaled: --set white_level={raw} reads "
-                           f"them so (with --set black_level=N for the sensor's black level), --set white_level="
-                           f"{peak(16)} as 16-bit")
+        raise DatasetError(f"{root}: every value of the {len(scenes)} scenes' 16-bit ground truth is within "
+                           f"{raw.bit_length()} bits (largest {high}), as in raw frames stored unscaled: --set "
+                           f"white_level={raw} reads them so (with --set black_level=N for the sensor's black "
+                           f"level), --set white_level={peak(16)} as 16-bit")
 
 
 def scene_levels(cfg: Config, images: list, name: str) -> tuple[int, int | None]:
-    """(black, white) of one scene's images as read: cfg.black_level and cfg.white_level (0, returned as None: each
-    image's own bit depth's maximum), checked against every image's bit depth."""
+    """dataset_levels(cfg), checked against the bit depth of each of one scene's images as read."""
     for img in images:
-        levels(img, black=cfg.black_level, white=cfg.white_level or peak(bit_depth(img)), name=name)
-    return cfg.black_level, cfg.white_level or None
+        try:
+            levels(img, black=cfg.black_level, white=cfg.white_level or peak(bit_depth(img)), name=name)
+        except ImageError as e:
+            raise DatasetError(f"{e} (the dataset's levels: --set black_level=N --set white_level=N)") from None
+    return dataset_levels(cfg)
 
 
 def official_split() -> dict[str, list[tuple[str, str]]]:

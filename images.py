@@ -33,7 +33,8 @@ def read_image(path: str, allow_grey: bool = False) -> np.ndarray:
         return img[:, :, None].copy()
     if img.ndim != 3 or img.shape[2] != 3:
         channels = 1 if img.ndim == 2 else img.shape[2]
-        raise ImageError(f"{path}: has {channels} channel(s), expected " + ("3 (RGB) or 1" if allow_grey else "3 (RGB)"))
+        expected = "3 (RGB) or 1" if allow_grey else "3 (RGB)"
+        raise ImageError(f"{path}: has {channels} channel(s), expected {expected}")
     return img[:, :, ::-1].copy()
 
 

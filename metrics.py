@@ -93,7 +93,8 @@ def image_metrics(gt, pred) -> dict:
 
 def lpips_of_files(pairs, random_backbone: bool = False, threads: int = 0, progress: bool = False) -> list[float]:
     """LPIPS (AlexNet, v0.1, RGB, [0, 1] inputs mapped to [-1, 1], ground truth first) of the image files
-    [(gt_path, pred_path), ...], in that order, computed on the CPU by this file run as a separate process.
+    [(gt_path, pred_path), ...], in that order, computed on the CPU by this file run as a separate process. A file
+    given as (path, black, white) is read between those levels (images.to_float: raw frames).
 
     With no pairs it only checks that LPIPS can be computed (a few seconds), so that a caller can fail or warn
     before hours of inference. Raises LpipsUnavailable with one line saying why, e.g. that the AlexNet
@@ -103,7 +104,8 @@ def lpips_of_files(pairs, random_backbone: bool = False, threads: int = 0, progr
     """
     cmd = [sys.executable, os.path.abspath(__file__), "--threads", str(threads or os.cpu_count() or 1)]
     cmd += ["--random-backbone"] * random_backbone + ["--progress"] * progress
-    proc = subprocess.run(cmd, input=json.dumps([[str(a), str(b)] for a, b in pairs]), stdout=subprocess.PIPE,
+    refs = [[_file_ref(a), _file_ref(b)] for a, b in pairs]
+    proc = subprocess.run(cmd, input=json.dumps(refs), stdout=subprocess.PIPE,
                           text=True, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
     try:
         answer = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -115,11 +117,17 @@ def lpips_of_files(pairs, random_backbone: bool = False, threads: int = 0, progr
     return answer["values"]
 
 
+def _file_ref(ref) -> list:
+    """[path, black, white] of a path or of a (path, black, white) tuple; white None: the bit depth's maximum."""
+    path, black, white = (ref, 0, None) if isinstance(ref, (str, os.PathLike)) else ref
+    return [str(path), black, white]
+
+
 # --------------------------------------------------------------------------------------------- the LPIPS process
 
 def _lpips_main() -> None:
-    """Run by lpips_of_files: JSON [[gt_path, pred_path], ...] on stdin, one JSON line on stdout,
-    {"values": [...]} or {"error": "one line"}. Imports torch and lpips, never TensorFlow."""
+    """Run by lpips_of_files: JSON [[[gt_path, black, white], [pred_path, black, white]], ...] on stdin, one JSON
+    line on stdout, {"values": [...]} or {"error": "one line"}. Imports torch and lpips, never TensorFlow."""
     parser = argparse.ArgumentParser(description="LPIPS of image file pairs (run by metrics.lpips_of_files)")
     parser.add_argument("--random-backbone", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
@@ -153,11 +161,12 @@ def _lpips_values(pairs: list, args) -> list[float]:
         _ensure_alexnet_weights(torch, AlexNet_Weights.IMAGENET1K_V1.url)
     net = lpips.LPIPS(pretrained=True, net="alex", version="0.1", pnet_rand=args.random_backbone, verbose=False).eval()
     values = []
-    for gt_path, pred_path in tqdm(pairs, desc="lpips", unit="pair", disable=not args.progress, dynamic_ncols=True):
+    for gt_ref, pred_ref in tqdm(pairs, desc="lpips", unit="pair", disable=not args.progress, dynamic_ncols=True):
         try:
-            gt, pred = check_pair(to_float(read_image(gt_path)), to_float(read_image(pred_path)))
+            gt, pred = check_pair(*(to_float(read_image(path), black, white)
+                                    for path, black, white in (gt_ref, pred_ref)))
         except (ImageError, MetricError) as e:
-            raise MetricError(f"LPIPS of {pred_path} against {gt_path}: {e}") from e
+            raise MetricError(f"LPIPS of {pred_ref[0]} against {gt_ref[0]}: {e}") from e
         with torch.inference_mode():
             t_gt, t_pred = (torch.from_numpy(a).permute(2, 0, 1)[None] for a in (gt, pred))
             values.append(float(net(t_gt, t_pred, normalize=True).item()))  # normalize: [0,1] -> [-1,1]

@@ -77,15 +77,16 @@ def crop_box(blurry: np.ndarray, sharp: np.ndarray, width: int, height: int) -> 
     return x, y, width, height
 
 
-def make_thumbnails(run_dir: str, rows: list[dict], scenes: dict, dual: bool) -> None:
+def make_thumbnails(run_dir: str, rows: list[dict], scenes: dict, dual: bool, levels: tuple = (0, None)) -> None:
     """Write the 8-bit thumbnails and crops of every row's scene into run_dir/page/ (the 16-bit outputs stay
-    in images/). The crop is where the blurry input differs most from the ground truth."""
+    in images/). The crop is where the blurry input differs most from the ground truth. levels: (black, white)
+    of the dataset's files (dpdd.dataset_levels)."""
     for row in rows:
         scene = scenes[row["name"]]
         names = thumbnail_names(row["name"], dual)
-        full = {"input": to_float(read_image(scene.source_path)),
+        full = {"input": to_float(read_image(scene.source_path), *levels),
                 "output": to_float(read_image(os.path.join(run_dir, "images", row["name"] + ".png"))),
-                "target": to_float(read_image(scene.target_path))}
+                "target": to_float(read_image(scene.target_path), *levels)}
         h, w = full["target"].shape[:2]
         x, y, cw, ch = crop_box(full["input"], full["target"], max(8, min(CROP_WIDTH, w // 4)),
                                 max(8, min(CROP_HEIGHT, h // 4)))
@@ -101,7 +102,8 @@ def make_thumbnails(run_dir: str, rows: list[dict], scenes: dict, dual: bool) ->
             write_image(os.path.join(run_dir, names["crop_" + role]), crop, bits=8)
         if dual:
             for role, path in (("left", scene.left_path), ("right", scene.right_path)):
-                write_image(os.path.join(run_dir, names[role]), _resize(to_float(read_image(path)), VIEW_WIDTH), bits=8)
+                view = to_float(read_image(path), *levels)
+                write_image(os.path.join(run_dir, names[role]), _resize(view, VIEW_WIDTH), bits=8)
 
 
 def _resize(img: np.ndarray, width: int) -> np.ndarray:

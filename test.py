@@ -304,7 +304,8 @@ def evaluate(cfg: Config, weights_path: str | None = None, out_dir: str | None =
     seen = run_scenes(model, model_cfg, [s for s in scenes if s.source not in done], labels, out_dir, writer,
                       rows, len(scenes), progress)
     if lp_status in ("alexnet", "random"):
-        lp_status, lp_reason = add_lpips(rows, scenes, out_dir, lpips, progress) or (lp_status, lp_reason)
+        lp_status, lp_reason = (add_lpips(rows, scenes, out_dir, lpips, progress, dpdd.dataset_levels(cfg))
+                                or (lp_status, lp_reason))
     write_in_scene_order(os.path.join(out_dir, "metrics.csv"), rows, scenes)
     for s in scenes:  # sizes and bit depths of resumed images, for the notes: the inputs', as for new images
         if s.source in done:
@@ -326,7 +327,8 @@ def evaluate(cfg: Config, weights_path: str | None = None, out_dir: str | None =
     summary = build_summary(rows, info)
     atomic_write_json(os.path.join(out_dir, "summary.json"), json_safe(summary))
     atomic_write_text(os.path.join(out_dir, "summary.md"), summary_markdown(summary))
-    results_page.make_thumbnails(out_dir, rows, {s.source: s for s in scenes}, model_cfg.input_mode == "dual")
+    results_page.make_thumbnails(out_dir, rows, {s.source: s for s in scenes}, model_cfg.input_mode == "dual",
+                                 dpdd.dataset_levels(cfg))
     results_page.render_page(out_dir, rows, summary, model_cfg.input_mode == "dual")
     return summary
 
@@ -411,13 +413,16 @@ def run_scenes(model, model_cfg: Config, todo: list, labels, out_dir: str, write
     return {"bits": bits, "sizes": sizes, "seconds": seconds}
 
 
-def add_lpips(rows: list[dict], scenes: list, out_dir: str, mode: str, progress: bool) -> tuple[str, str] | None:
+def add_lpips(rows: list[dict], scenes: list, out_dir: str, mode: str, progress: bool,
+              levels: tuple = (0, None)) -> tuple[str, str] | None:
     """LPIPS of the saved outputs and of the blurry inputs for the rows that lack it, in one pass in its own
-    process; the LPIPS (status, reason) after the pass, or None when every row had it."""
+    process; the LPIPS (status, reason) after the pass, or None when every row had it. levels: (black, white) of
+    the dataset's files (the saved outputs are full-range)."""
     unscored = [r for r in rows if r["lpips"] is None or r["input_lpips"] is None]
     by_name = {s.source: s for s in scenes}
-    pairs = [(by_name[r["name"]].target_path, path) for r in unscored
-             for path in (os.path.join(out_dir, "images", r["name"] + ".png"), by_name[r["name"]].source_path)]
+    at = (lambda path: path) if levels == (0, None) else (lambda path: (path, *levels))  # a dataset file's levels
+    pairs = [(at(by_name[r["name"]].target_path), ref) for r in unscored
+             for ref in (os.path.join(out_dir, "images", r["name"] + ".png"), at(by_name[r["name"]].source_path))]
     if not pairs:
         return None
     values, status, reason = _lpips(mode, pairs, progress)

@@ -483,7 +483,12 @@ def test_raw_frames_are_refused_or_evaluated_at_the_dataset_levels(tmp_path, dua
     code, msg = cli("--weights", ckpt, "--set", f"dataset_root={raw}", "--set", f"results_dir={tmp_path / 'r0'}",
                     "--no-lpips")
     assert code == 1 and "within 10 bits" in msg and "--set white_level=1023" in msg
-    summary = T.evaluate(eval_cfg(raw, tmp_path / "r1", black_level=64, white_level=1023), ckpt, lpips="off",
+    make_test_split(str(tmp_path / "ds8"), n=2, bits=8)
+    code, msg = cli("--weights", ckpt, "--set", f"dataset_root={tmp_path / 'ds8'}", "--set",
+                    f"results_dir={tmp_path / 'r0'}", "--set", "white_level=1023", "--no-lpips")
+    assert code == 1 and "white level 1023 is outside 1..255" in msg and "--set white_level=N" in msg
+    assert not (tmp_path / "r0").exists()  # checked before anything is written: the next run is not refused
+    summary = T.evaluate(eval_cfg(raw, tmp_path / "r1", black_level=64, white_level=1023), ckpt, lpips="random",
                          progress=False)
     rows = read_csv(tmp_path / "r1" / "dpdnet" / "metrics.csv")
     for row, name in zip(rows, names):  # against the raw frames normalised here
@@ -497,6 +502,21 @@ def test_raw_frames_are_refused_or_evaluated_at_the_dataset_levels(tmp_path, dua
             assert float(row[key + "mae"]) == pytest.approx(m["mae"], abs=1e-6)
     assert summary["groups"]["combined"]["count"] == 2
     assert json.loads((tmp_path / "r1" / "dpdnet" / "config.json").read_text())["black_level"] == 64
+    # LPIPS and the page's pictures too: as for those frames normalised here and written as ordinary files.
+    hand = tmp_path / "hand"
+    for scene in dpdd.list_scenes(raw, "test"):
+        for path in (scene.left_path, scene.right_path, scene.target_path, scene.source_path):
+            frame = (read_image(path).astype(np.float64) - 64) / 959
+            write_image(path.replace(raw, str(hand)), frame, bits=16)
+    (hand / "test_categories.csv").write_text((tmp_path / "raw" / "test_categories.csv").read_text())
+    T.evaluate(eval_cfg(str(hand), tmp_path / "r2"), ckpt, lpips="random", progress=False)
+    for row, other in zip(rows, read_csv(tmp_path / "r2" / "dpdnet" / "metrics.csv")):
+        for key in ("lpips", "input_lpips"):
+            assert float(row[key]) == pytest.approx(float(other[key]), abs=2e-3)
+        for role in ("crop_input", "target", "left"):
+            pictures = [read_image(str(tmp_path / r / "dpdnet" / "page" / f"{row['name']}_{role}.png")).astype(int)
+                        for r in ("r1", "r2")]
+            assert np.abs(pictures[0] - pictures[1]).max() <= 1
     with pytest.raises(T.EvalError, match="black_level: 64 then, 0 now"):
         T.evaluate(eval_cfg(raw, tmp_path / "r1", white_level=65535), ckpt, lpips="off", progress=False)
 
