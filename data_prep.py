@@ -15,6 +15,7 @@ import json
 import multiprocessing
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -96,7 +97,9 @@ def build_store(cfg: Config, splits=STORE_SPLITS, rebuild: bool = False, progres
     if not todo and previous and manifest == previous.manifest:
         print("the patch store is up to date")
         return manifest
-    check_levels(cfg, root, todo)
+    warning = check_levels(cfg, root, todo)
+    if warning:
+        print(warning, file=sys.stderr)
     _remove(os.path.join(patch_dir, "manifest.json"))  # the store is incomplete until the end
     clear_leftovers(patch_dir, keep=set(entries))
     if todo:

@@ -108,11 +108,12 @@ def dataset_levels(cfg: Config) -> tuple[int, int | None]:
     return cfg.black_level, cfg.white_level or None
 
 
-def check_levels(cfg: Config, root: str, scenes: list[Scene]) -> None:
+def check_levels(cfg: Config, root: str, scenes: list[Scene]) -> str:
     """Before anything is written: the levels fit the first scene's files (scene_levels), and with white_level
     unset a 16-bit dataset whose ground-truth images all fit in 10 or 12 bits, as raw frames stored unscaled do, is
     refused (read as 16-bit they would train and test on nearly black images). Judged on all the scenes, not one
-    (a dark scene of an ordinary dataset passes); stops reading at the first brighter image."""
+    (a dark scene of an ordinary dataset passes); stops reading at the first image above 14 bits. Returns a warning
+    for the caller to print when all fit in 14 bits (a 14-bit sensor's raw frames, or a dark dataset), else ''."""
     if scenes:
         first = scenes[0]
         scene_levels(cfg, [read_image(p) for p in (first.target_path, first.source_path, first.left_path,
@@ -121,14 +122,18 @@ def check_levels(cfg: Config, root: str, scenes: list[Scene]) -> None:
     for scene in scenes if not cfg.white_level else []:
         img = read_image(scene.target_path)
         high = max(high, int(img.max()))
-        if bit_depth(img) != 16 or white_from_values(16, high) == peak(16):
-            return
+        if bit_depth(img) != 16 or high > peak(14):
+            return ""
+    if high and white_from_values(16, high) == peak(16):
+        return (f"warning: every value of the {len(scenes)} scenes' 16-bit ground truth is within 14 bits (largest "
+                f"{high}): for a 14-bit sensor's raw frames stored unscaled, --set white_level={peak(14)}")
     if high:
         raw = white_from_values(16, high)
         raise DatasetError(f"{root}: every value of the {len(scenes)} scenes' 16-bit ground truth is within "
                            f"{raw.bit_length()} bits (largest {high}), as in raw frames stored unscaled: --set "
                            f"white_level={raw} reads them so (with --set black_level=N for the sensor's black "
                            f"level), --set white_level={peak(16)} as 16-bit")
+    return ""
 
 
 def scene_levels(cfg: Config, images: list, name: str) -> tuple[int, int | None]:

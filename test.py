@@ -287,7 +287,9 @@ def evaluate(cfg: Config, weights_path: str | None = None, out_dir: str | None =
     out_dir = out_dir or cfg.results_folder()
     weights_path = weights_path or cfg.checkpoint_path()
     model, model_cfg = load_for_test(weights_path, cfg)
-    dpdd.check_levels(cfg, root, scenes)
+    warning = dpdd.check_levels(cfg, root, scenes)
+    if warning:
+        print(warning, file=sys.stderr)
 
     run_info = {**_weights_stamp(weights_path), "input_mode": model_cfg.input_mode, "tile": model_cfg.tile,
                 "tile_overlap": model_cfg.tile_overlap, "self_ensemble": len(ensemble_transforms(model_cfg)),

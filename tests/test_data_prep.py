@@ -325,7 +325,7 @@ def test_mixed_bit_depths_are_refused(tmp_path):
     assert msg.startswith("error: the dataset mixes bit depths") and "val00.png is 8-bit" in msg
 
 
-def test_raw_frames_are_refused_or_read_at_the_dataset_levels(tmp_path):
+def test_raw_frames_are_refused_or_read_at_the_dataset_levels(tmp_path, capsys):
     make_dataset(tmp_path / "data", 2, 1, 150, 230)
     raw = tmp_path / "raw"
     as_raw(str(tmp_path / "data"), str(raw), 64, 1023)
@@ -337,6 +337,11 @@ def test_raw_frames_are_refused_or_read_at_the_dataset_levels(tmp_path):
         path = str(tmp_path / "data" / rel)
         cv2.imwrite(path, cv2.imread(path, cv2.IMREAD_UNCHANGED) // 20)
     assert run_main(tmp_path / "data", tmp_path / "dark", **SMALL) is None
+    assert "within 14 bits" not in capsys.readouterr().err
+    as_raw(str(tmp_path / "data"), str(tmp_path / "raw14"), 0, 16383)  # 14-bit raw: read as 16-bit, with a warning
+    assert run_main(tmp_path / "raw14", tmp_path / "s14", **SMALL) is None
+    err = capsys.readouterr().err
+    assert "within 14 bits (largest " in err and "--set white_level=16383" in err
     # At its levels, the store holds what the same frames normalised here in float64 give.
     store = tmp_path / "store"
     assert run_main(raw, store, **SMALL, black_level=64, white_level=1023) is None
