@@ -4,6 +4,7 @@ split, the test set's indoor/outdoor labels (copies shipped in data/) and the pa
 from __future__ import annotations
 
 import csv
+import itertools
 import os
 from dataclasses import dataclass
 
@@ -114,13 +115,15 @@ def check_levels(cfg: Config, root: str, scenes: list[Scene]) -> str:
     refused (read as 16-bit they would train and test on nearly black images). Judged on all the scenes, not one
     (a dark scene of an ordinary dataset passes); stops reading at the first image above 14 bits. Returns a warning
     for the caller to print when all fit in 14 bits (a 14-bit sensor's raw frames, or a dark dataset), else ''."""
-    if scenes:
-        first = scenes[0]
-        scene_levels(cfg, [read_image(p) for p in (first.target_path, first.source_path, first.left_path,
-                                                   first.right_path)], first.source_path)
+    if not scenes:
+        return ""
+    first = scenes[0]
+    images = [read_image(p) for p in (first.target_path, first.source_path, first.left_path, first.right_path)]
+    scene_levels(cfg, images, first.source_path)
+    if cfg.white_level:
+        return ""
     high = 0
-    for scene in scenes if not cfg.white_level else []:
-        img = read_image(scene.target_path)
+    for img in itertools.chain(images[:1], (read_image(scene.target_path) for scene in scenes[1:])):
         high = max(high, int(img.max()))
         if bit_depth(img) != 16 or high > peak(14):
             return ""

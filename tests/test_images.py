@@ -44,7 +44,8 @@ def test_raw_levels_are_found_from_the_values_and_checked():
     assert levels(img(1000)) == (0, 1023) and levels(img(5000)) == (0, 65535) and levels(img(9, np.uint8)) == (0, 255)
     assert levels(img(1000), black=64, white=65535) == (64, 65535)  # given levels win
     for kwargs, message in (({"black": 1023}, r"below the white level 1023 \(found from the values: 10-bit raw"),
-                            ({"black": -1}, "at least 0"), ({"black": 70000, "white": 65535}, "below the white level 65535$"),
+                            ({"black": -1}, "at least 0"),
+                            ({"black": 70000, "white": 65535}, "below the white level 65535$"),
                             ({"white": 70000}, "outside 1..65535"), ({"white": 0}, "outside 1..65535")):
         with pytest.raises(ImageError, match=message):
             levels(img(1000), name="x.png", **kwargs)
