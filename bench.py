@@ -31,7 +31,7 @@ GOAL_TRAIN_HOURS = 2.0
 
 def conv_flops(cfg, height: int, width: int) -> int:
     """Multiply-adds x2 of every convolution for one HxW input (bias, ReLU, pooling and copies left out)."""
-    total, skip_channels, h, w, c = 0, [], height, width, cfg.in_channels
+    total, skip_channels, h, w, c = 0, [], height, width, cfg.in_channels + cfg.noise_input
     for level in range(1, cfg.depth + 1):
         f = cfg.base_filters * 2 ** (level - 1)
         total += 2 * h * w * 9 * (c * f + f * f)

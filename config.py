@@ -47,6 +47,8 @@ class Config:
     dropout: float = 0.4
     head: str = "sigmoid"                       # sigmoid: the paper; residual: mean of inputs + zero-init correction
     activation: str = "relu"                    # relu: the paper; leaky_relu (slope 0.2): units cannot die
+    noise_input: bool = False                   # the first layer also sees the input's noise level, estimated
+                                                # from the image without weights (model.NoiseLevel); the paper: off
 
     # --- training (the paper's recipe) ---
     batch_size: int = 5

@@ -10,7 +10,7 @@ import math
 
 import backends  # before keras: it checks KERAS_BACKEND
 import keras
-from keras import layers
+from keras import layers, ops
 
 from config import Config, UserError
 
@@ -62,6 +62,46 @@ class InputGuard(layers.Layer):
                 "input_mode": self.input_mode}
 
 
+@keras.saving.register_keras_serializable(package="dpdnet")
+class NoiseLevel(layers.Layer):
+    """The input's noise level as one more channel, constant over each image: log10(sigma) + 2, sigma the noise std
+    of one view (of the image, for DPDNet-Single) estimated without weights, so that the network can tell fine
+    in-focus texture from noise. Dual: L - R cancels what both views share, so where they agree what is left is
+    noise; the median absolute value of its channel mean's 3x3 Laplacian ([1,-2,1] x [1,-2,1], gain 6 on white
+    noise), over 0.6745 (the median of |N(0, 1)|), ignores where the views differ by disparity. Single: the same
+    over the image itself, where texture counts as noise too. Computed from whatever image the network is given,
+    so a half-size pass or a tile is told its own level."""
+
+    FLOOR = 1e-4   # sigma below this (noise-free or 8-bit quantised inputs) reads as this
+
+    def __init__(self, input_mode: str = "dual", **kwargs):
+        super().__init__(**kwargs)
+        self.input_mode = input_mode
+
+    def sigma(self, x):
+        """The per-image noise std estimate, shape (batch,)."""
+        x = ops.cast(x, "float32")
+        if self.input_mode == "dual":
+            d = ops.mean(x[..., :3] - x[..., 3:6], axis=-1, keepdims=True)
+            gain = 6 * math.sqrt(2 / 3)   # L - R doubles the variance, the mean of 3 channels divides it by 3
+        else:
+            d = ops.mean(x, axis=-1, keepdims=True)
+            gain = 6 * math.sqrt(1 / 3)
+        kernel = ops.convert_to_tensor([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype="float32")
+        laplacian = ops.conv(d, ops.reshape(kernel, (3, 3, 1, 1)), padding="valid")
+        return ops.median(ops.abs(laplacian), axis=(1, 2, 3)) / (0.6745 * gain)
+
+    def call(self, x):
+        level = ops.log10(ops.maximum(self.sigma(x), self.FLOOR)) + 2
+        return ops.ones_like(ops.cast(x[..., :1], "float32")) * ops.reshape(level, (-1, 1, 1, 1))
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 1)
+
+    def get_config(self):
+        return {**super().get_config(), "input_mode": self.input_mode}
+
+
 def compute_precision(precision: str) -> str:
     """The dtype policy a precision setting means here: `auto` is mixed_bfloat16 where the CPU computes it natively
     (backends.native_bfloat16), else float32; the other settings are themselves."""
@@ -95,7 +135,8 @@ def _conv(filters: int, kernel: int, name: str, seed: int, activation: str = "re
 def build_model(cfg: Config, height: int | None = None, width: int | None = None) -> keras.Model:
     """The DPDNet Keras model for `cfg`; fully convolutional unless height/width are given.
 
-    Width (base_filters) and depth come from the config. Under a mixed-precision policy the output layer still
+    Width (base_filters) and depth come from the config; with cfg.noise_input the first layer also sees the input's
+    noise level (NoiseLevel). Under a mixed-precision policy the output layer still
     computes and returns float32, and so does the residual head's mean of the input views. Every initializer
     and dropout layer is seeded from cfg.seed, so the same config gives the same network on every backend
     without Keras' global seed (whose setter imports TensorFlow wherever it is installed, also under PyTorch).
@@ -106,6 +147,9 @@ def build_model(cfg: Config, height: int | None = None, width: int | None = None
     guard.check((height, width, cfg.in_channels))
     inputs = keras.Input((height, width, cfg.in_channels), name="dp_views" if cfg.input_mode == "dual" else "image")
     x = guard(inputs)
+    if cfg.noise_input:
+        x = layers.Concatenate(name="with_noise_level")(
+            [x, NoiseLevel(cfg.input_mode, name="noise_level", dtype="float32")(inputs)])  # before any bfloat16 cast
 
     skips = []
     for level in range(1, cfg.depth + 1):

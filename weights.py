@@ -15,7 +15,7 @@ import numpy as np
 
 from config import Config, UserError, changed_keys
 
-ARCH_KEYS = ("input_mode", "base_filters", "depth", "head", "activation", "dropout")
+ARCH_KEYS = ("input_mode", "base_filters", "depth", "head", "activation", "dropout", "noise_input")
 # How the weights were trained, which decides how they are run (trained_settings): flips turn the self-ensemble on,
 # and the size of the training frames sets the pyramid's sizes (inference.pyramid_levels); the patch size goes
 # with the frames, so that the config stays valid.
@@ -63,7 +63,8 @@ def describe_model(model, path: str = "model") -> dict:
     return {"input_mode": "dual" if channels == 6 else "single",
             "base_filters": int(model.get_layer("enc1_conv1").filters), "depth": depth,
             "head": "residual" if "head_correction" in names else "sigmoid",
-            "activation": model.get_layer("enc1_conv1").get_config()["activation"]}
+            "activation": model.get_layer("enc1_conv1").get_config()["activation"],
+            "noise_input": "noise_level" in names}
 
 
 def _build(cfg: Config):
@@ -144,7 +145,7 @@ def _load(path: str, cfg: Config, saved: dict | None):
 
 def _load_keras_archive(path: str, cfg: Config, saved: dict | None):
     import keras
-    from model import InputGuard  # noqa: F401  (registered with Keras for deserialisation)
+    from model import InputGuard, NoiseLevel  # noqa: F401  (registered with Keras for deserialisation)
     try:
         loaded = keras.models.load_model(path, compile=False)
     except Exception as e:
@@ -246,7 +247,7 @@ def load_keras2_hdf5(path: str, cfg: Config, bgr: bool = True):
         raise WeightsError(f"{path}: first layer takes {saved.in_channels} channels; DPDNet takes 6 (dual) or 3 "
                            f"(single)")
     arch = {"input_mode": "dual" if saved.in_channels == 6 else "single", "base_filters": saved.base_filters,
-            "depth": saved.depth, "head": "sigmoid"}
+            "depth": saved.depth, "head": "sigmoid", "noise_input": False}
     model_cfg = _with_arch(cfg, arch)
     model = _build(model_cfg)
     ours = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]

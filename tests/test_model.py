@@ -1,5 +1,5 @@
-"""DPDNet structure: the paper's parameter counts, layer shapes, output range, errors, mixed precision,
-and a build under a second Keras backend."""
+"""DPDNet structure: the paper's parameter counts, layer shapes, output range, errors, mixed precision, the
+noise-level channel, and a build under a second Keras backend."""
 
 import os
 import subprocess
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from config import REPO_DIR, make_config
-from model import InputShapeError, build_model, count_params, dtype_policy
+from model import InputShapeError, NoiseLevel, build_model, count_params, dtype_policy
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +159,59 @@ def test_leaky_relu_units_pass_negative_inputs_at_a_fifth(tmp_path):
     assert weights.load_model(path, make_config("paper"))[1].activation == "leaky_relu"
 
 
+def _noisy_views(sigma, seed=0, h=96, w=128, disparity=3):
+    """Smooth content, the right view shifted by `disparity` px, white noise of std `sigma` in each view."""
+    import cv2
+    rng = np.random.default_rng(seed)
+    content = cv2.GaussianBlur(rng.random((h, w + disparity, 3)).astype(np.float32), (0, 0), 2)
+    left, right = content[:, :w], content[:, disparity:]
+    views = np.concatenate([left, right], axis=-1) + rng.normal(0, sigma, (h, w, 6))
+    return views[None].astype(np.float32)
+
+
+@pytest.mark.parametrize("sigma", [0.003, 0.02, 0.06])
+def test_noise_level_reads_the_std_of_white_noise_in_each_view(sigma):
+    """NoiseLevel on two views that differ by disparity and by white noise of known std: sigma within 6%, for the
+    combined image (its own noise: sigma / sqrt(2)) likewise; the channel the network sees is log10(sigma) + 2."""
+    x = _noisy_views(sigma)
+    assert float(NoiseLevel("dual").sigma(x)[0]) == pytest.approx(sigma, rel=0.06)
+    combined = (x[..., :3] + x[..., 3:]) / 2
+    assert float(NoiseLevel("single").sigma(combined)[0]) == pytest.approx(sigma / np.sqrt(2), rel=0.06)
+    channel = np.asarray(NoiseLevel("dual")(x))
+    assert channel.shape == (1, 96, 128, 1) and np.ptp(channel) == 0
+    assert channel[0, 0, 0, 0] == pytest.approx(np.log10(sigma) + 2, abs=0.03)
+
+
+def test_noise_level_of_a_noise_free_input_is_the_floor_and_each_image_gets_its_own():
+    """Noise-free views that agree (an in-focus scene) read as the floor; a noisy image beside it reads its own."""
+    x = np.concatenate([_noisy_views(0.0, disparity=0), _noisy_views(0.03, seed=1)])
+    channel = np.asarray(NoiseLevel("dual")(x))[:, 0, 0, 0]
+    assert channel[0] == pytest.approx(np.log10(NoiseLevel.FLOOR) + 2)
+    assert channel[1] == pytest.approx(np.log10(0.03) + 2, abs=0.03)
+
+
+def test_noise_input_adds_one_input_channel_survives_save_and_keeps_its_estimate_in_float32(tmp_path):
+    """noise_input: the first conv takes 7 channels (9 x 16 more weights for the demo), the untrained residual
+    network still returns the view mean, a saved model loads with the setting, and under mixed bfloat16 the
+    estimate is the float32 one (bfloat16 rounds the views to steps of 2**-8, coarser than low noise)."""
+    import weights
+    plain, told = (make_config("demo", {"noise_input": on}) for on in (False, True))
+    model = build_model(told)
+    assert model.get_layer("enc1_conv1").kernel.shape == (3, 3, 7, 16)
+    assert count_params(model) - count_params(build_model(plain)) == 9 * 16
+    x = _noisy_views(0.002)[:, :64, :64]
+    np.testing.assert_allclose(np.asarray(model(x)), (x[..., :3] + x[..., 3:]) / 2, atol=1e-6)
+    with dtype_policy("mixed_bfloat16"):
+        mixed = build_model(told)
+    level = keras.Model(mixed.inputs, mixed.get_layer("noise_level").output)
+    assert float(np.asarray(level(x))[0, 0, 0, 0]) == pytest.approx(np.log10(0.002) + 2, abs=0.05)
+    path = str(tmp_path / "told.keras")
+    model.save(path)
+    loaded, loaded_cfg = weights.load_model(path, make_config("demo"))
+    assert loaded_cfg.noise_input is True
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), atol=1e-6)
+
+
 def _backend_available(name):
     probe = {"torch": "torch", "jax": "jax"}[name]
     return subprocess.run([sys.executable, "-c", f"import {probe}"], capture_output=True).returncode == 0
@@ -174,11 +227,18 @@ def test_builds_and_runs_under_another_backend(backend):
             "m = build_model(make_config('paper'))\nprint(count_params(m))\n"
             "y = m.predict(np.random.rand(1, 48, 32, 6).astype('float32'), verbose=0)\n"
             "assert y.shape == (1, 48, 32, 3) and 0 <= y.min() and y.max() <= 1\n"
+            "from model import NoiseLevel\nrng = np.random.default_rng(0)\n"
+            "x = (rng.random((2, 40, 56, 6)) * 0.2 + rng.normal(0, 0.01, (2, 40, 56, 6))).astype('float32')\n"
+            "print(*np.asarray(NoiseLevel('dual')(x))[:, 0, 0, 0])\n"
             "print('tensorflow' in sys.modules)\n")
     env = dict(os.environ, KERAS_BACKEND=backend)
     out = subprocess.run([sys.executable, "-c", code, backend], cwd=REPO_DIR, env=env, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    count, tf_imported = out.stdout.split()[-2:]
+    count, level0, level1, tf_imported = out.stdout.split()[-4:]
     assert count == "31035151"
+    rng = np.random.default_rng(0)   # the same views here, under this process's backend: the same noise level
+    x = (rng.random((2, 40, 56, 6)) * 0.2 + rng.normal(0, 0.01, (2, 40, 56, 6))).astype("float32")
+    np.testing.assert_allclose([float(level0), float(level1)], np.asarray(NoiseLevel("dual")(x))[:, 0, 0, 0],
+                               atol=1e-5)
     assert tf_imported == "False"

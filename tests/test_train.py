@@ -416,6 +416,25 @@ def test_a_fresh_run_starts_from_init_weights_and_refuses_another_architecture(s
     assert message.startswith("error: ") and "none.keras: weights file not found" in message
 
 
+def test_a_network_told_the_noise_level_trains_and_is_loaded_as_one(store, reference, tmp_path, capsys):
+    """noise_input with the demo's head and activation: train.py trains it in mixed bfloat16 (the level estimated
+    per patch from the float32 input), its val loss falls, its best checkpoint loads as such, and weights
+    without the channel cannot start it."""
+    import weights
+    from train import train
+    _, root, patches = store
+    cfg = _cfg(root, patches, str(tmp_path), epochs=3, steps_per_epoch=8, learning_rate=2e-3, dropout=0.0,
+               noise_input=True, head="residual", activation="leaky_relu", precision="mixed_bfloat16")
+    result = train(cfg, verbose=0)
+    val = [float(r["val_loss"]) for r in _log(result)]
+    assert val[-1] < val[0] and result["best_value"] < 0.97 * result["input_val_loss"], (val, result["input_val_loss"])
+    model, model_cfg = weights.load_model(result["best"], make_config("paper"))
+    assert model_cfg.noise_input is True and model.get_layer("enc1_conv1").kernel.shape == (3, 3, 7, 8)
+    message = _main_error(capsys, *_sets(root, patches, str(tmp_path), noise_input=True,
+                                         init_weights=reference[0]["last"]))
+    assert "another architecture" in message and "noise_input: False in the weights, True now" in message
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(store, tmp_path):
     from train import TrainError, read_checkpoint_state, train
     _, root, patches = store
