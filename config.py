@@ -281,12 +281,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 # held the correction at zero) and leaky ReLU (with ReLU the last decoder layer could die, leaving the network
 # at the identity for good), flips that keep the dual-pixel geometry (a horizontal flip swaps the views), Adam
 # 5e-4 times 0.3 every 2500 steps (at 1e-3 most bottleneck units died; results/demo.md), 4000 steps of batch 16,
-# in mixed bfloat16 where the CPU computes it natively (precision auto), which buys the larger batch.
+# in mixed bfloat16 where the CPU computes it natively (precision auto), which buys the larger batch; told each
+# input's noise level (noise_input), so that fine in-focus texture is not taken for noise (results/synthetic_ood.md).
 _DEMO = {"dataset_root": "synthetic_demo", "patch_dir": "patches/demo", "working_width": 320, "working_height": 208,
          "patch_size": 64, "overlap": 0.5, "base_filters": 16, "depth": 3, "dropout": 0.0, "head": "residual",
          "batch_size": 16, "learning_rate": 5e-4, "steps_per_epoch": 100, "epochs": 40,
          "lr_decay_every": 25, "lr_decay_factor": 0.3, "checkpoint_every_steps": 1000, "augment": True,
-         "loss": "charbonnier", "activation": "leaky_relu", "precision": "auto"}
+         "loss": "charbonnier", "activation": "leaky_relu", "precision": "auto", "noise_input": True}
 PRESETS.update({
     "demo": _DEMO,
     "demo_single": {**_DEMO, "input_mode": "single"},
@@ -299,7 +300,8 @@ PRESETS.update({
 # blur up to 40 px, as in the backgrounds of DPDD-scale photos, on 96x96 patches that hold it; that data smooths
 # 30% of layers in every split (synthesize.py --soft-content 0.3 --test-soft-content 0.3).
 PRESETS["synthetic_base"] = {**_DEMO, "dataset_root": "synthetic_1200", "patch_dir": "patches/synthetic",
-                             "epochs": 300, "lr_decay_every": 188, "checkpoint_every_steps": 2000}
+                             "epochs": 300, "lr_decay_every": 188, "checkpoint_every_steps": 2000,
+                             "noise_input": False}   # as the committed files were trained
 PRESETS["synthetic"] = {**PRESETS["synthetic_base"], "dataset_root": "synthetic_large",
                         "patch_dir": "patches/synthetic_large", "working_width": 448, "working_height": 288,
                         "patch_size": 96, "batch_size": 8, "learning_rate": 2e-4, "epochs": 100,

@@ -174,7 +174,8 @@ def summary_markdown(summary: dict) -> str:
              f"{syn['max_coc_px']:.1f} px; {syn['n_train']} train / {syn['n_val']} val / {syn['n_test']} test scenes; "
              f"{tr['train_patches']} train patches of {tr['patch_size']}x{tr['patch_size']}.",
              f"- Both networks: base_filters {tr['base_filters']}, depth {tr['depth']}, {tr['head']} head, "
-             f"{tr.get('activation', 'relu')}, {tr['loss']} loss, Adam lr {tr['learning_rate']:g} "
+             f"{tr.get('activation', 'relu')}, " + ("told the input's noise level, " if tr.get("noise_input") else "") +
+             f"{tr['loss']} loss, Adam lr {tr['learning_rate']:g} "
              f"x{tr['lr_decay_factor']:g} every "
              f"{tr['lr_decay_every'] * tr['steps_per_epoch']} steps, {tr['steps']} steps of batch {tr['batch_size']} "
              f"each in {tr.get('precision', 'float32')} (the same budget); weights: the checkpoint with the lowest "
@@ -418,7 +419,7 @@ def demo_summary(args, cfg, syn: dict, store, results: dict, summaries: dict, ro
                      "train_patches": len(store.index["train"]), "val_patches": len(store.index["val"]),
                      "best_epoch": {k: v["best_epoch"] for k, v in results.items()},
                      **{k: getattr(cfg, k) for k in ("patch_size", "base_filters", "depth", "head", "activation",
-                                                     "loss", "learning_rate", "lr_decay_factor", "lr_decay_every",
+                                                     "noise_input", "loss", "learning_rate", "lr_decay_factor", "lr_decay_every",
                                                      "steps_per_epoch", "epochs", "batch_size")},
                      "budget": budget},
         "checkpoints": {k: v["best"] or v["last"] for k, v in results.items()},
