@@ -136,8 +136,8 @@ def build_model(cfg: Config, height: int | None = None, width: int | None = None
     """The DPDNet Keras model for `cfg`; fully convolutional unless height/width are given.
 
     Width (base_filters) and depth come from the config; with cfg.noise_input the first layer also sees the input's
-    noise level (NoiseLevel). Under a mixed-precision policy the output layer still
-    computes and returns float32, and so does the residual head's mean of the input views. Every initializer
+    noise level (NoiseLevel). Under a mixed-precision policy the output layer still computes and returns float32,
+    and so does the residual head's mean of the input views. Every initializer
     and dropout layer is seeded from cfg.seed, so the same config gives the same network on every backend
     without Keras' global seed (whose setter imports TensorFlow wherever it is installed, also under PyTorch).
     """
