@@ -88,11 +88,13 @@ def to_rgb(img: np.ndarray) -> np.ndarray:
 
 
 def deblur_file(model, model_cfg: Config, out: str, left: str = "", right: str = "", single: str = "",
-                rotate: int = 0, black: int = 0, white: int | None = None, found: bool = False) -> str:
+                rotate: int = 0, black: int = 0, white: int | None = None, found: bool = False,
+                say_noise: bool = False) -> str:
     """Read the input file(s), deblur, write `out` atomically with the input's bit depth, levels and channel count
     (one-channel inputs: the mean of the three output channels); returns what was read, in words. black, white:
     the input's levels (white None: found from these files' values, images.levels); found: the caller found white
-    from the values of a whole folder (folder_levels)."""
+    from the values of a whole folder (folder_levels); say_noise: add the noise level a network with noise_input
+    is told at full size (noise_text)."""
     if model_cfg.input_mode == "dual":
         names = (left, right)
         imgs = [read_image(left, allow_grey=True), read_image(right, allow_grey=True)]
@@ -112,7 +114,18 @@ def deblur_file(model, model_cfg: Config, out: str, left: str = "", right: str =
         y = y.mean(axis=2, keepdims=True)
     write_image(out, quantize(y, bits, black, white))
     fits_14_bits = auto and white == peak(16) and max(int(img.max()) for img in imgs) <= peak(14)
-    return describe(bits, channels, black, white, found or auto, fits_14_bits)
+    text = describe(bits, channels, black, white, found or auto, fits_14_bits)
+    return text + noise_text(model_cfg, x) if say_noise else text
+
+
+def noise_text(model_cfg: Config, views: list[np.ndarray]) -> str:
+    """For a network told the noise level (noise_input): the noise std it estimates from these float views at full
+    size (model.NoiseLevel), in words; empty for other networks."""
+    if not model_cfg.noise_input:
+        return ""
+    from model import NoiseLevel
+    sigma = float(NoiseLevel(model_cfg.input_mode).sigma(np.concatenate(views, axis=2)[None])[0])
+    return f", noise std {sigma:.4f} of full scale as the network estimates it for noise_input"
 
 
 def describe(bits: int, channels: int, black: int, white: int, found: bool, fits_14_bits: bool) -> str:
@@ -218,7 +231,8 @@ def run(args, cfg: Config) -> list[str]:
               f"corrections are merged in: at most 1.33x the time")
     if not folder_mode:
         check_output_path(args.out, [p for p in (args.left, args.right, args.single) if p])
-        read = deblur_file(model, model_cfg, args.out, args.left, args.right, args.single, args.rotate, black, white)
+        read = deblur_file(model, model_cfg, args.out, args.left, args.right, args.single, args.rotate, black, white,
+                           say_noise=True)
         model_cfg.save_json(os.path.splitext(args.out)[0] + ".config.json")
         print(f"wrote {args.out} ({read})")
         return [args.out]

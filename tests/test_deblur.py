@@ -4,6 +4,7 @@ the single-image model from an authors'-format HDF5, the folder form, --rotate, 
 import dataclasses
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -269,6 +270,30 @@ def test_a_folder_of_raw_pairs_is_read_at_one_white_level(tmp_path, dual, pair, 
     assert cli("--weights", ckpt, "--input-dir", folder, "--out-dir", tmp_path / "out14")[0] == 0
     out = capsys.readouterr().out
     assert "taken as" not in out and out.count("every value within 14 bits: for 14-bit raw data pass") == 1
+
+
+def test_a_network_told_the_noise_level_says_the_level_it_estimated(tmp_path, capsys):
+    """deblur.py on one pair, with weights trained with noise_input: its output line gives the noise std the network
+    is told, here within 6% of the white noise added to each 16-bit view (std 0.01 over smooth content shifted by
+    2 px); weights without the channel say nothing of noise."""
+    import cv2
+    rng = np.random.default_rng(5)
+    content = cv2.GaussianBlur(rng.random((96, 130, 3)).astype(np.float32), (0, 0), 2) * 0.6 + 0.2
+    paths = {}
+    for view, shift in (("left", 0), ("right", 2)):
+        paths[view] = str(tmp_path / f"n_{view[0].upper()}.png")
+        write_image(paths[view], content[:, shift:shift + 128] + rng.normal(0, 0.01, (96, 128, 3)), bits=16)
+    for noise_input in (True, False):
+        model, cfg = tiny_model("dual", seed=2, noise_input=noise_input, head="residual")
+        ckpt = save_checkpoint(model, cfg, str(tmp_path / f"ck_{noise_input}"))
+        out = tmp_path / f"out_{noise_input}.png"
+        assert cli("--weights", ckpt, "--left", paths["left"], "--right", paths["right"], "--out", out)[0] == 0
+        line = [t for t in capsys.readouterr().out.splitlines() if t.startswith("wrote ")][-1]
+        found = re.search(r"noise std ([0-9.]+) of full scale", line)
+        if noise_input:
+            assert found and float(found.group(1)) == pytest.approx(0.01, rel=0.06), line
+        else:
+            assert "noise std" not in line, line
 
 
 def test_pretrained_synthetic_model_loads_and_deblurs(tmp_path):
