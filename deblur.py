@@ -115,16 +115,15 @@ def deblur_file(model, model_cfg: Config, out: str, left: str = "", right: str =
     write_image(out, quantize(y, bits, black, white))
     fits_14_bits = auto and white == peak(16) and max(int(img.max()) for img in imgs) <= peak(14)
     text = describe(bits, channels, black, white, found or auto, fits_14_bits)
-    return text + noise_text(model_cfg, x) if say_noise else text
+    return text + noise_text(model, model_cfg, x) if say_noise else text
 
 
-def noise_text(model_cfg: Config, views: list[np.ndarray]) -> str:
-    """For a network told the noise level (noise_input): the noise std it estimates from these float views at full
-    size (model.NoiseLevel), in words; empty for other networks."""
+def noise_text(model, model_cfg: Config, views: list[np.ndarray]) -> str:
+    """For a network told the noise level (noise_input): the noise std its own noise_level layer (model.NoiseLevel)
+    estimates from these float views at full size, in words; empty for other networks."""
     if not model_cfg.noise_input:
         return ""
-    from model import NoiseLevel
-    sigma = float(NoiseLevel(model_cfg.input_mode).sigma(np.concatenate(views, axis=2)[None])[0])
+    sigma = float(model.get_layer("noise_level").sigma(np.concatenate(views, axis=2)[None])[0])
     return f", noise std {sigma:.4f} of full scale as the network estimates it for noise_input"
 
 

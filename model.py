@@ -93,7 +93,7 @@ class NoiseLevel(layers.Layer):
 
     def call(self, x):
         level = ops.log10(ops.maximum(self.sigma(x), self.FLOOR)) + 2
-        return ops.ones_like(ops.cast(x[..., :1], "float32")) * ops.reshape(level, (-1, 1, 1, 1))
+        return ops.ones_like(x[..., :1], dtype="float32") * ops.reshape(level, (-1, 1, 1, 1))
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], 1)
@@ -137,9 +137,9 @@ def build_model(cfg: Config, height: int | None = None, width: int | None = None
 
     Width (base_filters) and depth come from the config; with cfg.noise_input the first layer also sees the input's
     noise level (NoiseLevel). Under a mixed-precision policy the output layer still computes and returns float32,
-    and so does the residual head's mean of the input views. Every initializer
-    and dropout layer is seeded from cfg.seed, so the same config gives the same network on every backend
-    without Keras' global seed (whose setter imports TensorFlow wherever it is installed, also under PyTorch).
+    and so does the residual head's mean of the input views. Every initializer and dropout layer is seeded from
+    cfg.seed, so the same config gives the same network on every backend without Keras' global seed (whose setter
+    imports TensorFlow wherever it is installed, also under PyTorch).
     """
     seeds = iter(range(cfg.seed * 1000, cfg.seed * 1000 + 1000))
     act = cfg.activation
