@@ -89,12 +89,12 @@ def to_rgb(img: np.ndarray) -> np.ndarray:
 
 def deblur_file(model, model_cfg: Config, out: str, left: str = "", right: str = "", single: str = "",
                 rotate: int = 0, black: int = 0, white: int | None = None, found: bool = False,
-                say_noise: bool = False) -> str:
+                ) -> tuple[str, float | None]:
     """Read the input file(s), deblur, write `out` atomically with the input's bit depth, levels and channel count
     (one-channel inputs: the mean of the three output channels); returns what was read, in words. black, white:
     the input's levels (white None: found from these files' values, images.levels); found: the caller found white
-    from the values of a whole folder (folder_levels); say_noise: add the noise level a network with noise_input
-    is told at full size (noise_text)."""
+    from the values of a whole folder (folder_levels). Also returns the noise std a network with noise_input is told
+    at full size (noise_sigma; None for other networks)."""
     if model_cfg.input_mode == "dual":
         names = (left, right)
         imgs = [read_image(left, allow_grey=True), read_image(right, allow_grey=True)]
@@ -115,16 +115,23 @@ def deblur_file(model, model_cfg: Config, out: str, left: str = "", right: str =
     write_image(out, quantize(y, bits, black, white))
     fits_14_bits = auto and white == peak(16) and max(int(img.max()) for img in imgs) <= peak(14)
     text = describe(bits, channels, black, white, found or auto, fits_14_bits)
-    return text + noise_text(model, model_cfg, x) if say_noise else text
+    return text, noise_sigma(model, model_cfg, x)
 
 
-def noise_text(model, model_cfg: Config, views: list[np.ndarray]) -> str:
+def noise_sigma(model, model_cfg: Config, views: list[np.ndarray]) -> float | None:
     """For a network told the noise level (noise_input): the noise std its own noise_level layer (model.NoiseLevel)
-    estimates from these float views at full size, in words; empty for other networks."""
+    estimates from these float views at full size; None for other networks."""
     if not model_cfg.noise_input:
-        return ""
-    sigma = float(model.get_layer("noise_level").sigma(np.concatenate(views, axis=2)[None])[0])
-    return f", noise std {sigma:.4f} of full scale as the network estimates it for noise_input"
+        return None
+    return float(model.get_layer("noise_level").sigma(np.concatenate(views, axis=2)[None])[0])
+
+
+def noise_text(sigmas: list[float]) -> str:
+    """The noise std of one image, or the range and median of a folder's, in words."""
+    if len(sigmas) == 1:
+        return f"noise std {sigmas[0]:.4f} of full scale as the network estimates it for noise_input"
+    return (f"noise std {min(sigmas):.4f} to {max(sigmas):.4f} of full scale (median {np.median(sigmas):.4f}) as "
+            f"the network estimates it for noise_input")
 
 
 def describe(bits: int, channels: int, black: int, white: int, found: bool, fits_14_bits: bool) -> str:
@@ -230,10 +237,10 @@ def run(args, cfg: Config) -> list[str]:
               f"corrections are merged in: at most 1.33x the time")
     if not folder_mode:
         check_output_path(args.out, [p for p in (args.left, args.right, args.single) if p])
-        read = deblur_file(model, model_cfg, args.out, args.left, args.right, args.single, args.rotate, black, white,
-                           say_noise=True)
+        read, sigma = deblur_file(model, model_cfg, args.out, args.left, args.right, args.single, args.rotate, black,
+                                  white)
         model_cfg.save_json(os.path.splitext(args.out)[0] + ".config.json")
-        print(f"wrote {args.out} ({read})")
+        print(f"wrote {args.out} ({read}" + (f", {noise_text([sigma])})" if sigma is not None else ")"))
         return [args.out]
 
     jobs = ([(name, {"single": path}) for name, path in find_singles(args.input_dir)] if single_inputs else
@@ -242,20 +249,24 @@ def run(args, cfg: Config) -> list[str]:
     model_cfg.save_json(os.path.join(args.out_dir, "config.json"))
     found = white is None
     white, high = folder_levels(jobs) if found else (white, None)
-    written, kinds = [], set()
+    written, kinds, sigmas = [], set(), []
     for name, inputs in tqdm(jobs, desc="deblur", unit="img"):
         out = os.path.join(args.out_dir, name + ".png")
         check_output_path(out, list(inputs.values()))
         if os.path.exists(out) and not args.overwrite:
             continue
-        kinds.add(deblur_file(model, model_cfg, out, rotate=args.rotate, black=black, white=white, found=found,
-                              **inputs))
+        kind, sigma = deblur_file(model, model_cfg, out, rotate=args.rotate, black=black, white=white, found=found,
+                                  **inputs)
+        kinds.add(kind)
+        sigmas += [] if sigma is None else [sigma]
         written.append(out)
     skipped = len(jobs) - len(written)
     print(f"wrote {len(written)} image(s) to {args.out_dir}" +
           (f"; {skipped} already there (--overwrite to redo them)" if skipped else ""))
     for kind in sorted(kinds):
         print(f"  read: {kind}")
+    if sigmas:
+        print(f"  {noise_text(sigmas)}")
     if white == peak(16) and high is not None and high <= peak(14):
         print(f"  every value within 14 bits: for 14-bit raw data pass --white-level {peak(14)}")
     return written

@@ -273,27 +273,36 @@ def test_a_folder_of_raw_pairs_is_read_at_one_white_level(tmp_path, dual, pair, 
 
 
 def test_a_network_told_the_noise_level_says_the_level_it_estimated(tmp_path, capsys):
-    """deblur.py on one pair, with weights trained with noise_input: its output line gives the noise std the network
-    is told, here within 6% of the white noise added to each 16-bit view (std 0.01 over smooth content shifted by
-    2 px); weights without the channel say nothing of noise."""
+    """deblur.py with weights trained with noise_input says the noise std the network is told: on one pair in its
+    output line, within 6% of the white noise added to each 16-bit view (std 0.01 over smooth content shifted by
+    2 px); on a folder of pairs with std 0.01, 0.02 and 0.04, their range and median, each within 6%. Weights
+    without the channel say nothing of noise."""
     import cv2
     rng = np.random.default_rng(5)
     content = cv2.GaussianBlur(rng.random((96, 130, 3)).astype(np.float32), (0, 0), 2) * 0.6 + 0.2
-    paths = {}
-    for view, shift in (("left", 0), ("right", 2)):
-        paths[view] = str(tmp_path / f"n_{view[0].upper()}.png")
-        write_image(paths[view], content[:, shift:shift + 128] + rng.normal(0, 0.01, (96, 128, 3)), bits=16)
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    for std in (0.01, 0.02, 0.04):
+        for view, shift in (("L", 0), ("R", 2)):
+            write_image(str(folder / f"n{std}_{view}.png"),
+                        content[:, shift:shift + 128] + rng.normal(0, std, (96, 128, 3)), bits=16)
     for noise_input in (True, False):
         model, cfg = tiny_model("dual", seed=2, noise_input=noise_input, head="residual")
         ckpt = save_checkpoint(model, cfg, str(tmp_path / f"ck_{noise_input}"))
         out = tmp_path / f"out_{noise_input}.png"
-        assert cli("--weights", ckpt, "--left", paths["left"], "--right", paths["right"], "--out", out)[0] == 0
+        assert cli("--weights", ckpt, "--left", folder / "n0.01_L.png", "--right", folder / "n0.01_R.png",
+                   "--out", out)[0] == 0
         line = [t for t in capsys.readouterr().out.splitlines() if t.startswith("wrote ")][-1]
         found = re.search(r"noise std ([0-9.]+) of full scale", line)
+        assert cli("--weights", ckpt, "--input-dir", folder, "--out-dir", tmp_path / f"outs_{noise_input}")[0] == 0
+        printed = capsys.readouterr().out
+        in_folder = re.search(r"noise std ([0-9.]+) to ([0-9.]+) of full scale \(median ([0-9.]+)\)", printed)
         if noise_input:
             assert found and float(found.group(1)) == pytest.approx(0.01, rel=0.06), line
+            assert in_folder, printed
+            assert [float(v) for v in in_folder.groups()] == pytest.approx([0.01, 0.04, 0.02], rel=0.06), printed
         else:
-            assert "noise std" not in line, line
+            assert "noise std" not in line and "noise std" not in printed, printed
 
 
 def test_pretrained_synthetic_model_loads_and_deblurs(tmp_path):
