@@ -1,7 +1,7 @@
 """Synthetic dual-pixel defocus data in the DPDD layout, made offline: layered scenes with depth, a thin-lens
 camera, left/right PSFs and occlusion-aware compositing, with the camera randomised per scene (domain
 randomisation: PSF family and aperture, DSLR or phone blur, left/right gain, ISO noise, tone curve, bit depth,
-one-channel data, demosaicing; see Domain, and README, 'Synthetic data').
+one-channel data, demosaicing, scenes with little or no noise; see Domain, and README, 'Synthetic data').
 
     python synthesize.py --out synthetic_dpdd --train 100 --val 10 --test 20 --width 560 --height 368 --seed 0
     python synthesize.py --out syn_a --psf-families butterworth,ramp --tones srgb --noise-levels low   # fewer families
@@ -943,7 +943,7 @@ def with_background_blur(cam: Camera, blur_px: float, width: int) -> Camera:
 
 
 CAMERA_KINDS = ("dslr", "phone")
-NOISE_LEVELS = {"low": (100.0, 800.0), "high": (800.0, 6400.0)}   # ISO ranges
+NOISE_LEVELS = {"clean": (0.01, 100.0), "low": (100.0, 800.0), "high": (800.0, 6400.0)}   # ISO ranges
 
 
 @dataclass(frozen=True)
@@ -956,8 +956,13 @@ class Domain:
     cameras: dslr (the thin-lens 5D Mark IV range, blur up to --max-coc) and phone (the largest blur of the
       scene log-uniform in phone_blur_px, views up to `phone_imbalance` apart, noisier, often linear,
       one-channel and 10/12-bit); a scene is a phone one with probability phone_fraction.
-    noise_levels: low (ISO 100-800) and high (ISO 800-6400): shot variance 1e-5 x ISO/100 and read noise
-      2.5e-4 x sqrt(ISO/100) in linear light (x4 and x2 on phones).
+    noise_levels: low (ISO 100-800) and high (ISO 800-6400), one drawn uniformly per scene, or clean (ISO
+      0.01-100: from no noise at all, below 16-bit quantisation, as in a rendered image or a denoised photograph,
+      to base ISO): shot variance 1e-5 x ISO/100 and read noise 2.5e-4 x sqrt(ISO/100) in linear light (x4 and x2
+      on phones).
+    clean_fraction: the fraction of scenes whose ISO is drawn again from "clean" whatever noise_levels says, so
+      that a network told the noise level (noise_input) sees its low end in training too. Drawn after everything
+      else, so the same seed gives the same scenes with only those made clean. 0 disables it.
     tones: srgb, gamma (gamma_range) or linear (raw).
     bits: the quantisation levels allowed (DSLR scenes draw 8 or 16, phone scenes 10 or 12; either falls back
       to any allowed value).
@@ -1003,7 +1008,8 @@ class Domain:
     """
     psf_families: tuple = PSF_FAMILIES
     cameras: tuple = CAMERA_KINDS
-    noise_levels: tuple = tuple(NOISE_LEVELS)
+    noise_levels: tuple = ("low", "high")
+    clean_fraction: float = 0.0
     tones: tuple = TONES
     bits: tuple = (8, 10, 12, 16)
     phone_fraction: float = 0.3
@@ -1038,7 +1044,7 @@ class Domain:
             raise SynthesisError(f"zoom: must be a range (lo, hi) with 0 < lo <= hi, got {self.zoom}")
         if not 0 <= self.field < 1:
             raise SynthesisError(f"field: the cat's-eye cut must be in [0, 1), got {self.field}")
-        for name in ("background_blur", "demosaic"):
+        for name in ("background_blur", "demosaic", "clean_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 raise SynthesisError(f"{name}: a fraction of scenes in [0, 1], got {getattr(self, name)}")
         for name in ("soft_content", "test_soft_content"):
@@ -1062,7 +1068,8 @@ class Domain:
 
 # Domain settings added after a dataset format, and the value a manifest without them was made with.
 DOMAIN_ADDED = {"field": 0.0, "field_tilt": 0.0, "background_blur": 0.0, "soft_content": 0.0,
-                "test_soft_content": None, "soft_sigma": list(Domain.soft_sigma), "demosaic": 0.0}
+                "test_soft_content": None, "soft_sigma": list(Domain.soft_sigma), "demosaic": 0.0,
+                "clean_fraction": 0.0}
 
 
 def draw_psf(rng, domain: Domain, phone: bool) -> PsfShape:
@@ -1104,8 +1111,8 @@ def _draw_sensor(rng, domain: Domain, phone: bool) -> Sensor:
                   grey=bool(rng.random() < (0.5 if phone else domain.grey_fraction)))
 
 
-def _draw_noise(rng, domain: Domain, phone: bool) -> tuple[Noise, float]:
-    lo, hi = NOISE_LEVELS[str(rng.choice(domain.noise_levels))]
+def _draw_noise(rng, domain: Domain, phone: bool, level: str | None = None) -> tuple[Noise, float]:
+    lo, hi = NOISE_LEVELS[level or str(rng.choice(domain.noise_levels))]
     iso = _log_uniform(rng, lo, hi)
     shot, read = 1e-5 * iso / 100, 2.5e-4 * math.sqrt(iso / 100)
     if phone:
@@ -1180,6 +1187,8 @@ def sample_scene(rng: np.random.Generator, width: int, height: int, max_coc_px: 
     if domain.demosaic and not sensor.grey and rng.random() < domain.demosaic:
         sensor = dataclasses.replace(sensor, demosaic=str(rng.choice(list(DEMOSAIC_METHODS))),
                                      bayer=str(rng.choice(list(BAYER_PATTERNS))))
+    if domain.clean_fraction and rng.random() < domain.clean_fraction:
+        noise, iso = _draw_noise(rng, domain, phone, "clean")
     return SceneSpec(kind, category, layers, cam, noise, 0.0, psf, (near, far), sensor, "phone" if phone else "dslr", iso)
 
 
@@ -1226,7 +1235,7 @@ def make_scene(seed: int, split: str, index: int, width: int, height: int, max_c
             "near_m": round(scene.depth_range_m[0], 3), "far_m": round(scene.depth_range_m[1], 3),
             "max_abs_coc_px": round(float(np.abs(coc).max()), 2),
             "defocused_fraction": round(float((np.abs(coc) >= DEFOCUS_VISIBLE_PX).mean()), 4),
-            "camera": scene.camera_kind, "psf": scene.psf.family, "iso": round(scene.iso),
+            "camera": scene.camera_kind, "psf": scene.psf.family, "iso": round(scene.iso, 2),
             "tone": scene.sensor.tone, "bits": scene.sensor.bits, "grey": int(scene.sensor.grey),
             "lr_ratio": round(math.exp(scene.sensor.imbalance), 3), "psf_field": round(scene.psf.field, 3),
             "psf_field_tilt": round(scene.psf.field_tilt, 3), "demosaic": scene.sensor.demosaic or "none",
@@ -1378,7 +1387,8 @@ def domain_from_args(args) -> Domain:
     return Domain(psf_families=items(args.psf_families), cameras=items(args.cameras),
                   noise_levels=items(args.noise_levels), tones=items(args.tones), bits=items(args.bits, int),
                   field=args.field, field_tilt=args.field_tilt, background_blur=args.background_blur,
-                  soft_content=args.soft_content, test_soft_content=args.test_soft_content, demosaic=args.demosaic)
+                  soft_content=args.soft_content, test_soft_content=args.test_soft_content, demosaic=args.demosaic,
+                  clean_fraction=args.clean_fraction)
 
 
 def main(argv=None) -> None:
@@ -1418,6 +1428,9 @@ def main(argv=None) -> None:
     parser.add_argument("--demosaic", type=float, default=d.demosaic,
                         help=f"fraction of colour scenes recorded through a Bayer pattern and demosaiced "
                              f"(default {d.demosaic:g}; see Domain)")
+    parser.add_argument("--clean-fraction", type=float, default=d.clean_fraction,
+                        help=f"fraction of scenes with little or no noise (ISO 0.01-100) whatever --noise-levels says "
+                             f"(default {d.clean_fraction:g}; see Domain)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     print("settings: " + ", ".join(f"{k}={v}" for k, v in vars(args).items()))

@@ -224,7 +224,7 @@ def test_resume_skips_finished_scenes_and_refuses_other_settings(made, tmp_path)
     with open(manifest) as f:
         old = json.load(f)
     for key in ("field", "field_tilt", "background_blur", "soft_content", "test_soft_content", "soft_sigma",
-                "demosaic"):
+                "demosaic", "clean_fraction"):
         del old["domain"][key]
     with open(manifest, "w") as f:
         json.dump(old, f)
@@ -236,6 +236,8 @@ def test_resume_skips_finished_scenes_and_refuses_other_settings(made, tmp_path)
         synthesize(root, seed=7, workers=1, **kw)
     with pytest.raises(SynthesisError, match="domain.demosaic=0.0, not 0.5"):
         synthesize(root, seed=7, workers=1, domain=dataclasses.replace(unsmoothed, demosaic=0.5), **kw)
+    with pytest.raises(SynthesisError, match="domain.clean_fraction=0.0, not 0.2"):
+        synthesize(root, seed=7, workers=1, domain=dataclasses.replace(unsmoothed, clean_fraction=0.2), **kw)
     with pytest.raises(SynthesisError, match="beyond the 1 train scenes"):
         synthesize(root, seed=7, workers=1, domain=unsmoothed, **{**kw, "n_train": 1})
     with pytest.raises(SystemExit, match="error: image size 20x64"):
@@ -311,6 +313,25 @@ def test_domain_families_restrict_the_draws_and_are_recorded(tmp_path):
     assert {m["camera"] for m in default} == {"dslr", "phone"} and {m["tone"] for m in default} == {"srgb", "gamma", "linear"}
     with pytest.raises(SynthesisError, match="psf_families"):
         synthesize(str(tmp_path / "x"), 1, 0, 0, 96, 64, progress=False, domain=Domain(psf_families=("disc",)))
+
+
+def test_clean_scenes_draw_iso_up_to_100_in_the_fraction_asked():
+    """Domain.clean_fraction: that share of scenes draws ISO 0.01-100 (the "clean" level) whatever noise_levels
+    says, and is otherwise the same scene as without it; 0 (the default) draws none, and "clean" can be asked for
+    as a level too."""
+    def metas(domain, n=60):
+        return [make_scene(0, "train", i, 96, 64, 6.0, render=False, domain=domain)[1] for i in range(n)]
+    def isos(domain, n=60):
+        return np.array([m["iso"] for m in metas(domain, n)])
+    plain, half = metas(Domain()), metas(Domain(clean_fraction=0.5))
+    none = np.array([m["iso"] for m in plain])
+    assert none.min() >= 100 and 100 <= none.max() <= 6400
+    changed = [b["iso"] for a, b in zip(plain, half) if a != b]
+    assert 18 <= len(changed) <= 42 and 0.01 <= min(changed) and max(changed) <= 100   # binomial(60, 0.5): 30 +- 3.9
+    assert all({**a, "iso": 0} == {**b, "iso": 0} for a, b in zip(plain, half))
+    assert (isos(Domain(noise_levels=("clean",)), 6) <= 100).all()
+    with pytest.raises(SynthesisError, match="clean_fraction"):
+        Domain(clean_fraction=1.5).validate()
 
 
 def test_zoom_scales_the_blur_and_is_validated(tmp_path):
