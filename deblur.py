@@ -88,8 +88,8 @@ def to_rgb(img: np.ndarray) -> np.ndarray:
 
 
 def deblur_file(model, model_cfg: Config, out: str, left: str = "", right: str = "", single: str = "",
-                rotate: int = 0, black: int = 0, white: int | None = None, found: bool = False,
-                ) -> tuple[str, float | None]:
+                rotate: int = 0, black: int = 0, white: int | None = None,
+                found: bool = False) -> tuple[str, float | None]:
     """Read the input file(s), deblur, write `out` atomically with the input's bit depth, levels and channel count
     (one-channel inputs: the mean of the three output channels); returns what was read, in words. black, white:
     the input's levels (white None: found from these files' values, images.levels); found: the caller found white
@@ -240,7 +240,8 @@ def run(args, cfg: Config) -> list[str]:
         read, sigma = deblur_file(model, model_cfg, args.out, args.left, args.right, args.single, args.rotate, black,
                                   white)
         model_cfg.save_json(os.path.splitext(args.out)[0] + ".config.json")
-        print(f"wrote {args.out} ({read}" + (f", {noise_text([sigma])})" if sigma is not None else ")"))
+        noise = "" if sigma is None else f", {noise_text([sigma])}"
+        print(f"wrote {args.out} ({read}{noise})")
         return [args.out]
 
     jobs = ([(name, {"single": path}) for name, path in find_singles(args.input_dir)] if single_inputs else
