@@ -259,7 +259,8 @@ def run(args, cfg: Config) -> list[str]:
         kind, sigma = deblur_file(model, model_cfg, out, rotate=args.rotate, black=black, white=white, found=found,
                                   **inputs)
         kinds.add(kind)
-        sigmas += [] if sigma is None else [sigma]
+        if sigma is not None:
+            sigmas.append(sigma)
         written.append(out)
     skipped = len(jobs) - len(written)
     print(f"wrote {len(written)} image(s) to {args.out_dir}" +
