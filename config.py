@@ -49,6 +49,8 @@ class Config:
     activation: str = "relu"                    # relu: the paper; leaky_relu (slope 0.2): units cannot die
     noise_input: bool = False                   # the first layer also sees the input's noise level, estimated
                                                 # from the image without weights (model.NoiseLevel); the paper: off
+    noise_floor: float = 1e-4                   # the lowest noise std noise_input tells the network: views that
+                                                # read less (noise-free, 8-bit quantised) read as this
 
     # --- training (the paper's recipe) ---
     batch_size: int = 5
@@ -177,7 +179,7 @@ class Config:
         for key in ("overlap", "val_overlap", "discard_fraction", "dropout"):
             if not 0 <= getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be in [0, 1), got {getattr(self, key)}")
-        for key in ("learning_rate", "adam_epsilon"):
+        for key in ("learning_rate", "adam_epsilon", "noise_floor"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{key}: must be positive, got {getattr(self, key)}")
         for key in ("adam_beta1", "adam_beta2", "lr_decay_factor"):

@@ -126,12 +126,16 @@ def noise_sigma(model, model_cfg: Config, views: list[np.ndarray]) -> float | No
     return float(model.get_layer("noise_level").sigma(np.concatenate(views, axis=2)[None])[0])
 
 
-def noise_text(sigmas: list[float]) -> str:
-    """The noise std of one image, or the range and median of a folder's, in words."""
+def noise_text(sigmas: list[float], floor: float) -> str:
+    """The noise std of one image, or the range and median of a folder's, in words, and which read below the
+    network's floor (Config.noise_floor), which is what those are told."""
+    below = sum(s < floor for s in sigmas)
     if len(sigmas) == 1:
-        return f"noise std {sigmas[0]:.4f} of full scale as the network estimates it for noise_input"
+        return (f"noise std {sigmas[0]:.4f} of full scale as the network estimates it for noise_input" +
+                (f", told as its floor {floor:g}" if below else ""))
     return (f"noise std {min(sigmas):.4f} to {max(sigmas):.4f} of full scale (median {np.median(sigmas):.4f}) as "
-            f"the network estimates it for noise_input")
+            f"the network estimates it for noise_input" +
+            (f"; {below} of {len(sigmas)} below its floor {floor:g}, told as that" if below else ""))
 
 
 def describe(bits: int, channels: int, black: int, white: int, found: bool, fits_14_bits: bool) -> str:
@@ -240,7 +244,7 @@ def run(args, cfg: Config) -> list[str]:
         read, sigma = deblur_file(model, model_cfg, args.out, args.left, args.right, args.single, args.rotate, black,
                                   white)
         model_cfg.save_json(os.path.splitext(args.out)[0] + ".config.json")
-        noise = "" if sigma is None else f", {noise_text([sigma])}"
+        noise = "" if sigma is None else f", {noise_text([sigma], model_cfg.noise_floor)}"
         print(f"wrote {args.out} ({read}{noise})")
         return [args.out]
 
@@ -268,7 +272,7 @@ def run(args, cfg: Config) -> list[str]:
     for kind in sorted(kinds):
         print(f"  read: {kind}")
     if sigmas:
-        print(f"  {noise_text(sigmas)}")
+        print(f"  {noise_text(sigmas, model_cfg.noise_floor)}")
     if white == peak(16) and high is not None and high <= peak(14):
         print(f"  every value within 14 bits: for 14-bit raw data pass --white-level {peak(14)}")
     return written

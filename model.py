@@ -70,13 +70,13 @@ class NoiseLevel(layers.Layer):
     noise; the median absolute value of its channel mean's 3x3 Laplacian ([1,-2,1] x [1,-2,1], gain 6 on white
     noise), over 0.6745 (the median of |N(0, 1)|), ignores where the views differ by disparity. Single: the same
     over the image itself, where texture counts as noise too. Computed from whatever image the network is given,
-    so a half-size pass or a tile is told its own level."""
+    so a half-size pass or a tile is told its own level; a sigma below `floor` (Config.noise_floor) reads as the
+    floor."""
 
-    FLOOR = 1e-4   # sigma below this (noise-free or 8-bit quantised inputs) reads as this
-
-    def __init__(self, input_mode: str = "dual", **kwargs):
+    def __init__(self, input_mode: str = "dual", floor: float = 1e-4, **kwargs):
         super().__init__(**kwargs)
         self.input_mode = input_mode
+        self.floor = floor
 
     def sigma(self, x):
         """The per-image noise std estimate, shape (batch,)."""
@@ -92,14 +92,14 @@ class NoiseLevel(layers.Layer):
         return ops.median(ops.abs(laplacian), axis=(1, 2, 3)) / (0.6745 * gain)
 
     def call(self, x):
-        level = ops.log10(ops.maximum(self.sigma(x), self.FLOOR)) + 2
+        level = ops.log10(ops.maximum(self.sigma(x), self.floor)) + 2
         return ops.ones_like(x[..., :1], dtype="float32") * ops.reshape(level, (-1, 1, 1, 1))
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], 1)
 
     def get_config(self):
-        return {**super().get_config(), "input_mode": self.input_mode}
+        return {**super().get_config(), "input_mode": self.input_mode, "floor": self.floor}
 
 
 def compute_precision(precision: str) -> str:
@@ -147,9 +147,9 @@ def build_model(cfg: Config, height: int | None = None, width: int | None = None
     guard.check((height, width, cfg.in_channels))
     inputs = keras.Input((height, width, cfg.in_channels), name="dp_views" if cfg.input_mode == "dual" else "image")
     x = guard(inputs)
-    if cfg.noise_input:
-        x = layers.Concatenate(name="with_noise_level")(
-            [x, NoiseLevel(cfg.input_mode, name="noise_level", dtype="float32")(inputs)])  # before any bfloat16 cast
+    if cfg.noise_input:   # the level in float32, from the inputs before any bfloat16 cast
+        level = NoiseLevel(cfg.input_mode, cfg.noise_floor, name="noise_level", dtype="float32")(inputs)
+        x = layers.Concatenate(name="with_noise_level")([x, level])
 
     skips = []
     for level in range(1, cfg.depth + 1):

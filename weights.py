@@ -15,7 +15,7 @@ import numpy as np
 
 from config import Config, UserError, changed_keys
 
-ARCH_KEYS = ("input_mode", "base_filters", "depth", "head", "activation", "dropout", "noise_input")
+ARCH_KEYS = ("input_mode", "base_filters", "depth", "head", "activation", "dropout", "noise_input", "noise_floor")
 # How the weights were trained, which decides how they are run (trained_settings): flips turn the self-ensemble on,
 # and the size of the training frames sets the pyramid's sizes (inference.pyramid_levels); the patch size goes
 # with the frames, so that the config stays valid.
@@ -60,11 +60,12 @@ def describe_model(model, path: str = "model") -> dict:
     if channels not in (3, 6):
         raise WeightsError(f"{path}: the model takes {channels} input channels; DPDNet takes 6 (dual) or 3 (single)")
     depth = sum(1 for n in names if re.fullmatch(r"enc\d+_pool", n))
+    noise = {"noise_floor": model.get_layer("noise_level").floor} if "noise_level" in names else {}
     return {"input_mode": "dual" if channels == 6 else "single",
             "base_filters": int(model.get_layer("enc1_conv1").filters), "depth": depth,
             "head": "residual" if "head_correction" in names else "sigmoid",
             "activation": model.get_layer("enc1_conv1").get_config()["activation"],
-            "noise_input": "noise_level" in names}
+            "noise_input": "noise_level" in names, **noise}
 
 
 def _build(cfg: Config):

@@ -59,6 +59,7 @@ def test_user_paths_are_relative_to_the_current_folder_defaults_to_the_repo(tmp_
     ("white_level=65536", "white_level: must be above black_level (0) and at most 65535, got 65536"),
     ("input_mode=triple", "input_mode: must be one of dual, single"),
     ("dropout=1.5", "dropout: must be in [0, 1)"),
+    ("noise_floor=0", "noise_floor: must be positive"),
     ("patch_size=500", "patch_size: must be a multiple of 2**depth = 16"),
     ("augment=maybe", "augment: cannot read 'maybe' as bool"),
     ("sobel_ksizes=3,4", "sobel_ksizes: OpenCV Sobel kernel sizes are odd"),

@@ -275,8 +275,8 @@ def test_a_folder_of_raw_pairs_is_read_at_one_white_level(tmp_path, dual, pair, 
 def test_a_network_told_the_noise_level_says_the_level_it_estimated(tmp_path, capsys):
     """deblur.py with weights trained with noise_input says the noise std the network is told: on one pair in its
     output line, within 6% of the white noise added to each 16-bit view (std 0.01 over smooth content shifted by
-    2 px); on a folder of pairs with std 0.01, 0.02 and 0.04, their range and median, each within 6%. Weights
-    without the channel say nothing of noise."""
+    2 px); on a folder of pairs with std 0.01, 0.02 and 0.04, their range and median, each within 6%, and with a
+    floor of 0.015 that one of them is told the floor. Weights without the channel say nothing of noise."""
     import cv2
     rng = np.random.default_rng(5)
     content = cv2.GaussianBlur(rng.random((96, 130, 3)).astype(np.float32), (0, 0), 2) * 0.6 + 0.2
@@ -303,6 +303,10 @@ def test_a_network_told_the_noise_level_says_the_level_it_estimated(tmp_path, ca
             assert [float(v) for v in in_folder.groups()] == pytest.approx([0.01, 0.04, 0.02], rel=0.06), printed
         else:
             assert "noise std" not in line and "noise std" not in printed, printed
+    model, cfg = tiny_model("dual", seed=2, noise_input=True, head="residual", noise_floor=0.015)
+    ckpt = save_checkpoint(model, cfg, str(tmp_path / "ck_floor"))
+    assert cli("--weights", ckpt, "--input-dir", folder, "--out-dir", tmp_path / "outs_floor")[0] == 0
+    assert "; 1 of 3 below its floor 0.015, told as that" in capsys.readouterr().out
 
 
 def test_pretrained_synthetic_model_loads_and_deblurs(tmp_path):

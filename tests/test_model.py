@@ -183,11 +183,14 @@ def test_noise_level_reads_the_std_of_white_noise_in_each_view(sigma):
 
 
 def test_noise_level_of_a_noise_free_input_is_the_floor_and_each_image_gets_its_own():
-    """Noise-free views that agree (an in-focus scene) read as the floor; a noisy image beside it reads its own."""
-    x = np.concatenate([_noisy_views(0.0, disparity=0), _noisy_views(0.03, seed=1)])
+    """Noise-free views that agree (an in-focus scene) read as the floor, 1e-4 unless set; noise of std 5e-4
+    reads as itself above that floor and as a floor of 1e-3; a noisy image beside them reads its own."""
+    x = np.concatenate([_noisy_views(0.0, disparity=0), _noisy_views(0.0005, seed=2, disparity=0),
+                        _noisy_views(0.03, seed=1)])
     channel = np.asarray(NoiseLevel("dual")(x))[:, 0, 0, 0]
-    assert channel[0] == pytest.approx(np.log10(NoiseLevel.FLOOR) + 2)
-    assert channel[1] == pytest.approx(np.log10(0.03) + 2, abs=0.03)
+    np.testing.assert_allclose(channel, np.log10([1e-4, 5e-4, 0.03]) + 2, atol=0.03)
+    raised = np.asarray(NoiseLevel("dual", floor=1e-3)(x))[:, 0, 0, 0]
+    np.testing.assert_allclose(raised, np.log10([1e-3, 1e-3, 0.03]) + 2, atol=0.03)
 
 
 def test_noise_input_adds_one_input_channel_survives_save_and_keeps_its_estimate_in_float32(tmp_path):
@@ -210,6 +213,37 @@ def test_noise_input_adds_one_input_channel_survives_save_and_keeps_its_estimate
     loaded, loaded_cfg = weights.load_model(path, make_config("demo"))
     assert loaded_cfg.noise_input is True
     np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), atol=1e-6)
+
+
+def _level(model, x):
+    return float(np.asarray(keras.Model(model.inputs, model.get_layer("noise_level").output)(x))[0, 0, 0, 0])
+
+
+def test_the_noise_floor_is_saved_with_the_weights_and_older_files_keep_theirs(tmp_path):
+    """A network built with noise_floor 1e-3 loads with that floor whatever the config asks, also when rebuilt in
+    another precision, and tells a noise-free input -1; a file saved before the floor was a setting (its layer
+    config without `floor`) loads with the floor it was trained at, 1e-4."""
+    import json
+    import zipfile
+    import weights
+    x = _noisy_views(0.0, disparity=0)[:, :64, :64]
+    path = str(tmp_path / "floor.keras")
+    build_model(make_config("demo", {"noise_floor": 1e-3, "precision": "float32"})).save(path)
+    for precision in ("float32", "mixed_bfloat16"):
+        loaded, loaded_cfg = weights.load_model(path, make_config("demo", {"precision": precision}))
+        assert loaded_cfg.noise_floor == 1e-3 and _level(loaded, x) == pytest.approx(-1.0)
+    older = str(tmp_path / "older.keras")
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(older, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == "config.json":
+                saved = json.loads(data)
+                layer, = (l for l in saved["config"]["layers"] if l["class_name"] == "NoiseLevel")
+                del layer["config"]["floor"]
+                data = json.dumps(saved).encode()
+            dst.writestr(item, data)
+    loaded, loaded_cfg = weights.load_model(older, make_config("demo", {"noise_floor": 1e-3}))
+    assert loaded_cfg.noise_floor == 1e-4 and _level(loaded, x) == pytest.approx(-2.0)
 
 
 def _backend_available(name):
