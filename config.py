@@ -314,11 +314,12 @@ PRESETS["synthetic"] = {**PRESETS["synthetic_base"], "dataset_root": "synthetic_
 
 # synthetic_gpu: a larger DPDNet (base 32, depth 4: 7.8 M weights, 16x the demo's) from the same generator, for one
 # GPU under JAX (gpu_synthetic.sh, which makes its data): 640x416 scenes with blur up to 40 px, both splits 30%
-# smoothed layers, 256x256 patches, 20,000 steps of batch 16; the demo's recipe otherwise. Not yet trained.
+# smoothed layers, 256x256 patches, 20,000 steps of batch 16; the noise level floored at 1e-3, as the pretrained
+# pair it would replace trains; the demo's recipe otherwise. Not yet trained.
 PRESETS["synthetic_gpu"] = {**_DEMO, "dataset_root": "synthetic_gpu", "patch_dir": "patches/synthetic_gpu",
                             "working_width": 640, "working_height": 416, "patch_size": 256, "base_filters": 32,
                             "depth": 4, "epochs": 200, "lr_decay_every": 125, "checkpoint_every_steps": 2000,
-                            "precision": "mixed_bfloat16"}
+                            "precision": "mixed_bfloat16", "noise_floor": 1e-3}
 
 
 def parse_value(key: str, text: str) -> Any:
