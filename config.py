@@ -50,7 +50,7 @@ class Config:
     noise_input: bool = False                   # the first layer also sees the input's noise level, estimated
                                                 # from the image without weights (model.NoiseLevel); the paper: off
     noise_floor: float = 1e-4                   # the lowest noise std noise_input tells the network: views that
-                                                # read less (noise-free, 8-bit quantised) read as this
+                                                # read less (noise-free ones) read as this
 
     # --- training (the paper's recipe) ---
     batch_size: int = 5
@@ -301,8 +301,8 @@ PRESETS.update({
 # synthetic: that network fine-tuned for 10,000 steps of batch 8 at a lower rate on 1,200 scenes at 448x288 with
 # blur up to 40 px, as in the backgrounds of DPDD-scale photos, on 96x96 patches that hold it; that data smooths
 # 30% of layers in every split (synthesize.py --soft-content 0.3 --test-soft-content 0.3). Both stages floor the
-# noise level at 1e-3, about what 8-bit quantisation alone reads, so that noise-free views are not taken for
-# cleaner than anything trained on (results/synthetic_ood.md, "The channel's floor").
+# noise level at 1e-3, near what 8-bit quantisation alone reads, so that noise-free views are told a level near
+# the lowest training shows rather than far below it (results/synthetic_ood.md, "The channel's floor").
 PRESETS["synthetic_base"] = {**_DEMO, "dataset_root": "synthetic_1200", "patch_dir": "patches/synthetic",
                              "epochs": 300, "lr_decay_every": 188, "checkpoint_every_steps": 2000,
                              "noise_floor": 1e-3}

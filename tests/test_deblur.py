@@ -174,7 +174,8 @@ def test_pretrained_synthetic_model_does_not_sharpen_smooth_periodic_textures():
     """Smooth periodic textures blurred by 3 px, as deblur.py runs the pretrained file (self-ensemble): it gains
     on average and loses at most 1 dB on any of 8 scenes. The file trained before its data drew smoothed
     content over-sharpened them (mean about -2.5 dB, worst -6.6 to -7.2; the one before it -1.22 and -6.46); the
-    next gained +1.99, worst -0.30, when the test was written, and the one told the noise level +2.39, worst +1.25."""
+    soft-content file of 2026-12-03 (no noise channel) gained +1.99, worst -0.30, when the test was written; the
+    one told the noise level +2.39, worst +1.25."""
     import weights
     from config import REPO_DIR, make_config
     from metrics import psnr
