@@ -71,6 +71,31 @@ def test_round_trips_every_format_two_sizes(tmp_path, checkpoints, mode, capsys)
     assert printed.count("max|diff|") >= 2 and "Keras ms" in printed
 
 
+def test_a_network_told_the_noise_level_exports_with_its_floor(tmp_path):
+    """The noise-level layer (noise_input) is in every exported file with the floor the weights were trained at
+    (1e-3 here, not the default 1e-4): on a noise-free input that reads below the floor and on a noisy one, each
+    float32 file computes what Keras does within 1e-5, and the same weights at 1e-4 differ on the first."""
+    import dataclasses
+    from model import build_model
+    model, cfg = tiny_model("dual", seed=1, noise_input=True, noise_floor=1e-3, **TINY8)
+    ckpt = save_checkpoint(model, cfg, str(tmp_path / "ck"))
+    clean = E.random_input(32, 48, 6, seed=7)
+    noisy = np.clip(clean + np.random.default_rng(0).normal(0, 0.02, clean.shape), 0, 1).astype(np.float32)
+    layer = model.get_layer("noise_level")
+    assert float(layer.sigma(clean)[0]) < 1e-3 < float(layer.sigma(noisy)[0])
+    at_default = build_model(dataclasses.replace(cfg, noise_floor=1e-4))
+    at_default.set_weights(model.get_weights())
+    assert float(np.abs(np.asarray(at_default(clean)) - np.asarray(model(clean))).max()) > 1e-3
+    formats = ["litert", "saved_model"] + (["onnx"] if importlib.util.find_spec("tf2onnx") else [])
+    for fmt in formats:
+        out = str(tmp_path / f"told{ {'litert': '.tflite', 'onnx': '.onnx'}.get(fmt, '')}")
+        assert cli("--weights", ckpt, "--format", fmt, "--out", out, "--height", "32", "--width", "48",
+                   "--repeats", "1") == (0, "")
+        run = E.runner(E.output_paths(fmt, out)[0], fmt)
+        for x in (clean, noisy):
+            assert float(np.abs(run(x) - keras_output(ckpt, "dual", x)).max()) <= 1e-5, fmt
+
+
 def test_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path, checkpoints, monkeypatch):
     out = str(tmp_path / "m.tflite")
     args = ["--weights", checkpoints["dual"], "--format", "litert", "--out", out, "--repeats", "1"]
