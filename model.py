@@ -71,7 +71,7 @@ class NoiseLevel(layers.Layer):
     noise), over 0.6745 (the median of |N(0, 1)|), ignores where the views differ by disparity. Single: the same
     over the image itself, where texture counts as noise too. Computed from whatever image the network is given,
     so a half-size pass or a tile is told its own level; a sigma below `floor` (Config.noise_floor) reads as the
-    floor."""
+    floor, which is 1e-4 for files saved before it was a setting (their layer config lacks it)."""
 
     def __init__(self, input_mode: str = "dual", floor: float = 1e-4, **kwargs):
         super().__init__(**kwargs)
@@ -148,8 +148,8 @@ def build_model(cfg: Config, height: int | None = None, width: int | None = None
     inputs = keras.Input((height, width, cfg.in_channels), name="dp_views" if cfg.input_mode == "dual" else "image")
     x = guard(inputs)
     if cfg.noise_input:   # the level in float32, from the inputs before any bfloat16 cast
-        level = NoiseLevel(cfg.input_mode, cfg.noise_floor, name="noise_level", dtype="float32")(inputs)
-        x = layers.Concatenate(name="with_noise_level")([x, level])
+        noise = NoiseLevel(cfg.input_mode, cfg.noise_floor, name="noise_level", dtype="float32")(inputs)
+        x = layers.Concatenate(name="with_noise_level")([x, noise])
 
     skips = []
     for level in range(1, cfg.depth + 1):
