@@ -1,9 +1,11 @@
 """Out-of-distribution check for models trained on synthetic dual-pixel data: does the gain over the blurry
-input survive on data not made like the training data? Twelve test sets, all rendered in memory:
+input survive on data not made like the training data? Thirteen test sets, all rendered in memory:
 
   in-dist    synthesize.py scenes from the training families (TRAIN_FAMILIES below)
   held-out   synthesize.py scenes from families held back from that training (HELD_OUT_FAMILIES): other PSF
              shapes, tone curve, ISO range and bit depths
+  all families  synthesize.py scenes with its defaults: every family, the demo's training distribution (and,
+             up to blur size and smoothed content, the pretrained files'), so their in-distribution gain
   renderer2  scenes from tests/dp_renderer2.py, a second renderer written independently of synthesize.py
   renderer2 noise-free             the same scenes without their noise: what is left to gain is deblurring
   renderer2 optics, our content    renderer2's PSFs, planes and tones over synthesize.py's content, noise-free:
@@ -83,8 +85,9 @@ BLURRED_PX = 3.0                  # pixels whose blur diameter is at least this 
 BANDS = ((0, 1), (1, 3), (3, 6), (6, 10), (10, 20), (20, math.inf))   # blur diameters (px) of the band table
 SMALL_BLUR_PX = 3.0               # the small-blur set's largest blur diameter (phone dual-pixel blur: a few px)
 LARGE_BLUR_PX = 40.0              # the large-blur sets' largest blur diameter (a DSLR at f/4 at DPDD's scale)
-SET_NAMES = ("in-dist", "held-out", "renderer2", "renderer2 noise-free", "renderer2 optics, our content",
-             "the same with our PSFs", "renderer2 small blur", "renderer2 demosaicked", "in-dist large blur",
+SET_NAMES = ("in-dist", "held-out", "all families", "renderer2", "renderer2 noise-free",
+             "renderer2 optics, our content", "the same with our PSFs", "renderer2 small blur", "renderer2 demosaicked",
+             "in-dist large blur",
              "renderer2 optics, our content, large blur", "the same with our PSFs, large blur", "renderer2 large blur")
 # Sets that differ only in their PSFs: (renderer2's, ours); the share of the in-distribution twin's gain that a
 # model keeps under renderer2's PSFs is the out-of-distribution share of the optics alone.
@@ -92,6 +95,10 @@ PAIRS = (("renderer2 optics, our content", "the same with our PSFs"),
          ("renderer2 optics, our content, large blur", "the same with our PSFs, large blur"))
 # The model trained on a set's own distribution (--train, --reference): what the recipe attains on that set.
 FAMILIES_MODEL = "trained on the training families"
+# For models trained on synthesize.py's defaults: renderer2's noisy sets at the check's size against their gain on
+# their own distribution, the out-of-distribution share the sim-to-real check is about.
+OWN_SET = "all families"
+TRANSFER_SETS = ("renderer2", "renderer2 small blur", "renderer2 demosaicked")
 YARDSTICKS = {"in-dist": FAMILIES_MODEL,
               "held-out": "trained on the held-out families (reference)",
               "renderer2": "trained on renderer2 (reference)",
@@ -153,11 +160,13 @@ def check_domain(families: dict, **extra):
 
 
 def check_sets(n: int, width: int, height: int, only: list[str] | None = None) -> dict[str, list[dict]]:
-    """The twelve sets of the module docstring (or the ones named in `only`), n scenes each."""
+    """The thirteen sets of the module docstring (or the ones named in `only`), n scenes each."""
+    import synthesize
     big = (2 * width, 2 * height)
     makers = {
         "in-dist": lambda: synthetic_set(check_domain(TRAIN_FAMILIES), n, width, height),
         "held-out": lambda: synthetic_set(check_domain(HELD_OUT_FAMILIES), n, width, height),
+        "all families": lambda: synthetic_set(synthesize.Domain(), n, width, height),
         "renderer2": lambda: renderer2_set(n, width, height),
         "renderer2 noise-free": lambda: renderer2_set(n, width, height, noise=False),
         "renderer2 optics, our content": lambda: renderer2_set(n, width, height, noise=False, our_content=True),
@@ -379,9 +388,31 @@ def share_table(results: dict, variants: dict) -> str:
     return markdown_table(header, rows) if rows else ""
 
 
+def transfer_table(results: dict, variants: dict) -> str:
+    """Per model (not the check's own --train and --reference models, which train on other data) and per
+    TRANSFER_SETS entry among the results: the gain on OWN_SET and on that set, over the whole image and over
+    defocused pixels, and the share of the first kept on the second."""
+    from results_page import markdown_table
+    own_trained = {FAMILIES_MODEL, *YARDSTICKS.values()}
+    rows = []
+    for label, sets in results.items():
+        if variants[label][0] in own_trained or OWN_SET not in sets:
+            continue
+        own = sets[OWN_SET]
+        for name in TRANSFER_SETS:
+            if name in sets:
+                row = [label, name]
+                for key in ("gain", "blurred_gain"):
+                    row += [_signed(own[key]), _signed(sets[name][key]), _share(sets[name][key], own[key])]
+                rows.append(row)
+    header = ["model", "set", f"gain on {OWN_SET} dB", "gain on the set dB", "share",
+              f"defocused gain on {OWN_SET} dB", "defocused gain on the set dB", "share"]
+    return markdown_table(header, rows) if rows else ""
+
+
 def _share(part: float, whole: float) -> str:
-    """A gain as a percentage of a reference gain, or - where the reference gains nothing (or NaN)."""
-    return f"{100 * part / whole:.0f}%" if whole > 0 else "-"
+    """A gain as a percentage of a reference gain, or - where the reference gains nothing or either is NaN."""
+    return f"{100 * part / whole:.0f}%" if whole > 0 and math.isfinite(part) else "-"
 
 
 def _band_cell(band: dict) -> str:
@@ -401,7 +432,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, help="--train's and --reference's budget in steps (default: the "
                                                   "preset's, epochs x steps_per_epoch: 4,000 for demo)")
     parser.add_argument("--only", action="append", metavar="SET", help="check only this set (repeatable; "
-                                                                          "default: all twelve)")
+                                                                          "default: all thirteen)")
     parser.add_argument("--scenes", type=int, default=24, help="test scenes per set (default 24)")
     parser.add_argument("--width", type=int, default=320, help="test image width (default 320, the demo's)")
     parser.add_argument("--height", type=int, default=208, help="test image height (default 208)")
@@ -476,6 +507,13 @@ def main(argv=None) -> int:
                  f"under synthesize.py's PSFs from the training families and under renderer2's: the gain on pixels "
                  f"blurred by {BLURRED_PX:g} px or more, and the share of it a model keeps under renderer2's PSFs."
                  f"\n\n{pairs}\n")
+    transfer = transfer_table(results, variants)
+    if transfer:
+        text += (f"\n## Out of distribution against in distribution\n\nFor models trained on synthesize.py's "
+                 f"defaults (the demo; the pretrained files up to blur size and smoothed content): the gain on "
+                 f"renderer2's noisy sets at the same size against the gain on {OWN_SET!r}, scenes of the "
+                 f"distribution they trained on, and the share of it they keep. The small-blur set has no defocused "
+                 f"pixels.\n\n{transfer}\n")
     shares = share_table(results, variants)
     checked = {name for name, _ in variants.values()}
     if shares:
@@ -486,7 +524,7 @@ def main(argv=None) -> int:
                  f"\n\n{shares}\n")
     atomic_write_text(os.path.join(args.out, "summary.md"), text)
     print("\n" + table(results) + "\n\n" + band_table(results) + ("\n\n" + pairs if pairs else "")
-          + ("\n\n" + shares if shares else ""))
+          + ("\n\n" + transfer if transfer else "") + ("\n\n" + shares if shares else ""))
     return 0
 
 

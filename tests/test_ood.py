@@ -2,6 +2,7 @@
 held-out families really differ from the training ones, and ood_check.py reports a model's gains per set."""
 
 import json
+import math
 import os
 
 import cv2
@@ -203,6 +204,40 @@ def test_share_table_divides_each_gain_by_its_yardsticks_run_the_same_way():
     assert f"| m{one} | held-out | -0.20 | +0.50 | - | +0.00 | +1.50 | - |" in ood_check.share_table(results, variants)
 
 
+def test_all_families_is_synthesize_defaults_with_held_out_and_training_families_alike():
+    """The set the demo's out-of-distribution share is taken against is synthesize.py's default Domain, the demo's
+    own training distribution: its scenes are make_scene's with Domain() (noise-free targets), and over 16 scenes
+    the PSF families drawn include training and held-out ones."""
+    import synthesize
+    scenes = ood_check.check_sets(3, 64, 48, only=["all families"])["all families"]
+    for i, s in enumerate(scenes):
+        img, _ = synthesize.make_scene(ood_check.SEED, "test", i, 64, 48, synthesize.default_max_coc(64),
+                                       domain=synthesize.Domain(target_noise=False))
+        assert np.array_equal(s["combined"], img["source"]) and np.array_equal(s["sharp"], img["target"])
+    families = {synthesize.make_scene(ood_check.SEED, "test", i, 64, 48, 4.0, render=False)[1]["psf"]
+                for i in range(16)}
+    assert families & set(ood_check.TRAIN_FAMILIES["psf_families"])
+    assert families & set(ood_check.HELD_OUT_FAMILIES["psf_families"])
+
+
+def test_transfer_table_divides_renderer2_gains_by_the_models_own_distributions():
+    """Each model's gain on renderer2's noisy sets as a share of its gain on 'all families', whole image and
+    defocused pixels, one row per such set checked; none for the check's own trained models (their training data
+    is another), none where 'all families' was not checked, '-' where a set has no defocused pixels."""
+    r = lambda g, b: {"gain": g, "blurred_gain": b}
+    results = {"m, self-ensemble of 4": {"all families": r(1.25, 1.6), "renderer2": r(1.0, 1.2),
+                                         "renderer2 small blur": r(0.5, math.nan), "in-dist": r(2.0, 2.0)},
+               ood_check.FAMILIES_MODEL: {"all families": r(1.0, 1.0), "renderer2": r(0.5, 0.5)},
+               "partial": {"renderer2": r(0.3, 0.3)}}
+    variants = {"m, self-ensemble of 4": ("m", ", self-ensemble of 4"), ood_check.FAMILIES_MODEL:
+                (ood_check.FAMILIES_MODEL, ""), "partial": ("partial", "")}
+    text = ood_check.transfer_table(results, variants)
+    assert "| m, self-ensemble of 4 | renderer2 | +1.25 | +1.00 | 80% | +1.60 | +1.20 | 75% |" in text
+    assert "| m, self-ensemble of 4 | renderer2 small blur | +1.25 | +0.50 | 40% | +1.60 | - | - |" in text
+    assert text.count("\n") == 2 + 2 - 1                     # header, rule and the two rows above
+    assert ood_check.transfer_table({"partial": results["partial"]}, variants) == ""
+
+
 def test_a_model_stuck_at_its_input_is_trained_again_with_the_next_seed(monkeypatch):
     """A yardstick that learnt nothing measures nothing: _train runs it once more with seed + 1, under its own run
     name so that the stuck run is kept, and returns that run's checkpoint; a second stuck run is returned as it is
@@ -238,7 +273,8 @@ def test_ood_check_reports_each_set(tmp_path):
     assert ood_check.main(["--weights", ckpt, "--scenes", "2", "--width", "64", "--height", "48", "--out", str(tmp_path / "out"), "--no-progress"]) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     (label, sets), = summary["results"].items()
-    assert set(sets) == {"in-dist", "held-out", "renderer2", "renderer2 noise-free", "renderer2 optics, our content",
+    assert set(sets) == {"in-dist", "held-out", "all families", "renderer2", "renderer2 noise-free",
+                         "renderer2 optics, our content",
                          "the same with our PSFs", "renderer2 small blur", "renderer2 demosaicked", "in-dist large blur",
                          "renderer2 optics, our content, large blur", "the same with our PSFs, large blur",
                          "renderer2 large blur"}
@@ -251,6 +287,10 @@ def test_ood_check_reports_each_set(tmp_path):
     assert "| renderer2 |" in text and "| renderer2 noise-free |" in text and "## Gain by blur size" in text
     pairs = text.split("## The PSFs alone")[1]
     assert all(f"| {label} | {theirs} |" in pairs for theirs, _ in ood_check.PAIRS)
+    transfer = text.split("## Out of distribution against in distribution")[1].split("\n## ")[0]
+    own, r2 = sets["all families"]["gain"], sets["renderer2"]["gain"]
+    assert f"| {label} | renderer2 | {own:+.2f} | {r2:+.2f} |" in transfer
+    assert transfer.count(f"| {label} |") == len(ood_check.TRANSFER_SETS)
 
 
 def test_only_checks_the_sets_named_and_stops_on_an_unknown_one(tmp_path):
@@ -301,7 +341,7 @@ def test_a_model_that_returns_its_input_gains_nothing_anywhere(tmp_path):
         gains = [g for g in gains if g != "nan"]
         held += len(gains)
         assert max(abs(g) for g in gains) < 0.2, (name, gains)
-    assert held == 5 * 4 + 6        # five small sets: 2 means, 2 bands; renderer2 large blur: 3 means, 3 bands
+    assert held == 6 * 4 + 6        # six small sets: 2 means, 2 bands; renderer2 large blur: 3 means, 3 bands
 
 
 def test_reference_models_train_on_each_sets_distribution_other_than_the_test_scenes(tmp_path, monkeypatch):
