@@ -72,9 +72,9 @@ TRAIN_FAMILIES = {"psf_families": ("butterworth", "ramp"), "tones": ("srgb", "ga
                   "bits": (8, 16)}
 HELD_OUT_FAMILIES = {"psf_families": ("soft", "polygon"), "tones": ("linear",), "noise_levels": ("high",),
                      "bits": (10, 12)}
-# Every synthetic set and training run here draws no smoothed content in any split (synthesize.Domain.soft_content,
-# and test_soft_content None: the same) and no demosaiced scene, so its scenes, and the checks' gains, stay those
-# of the runs before.
+# Every synthetic set and training run here but "all families" (synthesize.py's defaults) draws no smoothed content
+# in any split (synthesize.Domain.soft_content, and test_soft_content None: the same) and no demosaiced scene, so
+# its scenes, and the checks' gains, stay those of the runs before.
 CHECK_DOMAIN = {"soft_content": 0.0, "test_soft_content": None, "demosaic": 0.0}
 CHECK_SCALES = 1                  # the networks run at each set's own size (--set scales=0: deblur.py's pyramid)
 SEED = 11                         # not the demo's synthesis seed 0
@@ -510,10 +510,10 @@ def main(argv=None) -> int:
     transfer = transfer_table(results, variants)
     if transfer:
         text += (f"\n## Out of distribution against in distribution\n\nFor models trained on synthesize.py's "
-                 f"defaults (the demo; the pretrained files up to blur size and smoothed content): the gain on "
-                 f"renderer2's noisy sets at the same size against the gain on {OWN_SET!r}, scenes of the "
-                 f"distribution they trained on, and the share of it they keep. The small-blur set has no defocused "
-                 f"pixels.\n\n{transfer}\n")
+                 f"defaults (the demo; the pretrained files up to blur size and smoothed content; the rows of a model "
+                 f"trained on other data mean nothing): the gain on renderer2's noisy sets at the same size against "
+                 f"the gain on {OWN_SET!r}, scenes of the distribution they trained on, and the share of it they "
+                 f"keep. The small-blur set has no defocused pixels.\n\n{transfer}\n")
     shares = share_table(results, variants)
     checked = {name for name, _ in variants.values()}
     if shares:
