@@ -40,6 +40,10 @@ anything.
     python ood_check.py --reference --weights checkpoints/demo/best.keras  # what each set's own data teaches
     python ood_check.py --weights W --only "renderer2 large blur" --out ood_large   # some of the sets
     python ood_check.py --weights W --set scales=0 --out results/ood_scales   # as deblur.py runs by default
+    python ood_check.py --weights W --scenes 96 --only "all families" --only renderer2 --out ood_transfer
+
+A share between two sets (the table "Out of distribution against in distribution") divides two samples of
+scenes; 24 per set leave it uncertain by tens of percent, so it is taken on 96 (about 4x the time and memory).
 
 The networks run at each set's own size; `--set scales=0` (or N) adds the passes at smaller sizes that test.py and
 deblur.py run for images larger than the weights' training frames (inference.pyramid_levels).
@@ -513,7 +517,9 @@ def main(argv=None) -> int:
                  f"defaults (the demo; the pretrained files up to blur size and smoothed content; the rows of a model "
                  f"trained on other data mean nothing): the gain on renderer2's noisy sets at the same size against "
                  f"the gain on {OWN_SET!r}, scenes of the distribution they trained on, and the share of it they "
-                 f"keep. The small-blur set has no defocused pixels.\n\n{transfer}\n")
+                 f"keep. The small-blur set has no defocused pixels. {args.scenes} scenes per set"
+                 f"{'' if args.scenes >= 96 else '; on fewer than 96 a share is uncertain by tens of percent'}."
+                 f"\n\n{transfer}\n")
     shares = share_table(results, variants)
     checked = {name for name, _ in variants.values()}
     if shares:

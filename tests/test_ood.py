@@ -290,6 +290,7 @@ def test_ood_check_reports_each_set(tmp_path):
     pairs = text.split("## The PSFs alone")[1]
     assert all(f"| {label} | {theirs} |" in pairs for theirs, _ in ood_check.PAIRS)
     transfer = text.split("## Out of distribution against in distribution")[1].split("\n## ")[0]
+    assert "2 scenes per set; on fewer than 96 a share is uncertain" in transfer
     own, r2 = sets["all families"]["gain"], sets["renderer2"]["gain"]
     assert f"| {label} | renderer2 | {own:+.2f} | {r2:+.2f} |" in transfer
     assert transfer.count(f"| {label} |") == len(ood_check.TRANSFER_SETS)
