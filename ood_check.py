@@ -42,8 +42,9 @@ anything.
     python ood_check.py --weights W --set scales=0 --out results/ood_scales   # as deblur.py runs by default
     python ood_check.py --weights W --scenes 96 --only "all families" --only renderer2 --out ood_transfer
 
-A share between two sets (the table "Out of distribution against in distribution") divides two samples of
-scenes; 24 per set leave it uncertain by tens of percent, so it is taken on 96 (about 4x the time and memory).
+A share between two sets (the table "Out of distribution against in distribution", with its standard error)
+divides two samples of scenes; 24 per set leave it uncertain by tens of percent, so it is taken on 96 (about 4x
+the time and memory). summary.json keeps each set's per-scene gains (scene_gains) for paired comparisons.
 
 The networks run at each set's own size; `--set scales=0` (or N) adds the passes at smaller sizes that test.py and
 deblur.py run for images larger than the weights' training frames (inference.pyramid_levels).
@@ -215,6 +216,8 @@ def evaluate(model, cfg, scenes: list[dict]) -> dict:
     a = np.array(rows, dtype=np.float64)
     return {"n": len(scenes), "input_psnr": _mean(a[:, 0]), "model_psnr": _mean(a[:, 1]),
             "gain": _mean(a[:, 1]) - _mean(a[:, 0]), "worst_gain": float(np.min(a[:, 1] - a[:, 0])),
+            "gain_se": standard_error(a[:, 1] - a[:, 0]), "scene_gains": (a[:, 1] - a[:, 0]).tolist(),
+            "blurred_gain_se": standard_error(a[:, 5] - a[:, 4]),
             "sharp_gain": _mean(a[:, 3] - a[:, 2]), "sharp_pixels": float(np.mean(
                 [np.mean(s["blur"] < SHARP_PX) for s in scenes])),
             "blurred_gain": _mean(a[:, 5] - a[:, 4]), "blurred_pixels": float(np.mean(
@@ -247,6 +250,13 @@ def _mean(values: np.ndarray) -> float:
     """The mean over the scenes that have a value (a scene without such pixels has NaN); NaN if none has."""
     values = values[~np.isnan(values)]
     return float(np.mean(values)) if values.size else float("nan")
+
+
+def standard_error(values: np.ndarray) -> float:
+    """The standard error of _mean(values): how far another draw of as many scenes may move it; NaN under two
+    values."""
+    values = values[~np.isnan(values)]
+    return float(np.std(values, ddof=1) / math.sqrt(values.size)) if values.size > 1 else float("nan")
 
 
 def train_on_families(cfg, steps: int, progress: bool):
@@ -407,16 +417,27 @@ def transfer_table(results: dict, variants: dict) -> str:
             if name in sets:
                 row = [label, name]
                 for key in ("gain", "blurred_gain"):
-                    row += [_signed(own[key]), _signed(sets[name][key]), _share(sets[name][key], own[key])]
+                    row += [_signed(own[key]), _signed(sets[name][key]), _share_with_error(sets[name], own, key)]
                 rows.append(row)
-    header = ["model", "set", f"gain on {OWN_SET} dB", "gain on the set dB", "share",
-              f"defocused gain on {OWN_SET} dB", "defocused gain on the set dB", "share"]
+    header = ["model", "set", f"gain on {OWN_SET} dB", "gain on the set dB", "share (± standard error)",
+              f"defocused gain on {OWN_SET} dB", "defocused gain on the set dB", "share (± standard error)"]
     return markdown_table(header, rows) if rows else ""
 
 
 def _share(part: float, whole: float) -> str:
     """A gain as a percentage of a reference gain, or - where the reference gains nothing or either is NaN."""
     return f"{100 * part / whole:.0f}%" if whole > 0 and math.isfinite(part) else "-"
+
+
+def _share_with_error(part: dict, whole: dict, key: str) -> str:
+    """_share of part[key] in whole[key], with its standard error from theirs (key + '_se', independent scenes) by
+    the first-order propagation for a ratio where both are known."""
+    share = _share(part[key], whole[key])
+    p, w = part[key], whole[key]
+    p_se, w_se = part.get(key + "_se", float("nan")), whole.get(key + "_se", float("nan"))
+    if share == "-" or not (math.isfinite(p_se) and math.isfinite(w_se)):
+        return share
+    return f"{share} ± {100 * math.sqrt(p_se ** 2 / w ** 2 + p ** 2 * w_se ** 2 / w ** 4):.0f}%"
 
 
 def _band_cell(band: dict) -> str:
@@ -517,7 +538,8 @@ def main(argv=None) -> int:
                  f"defaults (the demo; the pretrained files up to blur size and smoothed content; the rows of a model "
                  f"trained on other data mean nothing): the gain on renderer2's noisy sets at the same size against "
                  f"the gain on {OWN_SET!r}, scenes of the distribution they trained on, and the share of it they "
-                 f"keep. The small-blur set has no defocused pixels. {args.scenes} scenes per set"
+                 f"keep, with its standard error over the scenes drawn (another training run of the same recipe "
+                 f"moves it too). The small-blur set has no defocused pixels. {args.scenes} scenes per set"
                  f"{'' if args.scenes >= 96 else '; on fewer than 96 a share is uncertain by tens of percent'}."
                  f"\n\n{transfer}\n")
     shares = share_table(results, variants)

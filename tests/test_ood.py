@@ -239,6 +239,19 @@ def test_transfer_table_divides_renderer2_gains_by_the_models_own_distributions(
     assert "| m, self-ensemble of 4 | renderer2 small blur | +1.25 | +0.50 | 40% | +1.60 | - | - |" in text
     assert text.count("\n") == 2 + 2 - 1                     # header, rule and the two rows above
     assert ood_check.transfer_table({"partial": results["partial"]}, variants) == ""
+    errors = {"e": {"all families": {"gain": 2.0, "gain_se": 0.1, "blurred_gain": 2.0, "blurred_gain_se": 0.2},
+                    "renderer2": {"gain": 1.0, "gain_se": 0.1, "blurred_gain": 0.0, "blurred_gain_se": 0.2}}}
+    # 1/2 = 50%; standard error sqrt(0.1^2 / 2^2 + 1^2 * 0.1^2 / 2^4) = 0.0559; for 0/2: sqrt(0.2^2 / 2^2) = 0.1
+    assert "| e | renderer2 | +2.00 | +1.00 | 50% ± 6% | +2.00 | +0.00 | 0% ± 10% |" in \
+        ood_check.transfer_table(errors, {"e": ("e", "")})
+
+
+def test_standard_error_is_over_the_scenes_that_have_a_value():
+    """std (n - 1) / sqrt(n) by hand: [1, 2, 3, 6] has deviations -2, -1, 0, 3, so sqrt(14 / 3) / 2; a scene
+    without such pixels (NaN) is left out; one value has none."""
+    assert ood_check.standard_error(np.array([1.0, 2.0, 3.0, 6.0])) == pytest.approx(math.sqrt(14 / 3) / 2)
+    assert ood_check.standard_error(np.array([1.0, np.nan, 3.0])) == pytest.approx(1.0)
+    assert math.isnan(ood_check.standard_error(np.array([2.0, np.nan])))
 
 
 def test_a_model_stuck_at_its_input_is_trained_again_with_the_next_seed(monkeypatch):
@@ -283,6 +296,8 @@ def test_ood_check_reports_each_set(tmp_path):
     for r in sets.values():
         assert r["n"] == 2 and 10 < r["input_psnr"] < 90 and np.isfinite(r["gain"])
         assert r["gain"] == pytest.approx(r["model_psnr"] - r["input_psnr"])
+        assert len(r["scene_gains"]) == 2 and np.mean(r["scene_gains"]) == pytest.approx(r["gain"])
+        assert r["gain_se"] == pytest.approx(abs(r["scene_gains"][0] - r["scene_gains"][1]) / 2)
         assert 0 <= r["blurred_pixels"] <= 1 and "blurred_gain" in r
         assert sum(b["pixels"] for b in r["bands"].values()) == pytest.approx(1.0)
     text = (tmp_path / "out" / "summary.md").read_text()
