@@ -92,8 +92,8 @@ SMALL_BLUR_PX = 3.0               # the small-blur set's largest blur diameter (
 LARGE_BLUR_PX = 40.0              # the large-blur sets' largest blur diameter (a DSLR at f/4 at DPDD's scale)
 SET_NAMES = ("in-dist", "held-out", "all families", "renderer2", "renderer2 noise-free",
              "renderer2 optics, our content", "the same with our PSFs", "renderer2 small blur", "renderer2 demosaicked",
-             "in-dist large blur",
-             "renderer2 optics, our content, large blur", "the same with our PSFs, large blur", "renderer2 large blur")
+             "in-dist large blur", "renderer2 optics, our content, large blur", "the same with our PSFs, large blur",
+             "renderer2 large blur")
 # Sets that differ only in their PSFs: (renderer2's, ours); the share of the in-distribution twin's gain that a
 # model keeps under renderer2's PSFs is the out-of-distribution share of the optics alone.
 PAIRS = (("renderer2 optics, our content", "the same with our PSFs"),
@@ -104,6 +104,7 @@ FAMILIES_MODEL = "trained on the training families"
 # their own distribution, the out-of-distribution share the sim-to-real check is about.
 OWN_SET = "all families"
 TRANSFER_SETS = ("renderer2", "renderer2 small blur", "renderer2 demosaicked")
+SHARE_SCENES = 96                 # scenes per set below which the summary warns that a share is uncertain
 YARDSTICKS = {"in-dist": FAMILIES_MODEL,
               "held-out": "trained on the held-out families (reference)",
               "renderer2": "trained on renderer2 (reference)",
@@ -214,9 +215,10 @@ def evaluate(model, cfg, scenes: list[dict]) -> dict:
                      psnr_masked(s["sharp"], s["combined"], sharp), psnr_masked(s["sharp"], pred, sharp),
                      psnr_masked(s["sharp"], s["combined"], blurred), psnr_masked(s["sharp"], pred, blurred)])
     a = np.array(rows, dtype=np.float64)
+    gains = a[:, 1] - a[:, 0]
     return {"n": len(scenes), "input_psnr": _mean(a[:, 0]), "model_psnr": _mean(a[:, 1]),
-            "gain": _mean(a[:, 1]) - _mean(a[:, 0]), "worst_gain": float(np.min(a[:, 1] - a[:, 0])),
-            "gain_se": standard_error(a[:, 1] - a[:, 0]), "scene_gains": (a[:, 1] - a[:, 0]).tolist(),
+            "gain": _mean(a[:, 1]) - _mean(a[:, 0]), "worst_gain": float(np.min(gains)),
+            "gain_se": standard_error(gains), "scene_gains": gains.tolist(),
             "blurred_gain_se": standard_error(a[:, 5] - a[:, 4]),
             "sharp_gain": _mean(a[:, 3] - a[:, 2]), "sharp_pixels": float(np.mean(
                 [np.mean(s["blur"] < SHARP_PX) for s in scenes])),
@@ -533,14 +535,15 @@ def main(argv=None) -> int:
                  f"blurred by {BLURRED_PX:g} px or more, and the share of it a model keeps under renderer2's PSFs."
                  f"\n\n{pairs}\n")
     transfer = transfer_table(results, variants)
+    few = ("" if args.scenes >= SHARE_SCENES
+           else f"; on fewer than {SHARE_SCENES} a share is uncertain by tens of percent")
     if transfer:
         text += (f"\n## Out of distribution against in distribution\n\nFor models trained on synthesize.py's "
                  f"defaults (the demo; the pretrained files up to blur size and smoothed content; the rows of a model "
                  f"trained on other data mean nothing): the gain on renderer2's noisy sets at the same size against "
                  f"the gain on {OWN_SET!r}, scenes of the distribution they trained on, and the share of it they "
                  f"keep, with its standard error over the scenes drawn (another training run of the same recipe "
-                 f"moves it too). The small-blur set has no defocused pixels. {args.scenes} scenes per set"
-                 f"{'' if args.scenes >= 96 else '; on fewer than 96 a share is uncertain by tens of percent'}."
+                 f"moves it too). The small-blur set has no defocused pixels. {args.scenes} scenes per set{few}."
                  f"\n\n{transfer}\n")
     shares = share_table(results, variants)
     checked = {name for name, _ in variants.values()}
