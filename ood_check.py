@@ -1,5 +1,5 @@
 """Out-of-distribution check for models trained on synthetic dual-pixel data: does the gain over the blurry
-input survive on data not made like the training data? Thirteen test sets, all rendered in memory:
+input survive on data not made like the training data? Thirteen test sets, rendered in memory one at a time:
 
   in-dist    synthesize.py scenes from the training families (TRAIN_FAMILIES below)
   held-out   synthesize.py scenes from families held back from that training (HELD_OUT_FAMILIES): other PSF
@@ -40,11 +40,12 @@ anything.
     python ood_check.py --reference --weights checkpoints/demo/best.keras  # what each set's own data teaches
     python ood_check.py --weights W --only "renderer2 large blur" --out ood_large   # some of the sets
     python ood_check.py --weights W --set scales=0 --out results/ood_scales   # as deblur.py runs by default
-    python ood_check.py --weights W --scenes 96 --only "all families" --only renderer2 --out ood_transfer
+    python ood_check.py --weights W --only "all families" --only renderer2 --out ood_transfer
+    python ood_check.py --weights W --scenes 24 --out ood_quick           # a quick look: 4x faster, shares vaguer
 
-A share between two sets (the table "Out of distribution against in distribution", with its standard error)
-divides two samples of scenes; 24 per set leave it uncertain by tens of percent, so it is taken on 96 (about 4x
-the time and memory). summary.json keeps each set's per-scene gains (scene_gains) for paired comparisons.
+Each set has 96 scenes (SHARE_SCENES) by default: a share between two sets (the table "Out of distribution
+against in distribution", with its standard error) divides two samples of scenes, and 24 per set left it
+uncertain by tens of percent. summary.json keeps each set's per-scene gains (scene_gains) for paired comparisons.
 
 The networks run at each set's own size; `--set scales=0` (or N) adds the passes at smaller sizes that test.py and
 deblur.py run for images larger than the weights' training frames (inference.pyramid_levels).
@@ -167,6 +168,11 @@ def check_domain(families: dict, **extra):
 
 def check_sets(n: int, width: int, height: int, only: list[str] | None = None) -> dict[str, list[dict]]:
     """The thirteen sets of the module docstring (or the ones named in `only`), n scenes each."""
+    return {name: make() for name, make in set_makers(n, width, height, only).items()}
+
+
+def set_makers(n: int, width: int, height: int, only: list[str] | None = None) -> dict:
+    """{set name: function that renders it}, so that main holds one set in memory at a time."""
     import synthesize
     big = (2 * width, 2 * height)
     makers = {
@@ -188,7 +194,7 @@ def check_sets(n: int, width: int, height: int, only: list[str] | None = None) -
                                                                     max_blur=LARGE_BLUR_PX, our_psfs=True),
         "renderer2 large blur": lambda: renderer2_set(n, *big, max_blur=LARGE_BLUR_PX)}
     assert tuple(makers) == SET_NAMES
-    return {name: make() for name, make in makers.items() if not only or name in only}
+    return {name: make for name, make in makers.items() if not only or name in only}
 
 
 def psnr_masked(gt: np.ndarray, pred: np.ndarray, mask: np.ndarray) -> float:
@@ -328,6 +334,15 @@ def _train(cfg, steps: int, progress: bool):
         cfg = retry
 
 
+def load_dual(path: str, cfg):
+    """(model, its config) of a dual-pixel checkpoint; WeightsError for anything else."""
+    import weights
+    model, model_cfg = weights.load_model(path, cfg)
+    if model_cfg.input_mode != "dual":
+        raise weights.WeightsError(f"{path}: the check is for dual-pixel (DPDNet) models")
+    return model, model_cfg
+
+
 def inference_variants(name: str, model_cfg) -> dict:
     """{label: config} to evaluate a model with: as it runs by default and, where that is a self-ensemble, also in
     one pass, so that the table shows what the ensemble adds."""
@@ -460,7 +475,9 @@ def main(argv=None) -> int:
                                                   "preset's, epochs x steps_per_epoch: 4,000 for demo)")
     parser.add_argument("--only", action="append", metavar="SET", help="check only this set (repeatable; "
                                                                           "default: all thirteen)")
-    parser.add_argument("--scenes", type=int, default=24, help="test scenes per set (default 24)")
+    parser.add_argument("--scenes", type=int, default=SHARE_SCENES, help=f"test scenes per set (default "
+                                                                        f"{SHARE_SCENES}; fewer leave a share "
+                                                                        f"between two sets uncertain)")
     parser.add_argument("--width", type=int, default=320, help="test image width (default 320, the demo's)")
     parser.add_argument("--height", type=int, default=208, help="test image height (default 208)")
     parser.add_argument("--out", help="where summary.md goes (default results/ood; required with --only, so that a "
@@ -486,7 +503,6 @@ def main(argv=None) -> int:
                  "(this preset trains one pass per epoch); --set steps_per_epoch=100")
     args.steps = args.steps or cfg.epochs * cfg.steps_per_epoch
     import synthesize
-    import weights
     with exit_on_error(OSError):
         models = {}
         progress, max_blur = not args.no_progress, synthesize.default_max_coc(cfg.working_width)
@@ -499,23 +515,26 @@ def main(argv=None) -> int:
                                                                               planes=True)
         for path in args.weights:
             models[os.path.relpath(os.path.abspath(path), REPO_DIR)] = path
-        t0 = time.time()
-        size = (args.width, args.height)
-        sets = check_sets(args.scenes, *size, only=args.only)
-        print(f"rendered {len(sets) * args.scenes} test scenes in {time.time() - t0:.0f} s", flush=True)
-        results, variants = {}, {}
-        for name, path in models.items():
-            model, model_cfg = weights.load_model(path, cfg)
-            if model_cfg.input_mode != "dual":
-                raise weights.WeightsError(f"{path}: the check is for dual-pixel (DPDNet) models")
+        loaded = {name: load_dual(path, cfg) for name, path in models.items()}
+        runs, variants = {}, {}
+        for name, (model, model_cfg) in loaded.items():
             for label, run_cfg in inference_variants(name, model_cfg).items():
-                results[label] = {s: evaluate(model, run_cfg, scenes) for s, scenes in sets.items()}
-                variants[label] = (name, label[len(name):])
-                print(table({label: results[label]}).split("\n", 2)[2], flush=True)
-                print(band_table({label: results[label]}).split("\n", 2)[2], flush=True)
-                pairs = pair_table({label: results[label]})
-                if pairs:
-                    print(pairs.split("\n", 2)[2], flush=True)
+                runs[label], variants[label] = (model, run_cfg), (name, label[len(name):])
+        results = {label: {} for label in runs}
+        makers = set_makers(args.scenes, args.width, args.height, only=args.only)
+        from tqdm import tqdm
+        bar = tqdm(total=len(makers) * len(runs), desc="check", unit="run", disable=args.no_progress,
+                   dynamic_ncols=True)
+        for set_name, make in makers.items():
+            t0 = time.time()
+            scenes = make()
+            tqdm.write(f"{set_name}: rendered {len(scenes)} scenes in {time.time() - t0:.0f} s")
+            for label, (model, run_cfg) in runs.items():
+                results[label][set_name] = evaluate(model, run_cfg, scenes)
+                tqdm.write(table({label: {set_name: results[label][set_name]}}).split("\n", 2)[2])
+                bar.update()
+            del scenes
+        bar.close()
     from fileio import atomic_write_json, atomic_write_text, json_safe
     summary = {"train_families": TRAIN_FAMILIES, "held_out_families": HELD_OUT_FAMILIES, "seed": SEED,
                "size": [args.width, args.height], "sharp_px": SHARP_PX, "blurred_px": BLURRED_PX,
