@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import io
 import json
 import os
@@ -259,16 +258,6 @@ def _lpips(mode: str, pairs: list = (), progress: bool = False) -> tuple[list | 
     return values, ("random" if mode == "random" else "alexnet"), ""
 
 
-def _weights_stamp(path: str) -> dict:
-    st = os.stat(path)
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return {"weights": os.path.abspath(path), "weights_size": st.st_size, "weights_mtime": int(st.st_mtime),
-            "weights_sha256": digest.hexdigest()}
-
-
 def evaluate(cfg: Config, weights_path: str | None = None, out_dir: str | None = None, overwrite: bool = False,
              lpips: str = "auto", limit: int = 0, progress: bool = True) -> dict:
     """Run the Table 1 evaluation and return the summary dict (also written to out_dir/summary.json).
@@ -291,7 +280,7 @@ def evaluate(cfg: Config, weights_path: str | None = None, out_dir: str | None =
     if warning:
         print(warning, file=sys.stderr)
 
-    run_info = {**_weights_stamp(weights_path), "input_mode": model_cfg.input_mode, "tile": model_cfg.tile,
+    run_info = {**weights.file_stamp(weights_path), "input_mode": model_cfg.input_mode, "tile": model_cfg.tile,
                 "tile_overlap": model_cfg.tile_overlap, "self_ensemble": len(ensemble_transforms(model_cfg)),
                 "scales": first_pyramid(model_cfg, scenes), "precision": model_cfg.precision, **backends.info(),
                 "dataset_root": root, "black_level": cfg.black_level, "white_level": cfg.white_level,

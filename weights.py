@@ -5,6 +5,7 @@ onto our layers by order and shape with their BGR colour order turned into our R
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -31,6 +32,18 @@ class WeightsError(UserError):
 
 def mode_name(input_mode: str) -> str:
     return "DPDNet" if input_mode == "dual" else "DPDNet-Single"
+
+
+def file_stamp(path: str) -> dict:
+    """Path, size, modification time and SHA-256 of a weights file: what a results folder records, so that a
+    resumed run can tell whether it still runs the same weights."""
+    st = os.stat(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"weights": os.path.abspath(path), "weights_size": st.st_size, "weights_mtime": int(st.st_mtime),
+            "weights_sha256": digest.hexdigest()}
 
 
 def saved_config(weights_path: str) -> dict | None:
