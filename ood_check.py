@@ -46,6 +46,8 @@ anything.
 Each set has 96 scenes (SHARE_SCENES) by default: a share between two sets (the table "Out of distribution
 against in distribution", with its standard error) divides two samples of scenes, and 24 per set left it
 uncertain by tens of percent. summary.json keeps each set's per-scene gains (scene_gains) for paired comparisons.
+A full check takes minutes per model; an interrupted one keeps each finished set check in --out's partial.json,
+and the same command goes on from there (the same weights, settings and scenes; anything else starts afresh).
 
 The networks run at each set's own size; `--set scales=0` (or N) adds the passes at smaller sizes that test.py and
 deblur.py run for images larger than the weights' training frames (inference.pyramid_levels).
@@ -105,6 +107,7 @@ FAMILIES_MODEL = "trained on the training families"
 # their own distribution, the out-of-distribution share the sim-to-real check is about.
 OWN_SET = "all families"
 TRANSFER_SETS = ("renderer2", "renderer2 small blur", "renderer2 demosaicked")
+PARTIAL = "partial.json"           # the results of an interrupted check, in --out until its summary is written
 SHARE_SCENES = 96                 # scenes per set below which the summary warns that a share is uncertain
 YARDSTICKS = {"in-dist": FAMILIES_MODEL,
               "held-out": "trained on the held-out families (reference)",
@@ -343,6 +346,58 @@ def load_dual(path: str, cfg):
     return model, model_cfg
 
 
+def run_stamp(weights_sha256: str, run_cfg, args) -> dict:
+    """What a set's result for one model and inference variant depends on besides the code: the weights' bytes, how
+    they run, and the scenes drawn. A resumed check reuses a result only where this is unchanged."""
+    import backends
+    from inference import ensemble_transforms
+    return {"weights_sha256": weights_sha256, "self_ensemble": len(ensemble_transforms(run_cfg)),
+            **{key: getattr(run_cfg, key) for key in ("precision", "scales", "tile", "tile_overlap")},
+            "scenes": args.scenes, "size": [args.width, args.height], "seed": SEED, **backends.info()}
+
+
+def resumable_results(partial: str, stamps: dict) -> dict:
+    """{label: {set: result}}: the results an interrupted check of the same runs (stamps) left in `partial`, and
+    an empty dict for every other label."""
+    import json
+    old = {"stamps": {}, "results": {}}
+    if os.path.isfile(partial):
+        with open(partial) as f:
+            old = json.load(f)
+    return {label: dict(old["results"].get(label, {})) if old["stamps"].get(label) == stamp else {}
+            for label, stamp in stamps.items()}
+
+
+def run_checks(runs: dict, stamps: dict, makers: dict, partial: str, progress: bool) -> dict:
+    """{label: {set: evaluate()}} for every run (label: (model, config)) on every set of `makers`, rendering one set
+    at a time. Each finished check is written to `partial` at once, and the ones an interrupted check of the same
+    runs (stamps) left there are not redone."""
+    from fileio import atomic_write_json
+    from tqdm import tqdm
+    results = resumable_results(partial, stamps)
+    done = sum(name in results[label] for label in runs for name in makers)
+    if done:
+        print(f"resuming: {done} of {len(makers) * len(runs)} set checks already done in {partial}")
+    bar = tqdm(total=len(makers) * len(runs), initial=done, desc="check", unit="run", disable=not progress,
+               dynamic_ncols=True)
+    for set_name, make in makers.items():
+        todo = [label for label in runs if set_name not in results[label]]
+        if not todo:
+            continue
+        t0 = time.time()
+        scenes = make()
+        tqdm.write(f"{set_name}: rendered {len(scenes)} scenes in {time.time() - t0:.0f} s")
+        for label in todo:
+            model, run_cfg = runs[label]
+            results[label][set_name] = evaluate(model, run_cfg, scenes)
+            atomic_write_json(partial, {"stamps": stamps, "results": results})
+            tqdm.write(table({label: {set_name: results[label][set_name]}}).split("\n", 2)[2])
+            bar.update()
+        del scenes
+    bar.close()
+    return {label: {name: sets[name] for name in makers if name in sets} for label, sets in results.items()}
+
+
 def inference_variants(name: str, model_cfg) -> dict:
     """{label: config} to evaluate a model with: as it runs by default and, where that is a self-ensemble, also in
     one pass, so that the table shows what the ensemble adds."""
@@ -503,7 +558,11 @@ def main(argv=None) -> int:
                  "(this preset trains one pass per epoch); --set steps_per_epoch=100")
     args.steps = args.steps or cfg.epochs * cfg.steps_per_epoch
     import synthesize
-    with exit_on_error(OSError):
+    import weights
+    from fileio import atomic_write_json, atomic_write_text, json_safe
+    partial = os.path.join(args.out, PARTIAL)
+    with exit_on_error(OSError, interrupted=f"interrupted: any finished set checks are kept in {partial}; the same "
+                                            f"command resumes from them"):
         models = {}
         progress, max_blur = not args.no_progress, synthesize.default_max_coc(cfg.working_width)
         if args.train:
@@ -516,26 +575,14 @@ def main(argv=None) -> int:
         for path in args.weights:
             models[os.path.relpath(os.path.abspath(path), REPO_DIR)] = path
         loaded = {name: load_dual(path, cfg) for name, path in models.items()}
-        runs, variants = {}, {}
+        runs, variants, stamps = {}, {}, {}
         for name, (model, model_cfg) in loaded.items():
+            sha256 = weights.file_stamp(models[name])["weights_sha256"]
             for label, run_cfg in inference_variants(name, model_cfg).items():
                 runs[label], variants[label] = (model, run_cfg), (name, label[len(name):])
-        results = {label: {} for label in runs}
+                stamps[label] = run_stamp(sha256, run_cfg, args)
         makers = set_makers(args.scenes, args.width, args.height, only=args.only)
-        from tqdm import tqdm
-        bar = tqdm(total=len(makers) * len(runs), desc="check", unit="run", disable=args.no_progress,
-                   dynamic_ncols=True)
-        for set_name, make in makers.items():
-            t0 = time.time()
-            scenes = make()
-            tqdm.write(f"{set_name}: rendered {len(scenes)} scenes in {time.time() - t0:.0f} s")
-            for label, (model, run_cfg) in runs.items():
-                results[label][set_name] = evaluate(model, run_cfg, scenes)
-                tqdm.write(table({label: {set_name: results[label][set_name]}}).split("\n", 2)[2])
-                bar.update()
-            del scenes
-        bar.close()
-    from fileio import atomic_write_json, atomic_write_text, json_safe
+        results = run_checks(runs, stamps, makers, partial, progress)
     summary = {"train_families": TRAIN_FAMILIES, "held_out_families": HELD_OUT_FAMILIES, "seed": SEED,
                "size": [args.width, args.height], "sharp_px": SHARP_PX, "blurred_px": BLURRED_PX,
                "bands_px": [[lo, hi] for lo, hi in BANDS], "pairs": PAIRS, "yardsticks": YARDSTICKS, "scales": cfg.scales,
@@ -573,6 +620,8 @@ def main(argv=None) -> int:
                  f"set only the defocused columns compare deblurring (in-focus input pixels there are nearly exact)."
                  f"\n\n{shares}\n")
     atomic_write_text(os.path.join(args.out, "summary.md"), text)
+    if os.path.exists(partial):
+        os.remove(partial)
     print("\n" + table(results) + "\n\n" + band_table(results) + ("\n\n" + pairs if pairs else "")
           + ("\n\n" + transfer if transfer else "") + ("\n\n" + shares if shares else ""))
     return 0

@@ -311,6 +311,53 @@ def test_ood_check_reports_each_set(tmp_path):
     assert transfer.count(f"| {label} |") == len(ood_check.TRANSFER_SETS)
 
 
+def test_an_interrupted_check_resumes_from_its_finished_sets_and_only_for_the_same_runs(tmp_path, monkeypatch):
+    """Ctrl-C keeps each finished (set, model) check in partial.json; the same command then checks only the rest and
+    writes the summary an uninterrupted run writes; a run with other scenes reuses nothing."""
+    model, cfg = tiny_model("dual", seed=1)
+    ckpt = save_checkpoint(model, cfg, str(tmp_path / "ck"))
+    argv = ["--weights", ckpt, "--scenes", "1", "--width", "64", "--height", "48", "--no-progress",
+            "--only", "in-dist", "--only", "held-out", "--only", "renderer2"]
+    evaluate, calls, interrupt_at = ood_check.evaluate, [], [0]
+
+    def counted(*args):
+        calls.append(1)
+        if len(calls) == interrupt_at[0]:
+            raise KeyboardInterrupt
+        return evaluate(*args)
+    monkeypatch.setattr(ood_check, "evaluate", counted)
+    assert ood_check.main(argv + ["--out", str(tmp_path / "whole")]) == 0
+    total, whole = len(calls), json.loads((tmp_path / "whole" / "summary.json").read_text())["results"]
+    assert total == 3 * len(whole) and not (tmp_path / "whole" / ood_check.PARTIAL).exists()
+
+    out = tmp_path / "out"
+    for rerun, expected in ((argv, total - 2), (argv[:3] + ["2"] + argv[4:], 3 * len(whole))):
+        calls.clear()
+        interrupt_at[0] = 3
+        (out / "summary.json").unlink(missing_ok=True)
+        with pytest.raises(SystemExit) as stop:
+            ood_check.main(argv + ["--out", str(out)])
+        assert stop.value.code == 130 and not (out / "summary.json").exists()
+        kept = json.loads((out / ood_check.PARTIAL).read_text())["results"]
+        assert sum(len(sets) for sets in kept.values()) == 2
+        calls.clear()
+        interrupt_at[0] = 0
+        assert ood_check.main(rerun + ["--out", str(out)]) == 0
+        assert len(calls) == expected and not (out / ood_check.PARTIAL).exists()
+    resumed = json.loads((out / "summary.json").read_text())["results"]
+    calls.clear()
+    ood_check.main(argv[:3] + ["2"] + argv[4:] + ["--out", str(tmp_path / "two")])
+    assert resumed == json.loads((tmp_path / "two" / "summary.json").read_text())["results"]
+    (out / "summary.json").unlink()
+    calls.clear()
+    interrupt_at[0] = 3
+    with pytest.raises(SystemExit):
+        ood_check.main(argv + ["--out", str(out)])
+    interrupt_at[0] = 0
+    assert ood_check.main(argv + ["--out", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text())["results"] == whole
+
+
 def test_only_checks_the_sets_named_and_stops_on_an_unknown_one(tmp_path):
     model, cfg = tiny_model("dual", seed=1)
     ckpt = save_checkpoint(model, cfg, str(tmp_path / "ck"))
