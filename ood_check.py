@@ -364,7 +364,7 @@ def resumable_results(partial: str, stamps: dict) -> dict:
     if os.path.isfile(partial):
         with open(partial) as f:
             old = json.load(f)
-    return {label: dict(old["results"].get(label, {})) if old["stamps"].get(label) == stamp else {}
+    return {label: dict(old.get("results", {}).get(label, {})) if old.get("stamps", {}).get(label) == stamp else {}
             for label, stamp in stamps.items()}
 
 
