@@ -504,8 +504,8 @@ def _share(part: float, whole: float) -> str:
 def _share_with_error(part: dict, whole: dict, key: str) -> str:
     """_share of part[key] in whole[key], with its standard error from theirs (key + '_se', independent scenes) by
     the first-order propagation for a ratio where both are known."""
-    share = _share(part[key], whole[key])
     p, w = part[key], whole[key]
+    share = _share(p, w)
     p_se, w_se = part.get(key + "_se", float("nan")), whole.get(key + "_se", float("nan"))
     if share == "-" or not (math.isfinite(p_se) and math.isfinite(w_se)):
         return share
