@@ -47,7 +47,8 @@ Each set has 96 scenes (SHARE_SCENES) by default: a share between two sets (the 
 against in distribution", with its standard error) divides two samples of scenes, and 24 per set left it
 uncertain by tens of percent. summary.json keeps each set's per-scene gains (scene_gains) for paired comparisons.
 A full check takes minutes per model; an interrupted one keeps each finished set check in --out's partial.json,
-and the same command goes on from there (the same weights, settings and scenes; anything else starts afresh).
+and the same command goes on from there (the same weights, settings, scenes and code; anything else starts
+afresh).
 
 The networks run at each set's own size; `--set scales=0` (or N) adds the passes at smaller sizes that test.py and
 deblur.py run for images larger than the weights' training frames (inference.pyramid_levels).
@@ -347,13 +348,29 @@ def load_dual(path: str, cfg):
 
 
 def run_stamp(weights_sha256: str, run_cfg, args) -> dict:
-    """What a set's result for one model and inference variant depends on besides the code: the weights' bytes, how
-    they run, and the scenes drawn. A resumed check reuses a result only where this is unchanged."""
+    """What a set's result for one model and inference variant depends on: the weights' bytes, how they run, the
+    scenes drawn and the code that renders and checks them. A resumed check reuses a result only where this is
+    unchanged."""
     import backends
     from inference import ensemble_transforms
     return {"weights_sha256": weights_sha256, "self_ensemble": len(ensemble_transforms(run_cfg)),
             **{key: getattr(run_cfg, key) for key in ("precision", "scales", "tile", "tile_overlap")},
-            "scenes": args.scenes, "size": [args.width, args.height], "seed": SEED, **backends.info()}
+            "scenes": args.scenes, "size": [args.width, args.height], "seed": SEED, "code_sha256": code_stamp(),
+            **backends.info()}
+
+
+def code_stamp(folder: str = REPO_DIR) -> str:
+    """SHA-256 over the repository's scripts and the second renderer (names and bytes): after an edit or a pull a
+    check starts afresh instead of mixing results of two versions of the code."""
+    import glob
+    import hashlib
+    digest = hashlib.sha256()
+    for path in sorted(glob.glob(os.path.join(folder, "*.py"))) + [os.path.join(folder, "tests", "dp_renderer2.py")]:
+        digest.update(os.path.relpath(path, folder).encode() + b"\0")
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                digest.update(f.read())
+    return digest.hexdigest()
 
 
 def resumable_results(partial: str, stamps: dict) -> dict:

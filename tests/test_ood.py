@@ -313,7 +313,8 @@ def test_ood_check_reports_each_set(tmp_path):
 
 def test_an_interrupted_check_resumes_from_its_finished_sets_and_only_for_the_same_runs(tmp_path, monkeypatch):
     """Ctrl-C keeps each finished (set, model) check in partial.json; the same command then checks only the rest and
-    writes the summary an uninterrupted run writes; a run with other scenes reuses nothing."""
+    writes the summary an uninterrupted run writes; a run with other scenes, or after the code changed, reuses
+    nothing."""
     model, cfg = tiny_model("dual", seed=1)
     ckpt = save_checkpoint(model, cfg, str(tmp_path / "ck"))
     argv = ["--weights", ckpt, "--scenes", "1", "--width", "64", "--height", "48", "--no-progress",
@@ -334,8 +335,10 @@ def test_an_interrupted_check_resumes_from_its_finished_sets_and_only_for_the_sa
     assert ood_check.main(two_scenes + ["--out", str(tmp_path / "two")]) == 0
     two = json.loads((tmp_path / "two" / "summary.json").read_text())["results"]
 
-    out = tmp_path / "out"
-    for rerun, expected, fresh in ((argv, total - 2, whole), (two_scenes, total, two)):
+    out, code = tmp_path / "out", ood_check.code_stamp()
+    for rerun, edited, expected, fresh in ((argv, code, total - 2, whole), (two_scenes, code, total, two),
+                                           (argv, "edited", total, whole)):
+        monkeypatch.setattr(ood_check, "code_stamp", lambda: code)
         calls.clear()
         interrupt_at[0] = 3
         (out / "summary.json").unlink(missing_ok=True)
@@ -344,11 +347,27 @@ def test_an_interrupted_check_resumes_from_its_finished_sets_and_only_for_the_sa
         assert stop.value.code == 130 and not (out / "summary.json").exists()
         kept = json.loads((out / ood_check.PARTIAL).read_text())["results"]
         assert sum(len(sets) for sets in kept.values()) == 2
+        monkeypatch.setattr(ood_check, "code_stamp", lambda edited=edited: edited)
         calls.clear()
         interrupt_at[0] = 0
         assert ood_check.main(rerun + ["--out", str(out)]) == 0
         assert len(calls) == expected and not (out / ood_check.PARTIAL).exists()
         assert json.loads((out / "summary.json").read_text())["results"] == fresh
+
+
+def test_the_code_stamp_changes_with_any_script_and_the_second_renderer_only(tmp_path):
+    (tmp_path / "tests").mkdir()
+    for name, text in (("a.py", "x = 1\n"), ("b.py", "y = 2\n"), ("tests/dp_renderer2.py", "z = 3\n")):
+        (tmp_path / name).write_text(text)
+    first = ood_check.code_stamp(str(tmp_path))
+    (tmp_path / "README.md").write_text("notes")
+    (tmp_path / "tests" / "test_other.py").write_text("w = 4\n")
+    assert ood_check.code_stamp(str(tmp_path)) == first
+    stamps = set()
+    for name, text in (("b.py", "y = 3\n"), ("tests/dp_renderer2.py", "z = 4\n"), ("c.py", "")):
+        (tmp_path / name).write_text(text)
+        stamps.add(ood_check.code_stamp(str(tmp_path)))
+    assert len(stamps | {first}) == 4
 
 
 def test_only_checks_the_sets_named_and_stops_on_an_unknown_one(tmp_path):
