@@ -366,10 +366,8 @@ def code_stamp(folder: str = REPO_DIR) -> str:
     import hashlib
     digest = hashlib.sha256()
     for path in sorted(glob.glob(os.path.join(folder, "*.py"))) + [os.path.join(folder, "tests", "dp_renderer2.py")]:
-        digest.update(os.path.relpath(path, folder).encode() + b"\0")
-        if os.path.isfile(path):
-            with open(path, "rb") as f:
-                digest.update(f.read())
+        with open(path, "rb") as f:
+            digest.update(os.path.relpath(path, folder).encode() + b"\0" + f.read())
     return digest.hexdigest()
 
 
