@@ -364,7 +364,9 @@ class Sensor:
     store it). bits: the levels the views and the combined image are quantised to (8, 10, 12, 16). grey:
     one-channel data (the content is one channel and the noise is shared by R, G and B). demosaic: "" (each pixel
     has all three colours) or a DEMOSAIC_METHODS entry: the views, the combined image and the target are sampled
-    through the Bayer colour-filter pattern `bayer` and interpolated back (camera_pipeline).
+    through the Bayer colour-filter pattern `bayer` and interpolated back (camera_pipeline). exposure: the factor
+    on the scene's linear light before the gains and the noise (a dimmer scene or a shorter exposure at the same
+    ISO: darker pixels with a lower signal-to-noise ratio), the sharp target's too.
     """
     imbalance: float = 0.0
     vignetting: float = 0.0
@@ -376,6 +378,7 @@ class Sensor:
     grey: bool = False
     demosaic: str = ""
     bayer: str = "RGGB"
+    exposure: float = 1.0
 
     def encode(self, linear: np.ndarray) -> np.ndarray:
         x = np.clip(linear, 0.0, 1.0).astype(np.float32)
@@ -535,8 +538,9 @@ def render_views(layers: list[Layer], camera: Camera, noise: Noise | None = None
     else:
         encode = sensor.encode
         gain_l, gain_r = sensor.gains(h, w)
-        out_l *= gain_l
-        out_r *= gain_r
+        out_l *= gain_l * sensor.exposure
+        out_r *= gain_r * sensor.exposure
+        sharp = sharp * sensor.exposure
     if noise is not None and (noise.shot > 0 or noise.read > 0):
         rng = rng if rng is not None else np.random.default_rng(0)
         grey = sensor is not None and sensor.grey
@@ -1002,6 +1006,11 @@ class Domain:
       Drawn after everything else, so the same seed gives the same scenes with only those demosaiced. Off (0) by
       default: at 0.5 the demo's DPDNet lost more on scenes without demosaicing than it gained on demosaiced ones
       (results/synthetic_ood.md, "Demosaiced views").
+    dark_fraction / dark_stops: the fraction of scenes exposed darker, by a number of stops drawn uniformly in
+      dark_stops (1-4: the scene's linear light times 1/2 to 1/16, before the noise, so darker scenes are noisier
+      for their brightness): phone raw data is often stored far below white, and dim scenes are dark in any
+      camera. Drawn after everything else, so the same seed gives the same scenes with only those darkened. 0
+      disables it.
     target_noise: False: the all-in-focus target is noise-free; True: the train and val targets carry the combined
       image's own noise (see render_views), so the network learns to undo blur, not to denoise; test targets stay
       noise-free (the truth a result is scored against).
@@ -1031,6 +1040,8 @@ class Domain:
     grey_fraction: float = 0.05
     zoom: tuple = (1.0, 5.25)
     demosaic: float = 0.0
+    dark_fraction: float = 0.0
+    dark_stops: tuple = (1.0, 4.0)
     target_noise: bool = False
 
     def validate(self) -> None:
@@ -1044,7 +1055,7 @@ class Domain:
             raise SynthesisError(f"zoom: must be a range (lo, hi) with 0 < lo <= hi, got {self.zoom}")
         if not 0 <= self.field < 1:
             raise SynthesisError(f"field: the cat's-eye cut must be in [0, 1), got {self.field}")
-        for name in ("background_blur", "demosaic", "clean_fraction"):
+        for name in ("background_blur", "demosaic", "clean_fraction", "dark_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 raise SynthesisError(f"{name}: a fraction of scenes in [0, 1], got {getattr(self, name)}")
         for name in ("soft_content", "test_soft_content"):
@@ -1055,6 +1066,8 @@ class Domain:
             raise SynthesisError(f"soft_sigma: must be a range (lo, hi) with 0 < lo <= hi, got {self.soft_sigma}")
         if not 0 <= self.field_tilt < 1:
             raise SynthesisError(f"field_tilt: must be in [0, 1), got {self.field_tilt}")
+        if not (len(self.dark_stops) == 2 and 0 <= self.dark_stops[0] <= self.dark_stops[1]):
+            raise SynthesisError(f"dark_stops: must be a range (lo, hi) with 0 <= lo <= hi, got {self.dark_stops}")
 
     def for_split(self, split: str) -> "Domain":
         """The domain the scenes of `split` are drawn from: test scenes take test_soft_content where it is set."""
@@ -1069,7 +1082,7 @@ class Domain:
 # Domain settings added after a dataset format, and the value a manifest without them was made with.
 DOMAIN_ADDED = {"field": 0.0, "field_tilt": 0.0, "background_blur": 0.0, "soft_content": 0.0,
                 "test_soft_content": None, "soft_sigma": list(Domain.soft_sigma), "demosaic": 0.0,
-                "clean_fraction": 0.0}
+                "clean_fraction": 0.0, "dark_fraction": 0.0, "dark_stops": list(Domain.dark_stops)}
 
 
 def draw_psf(rng, domain: Domain, phone: bool) -> PsfShape:
@@ -1189,6 +1202,8 @@ def sample_scene(rng: np.random.Generator, width: int, height: int, max_coc_px: 
                                      bayer=str(rng.choice(list(BAYER_PATTERNS))))
     if domain.clean_fraction and rng.random() < domain.clean_fraction:
         noise, iso = _draw_noise(rng, domain, phone, "clean")
+    if domain.dark_fraction and rng.random() < domain.dark_fraction:
+        sensor = dataclasses.replace(sensor, exposure=2.0 ** -float(rng.uniform(*domain.dark_stops)))
     return SceneSpec(kind, category, layers, cam, noise, 0.0, psf, (near, far), sensor, "phone" if phone else "dslr", iso)
 
 
@@ -1239,7 +1254,8 @@ def make_scene(seed: int, split: str, index: int, width: int, height: int, max_c
             "tone": scene.sensor.tone, "bits": scene.sensor.bits, "grey": int(scene.sensor.grey),
             "lr_ratio": round(math.exp(scene.sensor.imbalance), 3), "psf_field": round(scene.psf.field, 3),
             "psf_field_tilt": round(scene.psf.field_tilt, 3), "demosaic": scene.sensor.demosaic or "none",
-            "bayer": scene.sensor.bayer if scene.sensor.demosaic else ""}
+            "bayer": scene.sensor.bayer if scene.sensor.demosaic else "",
+            "exposure": round(scene.sensor.exposure, 4)}
     if not render:
         return {}, meta
     left, right, combined, sharp = render_views(scene.layers, scene.camera, scene.noise, scene.vignetting,
@@ -1388,7 +1404,7 @@ def domain_from_args(args) -> Domain:
                   noise_levels=items(args.noise_levels), tones=items(args.tones), bits=items(args.bits, int),
                   field=args.field, field_tilt=args.field_tilt, background_blur=args.background_blur,
                   soft_content=args.soft_content, test_soft_content=args.test_soft_content, demosaic=args.demosaic,
-                  clean_fraction=args.clean_fraction)
+                  clean_fraction=args.clean_fraction, dark_fraction=args.dark_fraction)
 
 
 def main(argv=None) -> None:
@@ -1431,6 +1447,9 @@ def main(argv=None) -> None:
     parser.add_argument("--clean-fraction", type=float, default=d.clean_fraction,
                         help=f"fraction of scenes with little or no noise (ISO 0.01-100) whatever --noise-levels says "
                              f"(default {d.clean_fraction:g}; see Domain)")
+    parser.add_argument("--dark-fraction", type=float, default=d.dark_fraction,
+                        help=f"fraction of scenes exposed {d.dark_stops[0]:g}-{d.dark_stops[1]:g} stops darker, before "
+                             f"the noise (default {d.dark_fraction:g}; see Domain)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     print("settings: " + ", ".join(f"{k}={v}" for k, v in vars(args).items()))

@@ -224,7 +224,7 @@ def test_resume_skips_finished_scenes_and_refuses_other_settings(made, tmp_path)
     with open(manifest) as f:
         old = json.load(f)
     for key in ("field", "field_tilt", "background_blur", "soft_content", "test_soft_content", "soft_sigma",
-                "demosaic", "clean_fraction"):
+                "demosaic", "clean_fraction", "dark_fraction", "dark_stops"):
         del old["domain"][key]
     with open(manifest, "w") as f:
         json.dump(old, f)
@@ -329,6 +329,28 @@ def test_clean_scenes_draw_iso_up_to_100_in_the_fraction_asked():
     assert all(m["iso"] <= 100 for m in metas(Domain(noise_levels=("clean",)), 6))
     with pytest.raises(SynthesisError, match="clean_fraction"):
         Domain(clean_fraction=1.5).validate()
+
+
+def test_dark_scenes_are_exposed_one_to_four_stops_lower_in_the_fraction_asked():
+    """Domain.dark_fraction: that share of scenes has its linear light times 2^-(1..4) before the noise, the target
+    too, and is otherwise the same scene; 0 (the default) darkens none. On a linear-tone scene the target is the
+    undarkened one times the factor, pixel for pixel."""
+    def scenes(domain, n=60, render=False):
+        return [make_scene(0, "train", i, 96, 64, 6.0, render=render, domain=domain) for i in range(n)]
+    plain, half = scenes(Domain()), scenes(Domain(dark_fraction=0.5))
+    assert all(m["exposure"] == 1.0 for _, m in plain)
+    changed = [b["exposure"] for (_, a), (_, b) in zip(plain, half) if a != b]
+    assert 18 <= len(changed) <= 42 and 2 ** -4 <= min(changed) and max(changed) <= 0.5  # binomial(60, 0.5): 30 +- 3.9
+    assert all({**a, "exposure": 0} == {**b, "exposure": 0} for (_, a), (_, b) in zip(plain, half))
+    index = next(i for i, ((_, a), (_, b)) in enumerate(zip(plain, half)) if a != b and a["tone"] == "linear")
+    (bright, _), (dark, meta) = (make_scene(0, "train", index, 96, 64, 6.0, domain=d)
+                                 for d in (Domain(), Domain(dark_fraction=0.5)))
+    np.testing.assert_allclose(dark["target"], bright["target"] * meta["exposure"], rtol=1e-3)   # 4 digits in meta
+    assert dark["source"].mean() < 0.6 * bright["source"].mean()
+    with pytest.raises(SynthesisError, match="dark_fraction"):
+        Domain(dark_fraction=-0.1).validate()
+    with pytest.raises(SynthesisError, match="dark_stops"):
+        Domain(dark_stops=(3.0, 1.0)).validate()
 
 
 def test_zoom_scales_the_blur_and_is_validated(tmp_path):
