@@ -1,5 +1,5 @@
 """Out-of-distribution check for models trained on synthetic dual-pixel data: does the gain over the blurry
-input survive on data not made like the training data? Thirteen test sets, rendered in memory one at a time:
+input survive on data not made like the training data? Fourteen test sets, rendered in memory one at a time:
 
   in-dist    synthesize.py scenes from the training families (TRAIN_FAMILIES below)
   held-out   synthesize.py scenes from families held back from that training (HELD_OUT_FAMILIES): other PSF
@@ -18,6 +18,9 @@ input survive on data not made like the training data? Thirteen test sets, rende
   renderer2 demosaicked            the renderer2 scenes recorded through a Bayer mosaic and demosaiced by
                                    renderer2's own Malvar-He-Cutler filters, as a camera's raw converter does:
                                    noise correlated between neighbouring pixels, the sharp image demosaiced too
+  renderer2 dark                   the renderer2 scenes two stops dimmer (DARK_EXPOSURE) at the same photon count
+                                   at white: darker and noisier for their brightness, as phone raw data stored far
+                                   below white and dim scenes are
   in-dist large blur               the in-dist families' DSLR scenes with blur of up to LARGE_BLUR_PX, as the
                                    backgrounds of a photo at DPDD's scale (1680 wide) taken at f/4
   renderer2 optics, our content, large blur    and renderer2's optics over our content, noise-free, likewise
@@ -94,9 +97,10 @@ BLURRED_PX = 3.0                  # pixels whose blur diameter is at least this 
 BANDS = ((0, 1), (1, 3), (3, 6), (6, 10), (10, 20), (20, math.inf))   # blur diameters (px) of the band table
 SMALL_BLUR_PX = 3.0               # the small-blur set's largest blur diameter (phone dual-pixel blur: a few px)
 LARGE_BLUR_PX = 40.0              # the large-blur sets' largest blur diameter (a DSLR at f/4 at DPDD's scale)
+DARK_EXPOSURE = 0.25              # the dark set's light against renderer2's (two stops)
 SET_NAMES = ("in-dist", "held-out", "all families", "renderer2", "renderer2 noise-free",
              "renderer2 optics, our content", "the same with our PSFs", "renderer2 small blur", "renderer2 demosaicked",
-             "in-dist large blur", "renderer2 optics, our content, large blur", "the same with our PSFs, large blur",
+             "renderer2 dark", "in-dist large blur", "renderer2 optics, our content, large blur", "the same with our PSFs, large blur",
              "renderer2 large blur")
 # Sets that differ only in their PSFs: (renderer2's, ours); the share of the in-distribution twin's gain that a
 # model keeps under renderer2's PSFs is the out-of-distribution share of the optics alone.
@@ -107,7 +111,7 @@ FAMILIES_MODEL = "trained on the training families"
 # For models trained on synthesize.py's defaults: renderer2's noisy sets at the check's size against their gain on
 # their own distribution, the out-of-distribution share the sim-to-real check is about.
 OWN_SET = "all families"
-TRANSFER_SETS = ("renderer2", "renderer2 small blur", "renderer2 demosaicked")
+TRANSFER_SETS = ("renderer2", "renderer2 small blur", "renderer2 demosaicked", "renderer2 dark")
 PARTIAL = "partial.json"           # the results of an interrupted check, in --out until its summary is written
 SHARE_SCENES = 96                 # scenes per set below which the summary warns that a share is uncertain
 YARDSTICKS = {"in-dist": FAMILIES_MODEL,
@@ -142,15 +146,17 @@ def _renderer2():
 
 
 def renderer2_set(n: int, width: int, height: int, noise: bool = True, our_content: bool = False,
-                  max_blur: float | None = None, our_psfs: bool = False, demosaic: bool = False) -> list[dict]:
+                  max_blur: float | None = None, our_psfs: bool = False, demosaic: bool = False,
+                  exposure: float = 1.0) -> list[dict]:
     """n scenes from the independent renderer in tests/, by default with the same largest blur as synthesize.py;
     without noise, with synthesize.py's content (photographs, textures, dead leaves, patterns), with
-    synthesize.py's PSFs (our_psfs) and through a Bayer mosaic and renderer2's demosaicing on request."""
+    synthesize.py's PSFs (our_psfs), through a Bayer mosaic and renderer2's demosaicing, and dimmer (exposure, a
+    factor on the light before the noise) on request."""
     import synthesize
     return _renderer2().render_set(n, seed=SEED, h=height, w=width,
                                    max_blur=synthesize.default_max_coc(width) if max_blur is None else max_blur,
                                    noise=noise, content=synthesize.random_content if our_content else None,
-                                   psfs=our_psfs_for if our_psfs else None, demosaic=demosaic)
+                                   psfs=our_psfs_for if our_psfs else None, demosaic=demosaic, exposure=exposure)
 
 
 def our_psfs_for(index: int, seed: int = SEED):
@@ -171,7 +177,7 @@ def check_domain(families: dict, **extra):
 
 
 def check_sets(n: int, width: int, height: int, only: list[str] | None = None) -> dict[str, list[dict]]:
-    """The thirteen sets of the module docstring (or the ones named in `only`), n scenes each."""
+    """The fourteen sets of the module docstring (or the ones named in `only`), n scenes each."""
     return {name: make() for name, make in set_makers(n, width, height, only).items()}
 
 
@@ -190,6 +196,7 @@ def set_makers(n: int, width: int, height: int, only: list[str] | None = None) -
                                                         our_psfs=True),
         "renderer2 small blur": lambda: renderer2_set(n, width, height, max_blur=SMALL_BLUR_PX),
         "renderer2 demosaicked": lambda: renderer2_set(n, width, height, demosaic=True),
+        "renderer2 dark": lambda: renderer2_set(n, width, height, exposure=DARK_EXPOSURE),
         "in-dist large blur": lambda: synthetic_set(check_domain(TRAIN_FAMILIES, cameras=("dslr",)), n,
                                                     *big, max_blur=LARGE_BLUR_PX),
         "renderer2 optics, our content, large blur": lambda: renderer2_set(n, *big, noise=False, our_content=True,
@@ -544,7 +551,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, help="--train's and --reference's budget in steps (default: the "
                                                   "preset's, epochs x steps_per_epoch: 4,000 for demo)")
     parser.add_argument("--only", action="append", metavar="SET", help="check only this set (repeatable; "
-                                                                          "default: all thirteen)")
+                                                                          "default: all fourteen)")
     parser.add_argument("--scenes", type=int, default=SHARE_SCENES, help=f"test scenes per set (default "
                                                                         f"{SHARE_SCENES}; fewer leave a share "
                                                                         f"between two sets uncertain)")

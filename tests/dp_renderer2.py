@@ -12,6 +12,7 @@ does for its twin sets):
   blur falls from the back plane to the front one, as depth orders it in any camera: planes behind the
   in-focus one are blurred behind focus, planes in front of it in front of focus.
 - Poisson-Gaussian noise from a photon count, a left/right gain ratio and sRGB, gamma 2.2 or linear output.
+- On request (exposure < 1) a dimmer scene: the light times that factor before the noise, the sharp image too.
 - On request (demosaic=True) a camera's raw conversion: the noise drawn per photosite of a Bayer mosaic (one of
   its four phases) and the colours interpolated back by Malvar, He and Cutler's linear filters (ICASSP 2004).
 
@@ -134,7 +135,8 @@ def demosaic_mhc(lin: np.ndarray, phase: int) -> np.ndarray:
 
 
 def render_scene(rng: np.random.Generator, h: int = 208, w: int = 320, max_blur: float = 12.0,
-                 tone: str | None = None, noise: bool = True, content=None, psfs=None, demosaic: bool = False) -> dict:
+                 tone: str | None = None, noise: bool = True, content=None, psfs=None, demosaic: bool = False,
+                 exposure: float = 1.0) -> dict:
     """One scene: float32 'left', 'right', 'combined', 'sharp' (H, W, 3) in [0, 1] and 'blur' (H, W), the
     |blur diameter| in pixels of the surface seen at each pixel, plus a description. noise=False: the same
     scene without its photon and read noise. content(rng, h, w): another source of plane textures (display
@@ -142,7 +144,8 @@ def render_scene(rng: np.random.Generator, h: int = 208, w: int = 320, max_blur:
     PSFs in place of this renderer's, every other draw the same, so the two renders differ only in the PSFs.
     demosaic: the views, the combined image and the sharp one through a Bayer mosaic and Malvar-He-Cutler
     (demosaic_mhc), the noise drawn per photosite; drawn after everything else, so the scene is otherwise the
-    same."""
+    same. exposure: the scene's linear light (and the sharp image's) times this before the noise, as a dimmer
+    scene at the same photon count at white: darker, and noisier for its brightness."""
     n_planes = int(rng.integers(2, 5))
     sizes = np.sort(rng.uniform(0, max_blur, n_planes - 1))[::-1]   # |blur| of the planes out of focus
     focus = int(rng.integers(n_planes))                        # one surface in focus; planes go back to front,
@@ -167,7 +170,8 @@ def render_scene(rng: np.random.Generator, h: int = 208, w: int = 320, max_blur:
             blurred = np.stack([fftconvolve(padded[..., c], k, mode="valid") for c in range(4)], axis=2)
             out[:] = blurred[..., :3] + out * (1 - blurred[..., 3:4])
     ratio = float(np.exp(rng.uniform(-0.25, 0.25)))
-    lin_left, lin_right = lin_left * np.sqrt(ratio), lin_right / np.sqrt(ratio)
+    lin_left, lin_right = lin_left * np.sqrt(ratio) * exposure, lin_right / np.sqrt(ratio) * exposure
+    sharp = sharp * exposure
     photons = float(10 ** rng.uniform(2.5, 4.5))                # photons at white per view
     noisy = [rng.poisson(np.clip(v, 0, None) * photons) / photons + rng.normal(0, 0.002, v.shape)
              for v in (lin_left, lin_right)] if noise else [lin_left, lin_right]
@@ -187,8 +191,9 @@ def render_scene(rng: np.random.Generator, h: int = 208, w: int = 320, max_blur:
 
 
 def render_set(n: int, seed: int = 1234, h: int = 208, w: int = 320, max_blur: float = 12.0, noise: bool = True,
-               content=None, psfs=None, demosaic: bool = False) -> list[dict]:
+               content=None, psfs=None, demosaic: bool = False, exposure: float = 1.0) -> list[dict]:
     """n scenes, deterministic for the seed (and the same scenes with or without noise, or with other PSFs).
     psfs(i): scene i's render_scene psfs."""
     return [render_scene(np.random.default_rng([seed, i]), h, w, max_blur, noise=noise, content=content,
-                         psfs=None if psfs is None else psfs(i), demosaic=demosaic) for i in range(n)]
+                         psfs=None if psfs is None else psfs(i), demosaic=demosaic, exposure=exposure)
+            for i in range(n)]

@@ -69,6 +69,24 @@ def test_renderer2_without_noise_renders_the_same_scene_clean():
     np.testing.assert_allclose(clean["combined"][far_from_blur], np.clip(expected, 0, 1)[far_from_blur], atol=1e-5)
 
 
+def test_renderer2_exposure_dims_the_same_scene_before_its_noise():
+    """exposure=0.25 keeps every draw of the scene and scales its light, the sharp image's too: noise-free and
+    linear, every image is the plain one times 0.25 (the combined one below the clip); with noise, the dark views'
+    noise against their brightness is about twice the plain ones' (Poisson: sqrt(1 / 0.25)) or more (read noise)."""
+    plain = render_scene(np.random.default_rng(5), 64, 96, max_blur=8.0, tone="linear", noise=False)
+    dark = render_scene(np.random.default_rng(5), 64, 96, max_blur=8.0, tone="linear", noise=False, exposure=0.25)
+    assert dark["desc"] == plain["desc"]
+    np.testing.assert_array_equal(dark["blur"], plain["blur"])
+    for key in ("sharp", "left", "right"):
+        unclipped = plain[key] < 1
+        np.testing.assert_allclose(dark[key][unclipped], 0.25 * plain[key][unclipped], atol=1e-6)
+    def relative_noise(exposure):
+        a, b = (render_scene(np.random.default_rng(5), 64, 96, max_blur=8.0, tone="linear", noise=noise,
+                             exposure=exposure) for noise in (True, False))
+        return np.std(a["left"] - b["left"]) / b["left"].mean()
+    assert 2.0 < relative_noise(0.25) / relative_noise(1.0) < 4.0
+
+
 def test_renderer2_demosaicing_is_exact_on_flat_colour_and_ramps_and_keeps_the_scene():
     """Malvar-He-Cutler reproduces any linear ramp exactly away from the frame's edges (its filters are gradient
     corrected) and a flat colour everywhere, whichever of the four Bayer phases; each phase holds one red, two
@@ -291,7 +309,8 @@ def test_ood_check_reports_each_set(tmp_path):
     (label, sets), = summary["results"].items()
     assert set(sets) == {"in-dist", "held-out", "all families", "renderer2", "renderer2 noise-free",
                          "renderer2 optics, our content", "the same with our PSFs", "renderer2 small blur",
-                         "renderer2 demosaicked", "in-dist large blur", "renderer2 optics, our content, large blur",
+                         "renderer2 demosaicked", "renderer2 dark", "in-dist large blur",
+                         "renderer2 optics, our content, large blur",
                          "the same with our PSFs, large blur", "renderer2 large blur"}
     for r in sets.values():
         assert r["n"] == 2 and 10 < r["input_psnr"] < 90 and np.isfinite(r["gain"])
