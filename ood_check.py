@@ -100,8 +100,8 @@ LARGE_BLUR_PX = 40.0              # the large-blur sets' largest blur diameter (
 DARK_EXPOSURE = 0.25              # the dark set's light against renderer2's (two stops)
 SET_NAMES = ("in-dist", "held-out", "all families", "renderer2", "renderer2 noise-free",
              "renderer2 optics, our content", "the same with our PSFs", "renderer2 small blur", "renderer2 demosaicked",
-             "renderer2 dark", "in-dist large blur", "renderer2 optics, our content, large blur", "the same with our PSFs, large blur",
-             "renderer2 large blur")
+             "renderer2 dark", "in-dist large blur", "renderer2 optics, our content, large blur",
+             "the same with our PSFs, large blur", "renderer2 large blur")
 # Sets that differ only in their PSFs: (renderer2's, ours); the share of the in-distribution twin's gain that a
 # model keeps under renderer2's PSFs is the out-of-distribution share of the optics alone.
 PAIRS = (("renderer2 optics, our content", "the same with our PSFs"),
