@@ -77,7 +77,7 @@ def test_renderer2_exposure_dims_the_same_scene_before_its_noise():
     dark = render_scene(np.random.default_rng(5), 64, 96, max_blur=8.0, tone="linear", noise=False, exposure=0.25)
     assert dark["desc"] == plain["desc"]
     np.testing.assert_array_equal(dark["blur"], plain["blur"])
-    for key in ("sharp", "left", "right"):
+    for key in ("sharp", "left", "right", "combined"):
         unclipped = plain[key] < 1
         np.testing.assert_allclose(dark[key][unclipped], 0.25 * plain[key][unclipped], atol=1e-6)
     def relative_noise(exposure):

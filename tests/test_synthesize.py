@@ -335,8 +335,8 @@ def test_dark_scenes_are_exposed_one_to_four_stops_lower_in_the_fraction_asked()
     """Domain.dark_fraction: that share of scenes has its linear light times 2^-(1..4) before the noise, the target
     too, and is otherwise the same scene; 0 (the default) darkens none. On a linear-tone scene the target is the
     undarkened one times the factor, pixel for pixel."""
-    def scenes(domain, n=60, render=False):
-        return [make_scene(0, "train", i, 96, 64, 6.0, render=render, domain=domain) for i in range(n)]
+    def scenes(domain, n=60):
+        return [make_scene(0, "train", i, 96, 64, 6.0, render=False, domain=domain) for i in range(n)]
     plain, half = scenes(Domain()), scenes(Domain(dark_fraction=0.5))
     assert all(m["exposure"] == 1.0 for _, m in plain)
     changed = [b["exposure"] for (_, a), (_, b) in zip(plain, half) if a != b]
