@@ -13,6 +13,7 @@ from config import UserError
 from fileio import atomic_path
 
 IMAGE_EXTENSIONS = (".png", ".tif", ".tiff")
+PHOTO_EXTENSIONS = IMAGE_EXTENSIONS + (".jpg", ".jpeg", ".bmp", ".webp")   # also read as content (synthesize.py --photos)
 
 
 class ImageError(UserError):

@@ -1,10 +1,12 @@
 """Synthetic dual-pixel defocus data in the DPDD layout, made offline: layered scenes with depth, a thin-lens
 camera, left/right PSFs and occlusion-aware compositing, with the camera randomised per scene (domain
 randomisation: PSF family and aperture, DSLR or phone blur, left/right gain, ISO noise, tone curve, bit depth,
-one-channel data, demosaicing, scenes with little or no noise; see Domain, and README, 'Synthetic data').
+one-channel data, demosaicing, scenes with little or no noise; see Domain, and README, 'Synthetic data'). The
+photographs in the scenes are scikit-image's, or your own with --photos DIR.
 
     python synthesize.py --out synthetic_dpdd --train 100 --val 10 --test 20 --width 560 --height 368 --seed 0
     python synthesize.py --out syn_a --psf-families butterworth,ramp --tones srgb --noise-levels low   # fewer families
+    python synthesize.py --out syn_own --photos ~/photos   # your own sharp photographs as the content
 
 Writes {split}_c/source/NAME.png (blurry combined), {split}_c/target/TARGET.png (all-in-focus),
 {split}_l/source/NAME_L.png and {split}_r/source/NAME_R.png (the two views), 16-bit PNG, plus
@@ -33,7 +35,7 @@ import numpy as np
 from config import REPO_DIR, UserError, changed_keys, exit_on_error
 from dpdd import SPLITS, split_folders
 from fileio import atomic_write_csv, atomic_write_json, is_temporary
-from images import peak, write_image
+from images import PHOTO_EXTENSIONS, peak, read_image, to_float, write_image
 
 FORMAT_VERSION = 3                # bump when the same seed would give different images
 
@@ -664,10 +666,36 @@ def _jitter(rng, img):
     return np.clip(img, 0.0, 1.0).astype(np.float32)
 
 
-def photo_content(rng, h, w):
-    photos = _photos()
-    name = list(photos)[int(rng.integers(len(photos)))]
-    img = photos[name]
+def photo_files(folder: str) -> tuple[str, ...]:
+    """The photographs in `folder` (its image files, sorted by name, so that a seed draws the same ones); listed
+    on every draw, not cached, so that what the manifest counts is what the scenes draw from."""
+    if not os.path.isdir(folder):
+        raise SynthesisError(f"--photos {folder}: not a folder")
+    files = tuple(os.path.join(folder, f) for f in sorted(os.listdir(folder))
+                  if f.lower().endswith(PHOTO_EXTENSIONS) and not f.startswith("."))
+    if not files:
+        raise SynthesisError(f"--photos {folder}: holds no photographs ({', '.join(PHOTO_EXTENSIONS)})")
+    return files
+
+
+@functools.lru_cache(maxsize=4)
+def _read_photo(path: str) -> np.ndarray:
+    return read_image(path, allow_grey=True)
+
+
+def pick_photo(rng, photos: str = "") -> np.ndarray:
+    """One photograph, display-encoded float32 RGB: from the folder `photos` (grey ones as three equal channels)
+    or, with "", from scikit-image's six."""
+    if not photos:
+        imgs = _photos()
+        return imgs[list(imgs)[int(rng.integers(len(imgs)))]]
+    files = photo_files(photos)
+    img = to_float(_read_photo(files[int(rng.integers(len(files)))]))
+    return np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
+
+
+def photo_content(rng, h, w, photos: str = ""):
+    img = pick_photo(rng, photos)
     y0, x0, ch, cw = _crop_box(rng, *img.shape[:2], h, w, 0.5)
     out = _resize(img[y0:y0 + ch, x0:x0 + cw], h, w)
     if rng.random() < 0.5:
@@ -709,10 +737,10 @@ def _leaf_radii(rng, n, rmin, rmax):
     return (rmin ** -2 - u * (rmin ** -2 - rmax ** -2)) ** -0.5
 
 
-def leaves_content(rng, h, w):
+def leaves_content(rng, h, w, photos: str = ""):
     """A dead-leaves image: occluding discs and rectangles with power-law sizes until the frame is covered,
     colours drawn from a photograph, faint texture."""
-    palette = _photos()[list(_photos())[int(rng.integers(len(_photos())))]].reshape(-1, 3)
+    palette = pick_photo(rng, photos).reshape(-1, 3)
     n = int(rng.integers(1000, 1600))
     scale = min(h, w) / 368.0
     radii = _leaf_radii(rng, n, 4.0 * scale, 0.3 * min(h, w))
@@ -755,9 +783,10 @@ CONTENTS = {"photo": photo_content, "texture": texture_content, "noise": noise_c
             "leaves": leaves_content, "pattern": pattern_content}
 
 
-def random_content(rng, h, w, weights=(0.35, 0.25, 0.1, 0.15, 0.15)):
+def random_content(rng, h, w, weights=(0.35, 0.25, 0.1, 0.15, 0.15), photos: str = ""):
+    """One layer's content, its kind drawn with `weights` (in CONTENTS' order); photos: as pick_photo."""
     name = list(CONTENTS)[int(rng.choice(len(CONTENTS), p=np.array(weights) / sum(weights)))]
-    return CONTENTS[name](rng, h, w)
+    return CONTENTS[name](rng, h, w, photos) if name in ("photo", "leaves") else CONTENTS[name](rng, h, w)
 
 
 def random_mask(rng, h, w) -> np.ndarray:
@@ -855,9 +884,10 @@ def _slanted_inv_depth(rng, h, w, inv_far, inv_near):
     return (a + (b - a) * np.clip(t, 0, 1)).astype(np.float32)
 
 
-def _procedural_scene(rng, h, w, kind, category, cam, max_coc_px):
+def _procedural_scene(rng, h, w, kind, category, cam, max_coc_px, photos=""):
     """A background plane and occluding layers (colour, alpha, inverse depth), far to near, one of them
-    through the focal plane, all within the blur limit; indoor backgrounds at 1.5-8 m, outdoor at 20 m or more."""
+    through the focal plane, all within the blur limit; indoor backgrounds at 1.5-8 m, outdoor at 20 m or more.
+    photos: where photographs come from (pick_photo)."""
     inv_s = 1.0 / cam.focus_m
     k = float(cam.coc(np.inf))
     lo_cap, hi_cap = max(0.0, inv_s * (1 - max_coc_px / k)), inv_s * (1 + max_coc_px / k)
@@ -866,11 +896,11 @@ def _procedural_scene(rng, h, w, kind, category, cam, max_coc_px):
         return a, max(a, b)
 
     if kind == "leaves":
-        bg_colour = leaves_content(rng, h, w)
+        bg_colour = leaves_content(rng, h, w, photos)
     elif kind == "planes":
-        bg_colour = random_content(rng, h, w, weights=(0.3, 0.4, 0.1, 0.0, 0.2))
+        bg_colour = random_content(rng, h, w, weights=(0.3, 0.4, 0.1, 0.0, 0.2), photos=photos)
     else:
-        bg_colour = random_content(rng, h, w, weights=(0.6, 0.15, 0.05, 0.1, 0.1))
+        bg_colour = random_content(rng, h, w, weights=(0.6, 0.15, 0.05, 0.1, 0.1), photos=photos)
     slanted_bg = rng.random() < (0.6 if kind == "planes" else 0.35)
     if category == "outdoor":
         fg = window(1 / 30.0, min(1 / 1.0, hi_cap))
@@ -905,12 +935,13 @@ def _procedural_scene(rng, h, w, kind, category, cam, max_coc_px):
     layers = [(bg_colour, bg_alpha, bg_inv)]
     for i in range(1, n + 1):
         if kind == "leaves":
-            colour = leaves_content(rng, h, w) if rng.random() < 0.5 else random_content(rng, h, w)
+            colour = (leaves_content(rng, h, w, photos) if rng.random() < 0.5
+                      else random_content(rng, h, w, photos=photos))
             alpha = np.zeros((h, w), np.float32)
             for _ in range(int(rng.integers(1, 4))):
                 alpha = np.maximum(alpha, random_mask(rng, h, w))
         else:
-            colour = random_content(rng, h, w)
+            colour = random_content(rng, h, w, photos=photos)
             alpha = random_mask(rng, h, w)
         lo, hi = window(max(fg[0], float(np.mean(bg_inv))), fg[1])
         inv = float(rng.uniform(lo, hi))
@@ -1014,6 +1045,10 @@ class Domain:
     target_noise: False: the all-in-focus target is noise-free; True: the train and val targets carry the combined
       image's own noise (see render_views), so the network learns to undo blur, not to denoise; test targets stay
       noise-free (the truth a result is scored against).
+    photos: a folder of sharp photographs ("" for scikit-image's six colour ones, all there is without a download),
+      drawn wherever a layer's content is a photograph and for the colours of dead-leaves layers; the real-depth
+      motorcycle scene keeps its own. Whatever is in them becomes the target, so they should be in focus and
+      clean (each is cropped to 50-100% of its size and resized to the frame, which averages some noise away).
     """
     psf_families: tuple = PSF_FAMILIES
     cameras: tuple = CAMERA_KINDS
@@ -1043,6 +1078,7 @@ class Domain:
     dark_fraction: float = 0.0
     dark_stops: tuple = (1.0, 4.0)
     target_noise: bool = False
+    photos: str = ""
 
     def validate(self) -> None:
         for name, allowed in (("psf_families", PSF_FAMILIES), ("cameras", CAMERA_KINDS),
@@ -1082,7 +1118,7 @@ class Domain:
 # Domain settings added after a dataset format, and the value a manifest without them was made with.
 DOMAIN_ADDED = {"field": 0.0, "field_tilt": 0.0, "background_blur": 0.0, "soft_content": 0.0,
                 "test_soft_content": None, "soft_sigma": list(Domain.soft_sigma), "demosaic": 0.0,
-                "clean_fraction": 0.0, "dark_fraction": 0.0, "dark_stops": list(Domain.dark_stops)}
+                "clean_fraction": 0.0, "dark_fraction": 0.0, "dark_stops": list(Domain.dark_stops), "photos": ""}
 
 
 def draw_psf(rng, domain: Domain, phone: bool) -> PsfShape:
@@ -1179,7 +1215,7 @@ def sample_scene(rng: np.random.Generator, width: int, height: int, max_coc_px: 
             cam = _draw_camera(rng, FOCUS_M[category], downscale)
         if not phone and domain.background_blur and rng.random() < domain.background_blur:
             cam = with_background_blur(cam, _log_uniform(rng, max_coc_px / 3, max_coc_px), width)
-        raw = _procedural_scene(rng, h, w, kind, category, cam, max_coc_px)
+        raw = _procedural_scene(rng, h, w, kind, category, cam, max_coc_px, domain.photos)
     layers = []
     for colour, alpha, inv in raw:
         inv = np.asarray(inv, np.float64)
@@ -1288,8 +1324,13 @@ def default_max_coc(width: int) -> float:
 
 
 def settings(seed: int, width: int, height: int, max_coc_px: float, domain: Domain = Domain()) -> dict:
-    return {"generator": "synthesize.py", "format_version": FORMAT_VERSION, "seed": seed, "width": width,
-            "height": height, "max_coc_px": max_coc_px, "domain": domain.to_dict()}
+    """What a dataset folder is made with (its synthesize.json), so that a resumed run makes the same dataset;
+    with `photos`, also how many the folder holds (a folder that gained or lost some draws other scenes)."""
+    out = {"generator": "synthesize.py", "format_version": FORMAT_VERSION, "seed": seed, "width": width,
+           "height": height, "max_coc_px": max_coc_px, "domain": domain.to_dict()}
+    if domain.photos:
+        out["photo_files"] = len(photo_files(domain.photos))
+    return out
 
 
 def synthesize(out_root: str, n_train: int = 100, n_val: int = 10, n_test: int = 20, width: int = 560,
@@ -1404,7 +1445,8 @@ def domain_from_args(args) -> Domain:
                   noise_levels=items(args.noise_levels), tones=items(args.tones), bits=items(args.bits, int),
                   field=args.field, field_tilt=args.field_tilt, background_blur=args.background_blur,
                   soft_content=args.soft_content, test_soft_content=args.test_soft_content, demosaic=args.demosaic,
-                  clean_fraction=args.clean_fraction, dark_fraction=args.dark_fraction)
+                  clean_fraction=args.clean_fraction, dark_fraction=args.dark_fraction,
+                  photos=os.path.abspath(args.photos) if args.photos else "")
 
 
 def main(argv=None) -> None:
@@ -1450,6 +1492,9 @@ def main(argv=None) -> None:
     parser.add_argument("--dark-fraction", type=float, default=d.dark_fraction,
                         help=f"fraction of scenes exposed {d.dark_stops[0]:g}-{d.dark_stops[1]:g} stops darker, before "
                              f"the noise (default {d.dark_fraction:g}; see Domain)")
+    parser.add_argument("--photos", default=d.photos, metavar="DIR",
+                        help="a folder of your own sharp photographs (png, tif, jpg, bmp, webp; 8 or 16 bit, RGB or "
+                             "grey), drawn as the photographic content instead of scikit-image's six (see Domain)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     print("settings: " + ", ".join(f"{k}={v}" for k, v in vars(args).items()))

@@ -8,14 +8,16 @@ import os
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 
 import dpdd
 from config import REPO_DIR
 from images import read_image
-from synthesize import (Camera, Domain, Layer, Noise, PsfShape, SynthesisError, centroid_x, coc_pixels, dp_kernels, main, make_scene,
-                        quantize_coc, render_views, scene_paths, synthesize, to_linear)
+from synthesize import (Camera, Domain, Layer, Noise, PsfShape, SynthesisError, centroid_x, coc_pixels, dp_kernels,
+                        leaves_content, main, make_scene, photo_content, quantize_coc, random_content, render_views,
+                        scene_paths, synthesize, to_linear)
 
 CAM = Camera(focal_mm=50.0, f_number=1.8, focus_m=2.0, downscale=12.0)
 
@@ -351,6 +353,54 @@ def test_dark_scenes_are_exposed_one_to_four_stops_lower_in_the_fraction_asked()
         Domain(dark_fraction=-0.1).validate()
     with pytest.raises(SynthesisError, match="dark_stops"):
         Domain(dark_stops=(3.0, 1.0)).validate()
+
+
+def test_own_photographs_are_the_photo_content_and_are_recorded(tmp_path):
+    """--photos DIR: photographic layers and dead-leaves colours come from the folder's files (8 or 16 bit, RGB or
+    grey, any of the extensions), the manifest records the folder and its count, so a folder that has changed cannot
+    be resumed, and a missing or empty folder is a one-line error."""
+    black, ramps = tmp_path / "black", tmp_path / "ramps"
+    black.mkdir(), ramps.mkdir()
+    cv2.imwrite(str(black / "night.jpg"), np.zeros((120, 200, 3), np.uint8))
+    y = np.linspace(0, 1, 150)[:, None] * np.ones((1, 220))
+    cv2.imwrite(str(ramps / "down.png"), np.round(y * 200 + 20).astype(np.uint8))                # grey, 8 bit
+    cv2.imwrite(str(ramps / "across.tif"), np.round(np.stack([y.T[:, :150]] * 3, axis=2) * 60000).astype(np.uint16))
+    (ramps / "notes.txt").write_text("not a photograph")
+
+    # a black photograph stays black through the crop and colour jitter: exactly the photo draws are all zero
+    rng = np.random.default_rng(0)
+    zero = [not random_content(rng, 32, 48, photos=str(black)).any() for _ in range(60)]
+    rng = np.random.default_rng(0)
+    assert 15 <= sum(zero) <= 45 and not any(not random_content(rng, 32, 48).any() for _ in range(60))
+    assert not leaves_content(np.random.default_rng(1), 32, 48, str(black)).any()
+    # the two ramps, each drawn: one constant along rows and monotonic down the frame, one the transpose
+    kinds = set()
+    for seed in range(12):
+        img = photo_content(np.random.default_rng(seed), 40, 60, str(ramps)).mean(axis=2)
+        for axis in (0, 1):
+            if np.ptp(img, axis=1 - axis).max() < 1e-6:        # constant across the other axis
+                steps = np.diff(img.mean(axis=1 - axis))
+                assert (steps >= -1e-6).all() or (steps <= 1e-6).all()
+                kinds.add(axis)
+    assert kinds == {0, 1}
+
+    kw = dict(n_train=1, n_val=1, n_test=1, width=48, height=32, workers=1, progress=False)
+    root = str(tmp_path / "own")
+    main(["--out", root, "--train", "1", "--val", "1", "--test", "1", "--width", "48", "--height", "32",
+          "--workers", "1", "--no-progress", "--photos", str(ramps)])
+    with open(os.path.join(root, "synthesize.json")) as f:
+        made = json.load(f)
+    assert made["domain"]["photos"] == str(ramps) and made["photo_files"] == 2
+    cv2.imwrite(str(ramps / "third.bmp"), np.full((64, 64, 3), 128, np.uint8))
+    with pytest.raises(SynthesisError, match="photo_files=2, not 3"):
+        synthesize(root, domain=Domain(photos=str(ramps)), **kw)
+    with pytest.raises(SynthesisError, match="domain.photos="):
+        synthesize(root, **kw)
+    with pytest.raises(SynthesisError, match="not a folder"):
+        synthesize(str(tmp_path / "x"), domain=Domain(photos=str(tmp_path / "missing")), **kw)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SynthesisError, match="holds no photographs"):
+        synthesize(str(tmp_path / "x"), domain=Domain(photos=str(tmp_path / "empty")), **kw)
 
 
 def test_zoom_scales_the_blur_and_is_validated(tmp_path):
