@@ -13,7 +13,8 @@ from config import UserError
 from fileio import atomic_path
 
 IMAGE_EXTENSIONS = (".png", ".tif", ".tiff")
-PHOTO_EXTENSIONS = IMAGE_EXTENSIONS + (".jpg", ".jpeg", ".bmp", ".webp")   # also read as content (synthesize.py --photos)
+# what synthesize.py --photos also reads as content: photographs are often JPEG
+PHOTO_EXTENSIONS = IMAGE_EXTENSIONS + (".jpg", ".jpeg", ".bmp", ".webp")
 
 
 class ImageError(UserError):

@@ -684,20 +684,27 @@ def _read_photo(path: str) -> np.ndarray:
 
 
 def pick_photo(rng, photos: str = "") -> np.ndarray:
-    """One photograph, display-encoded float32 RGB: from the folder `photos` (grey ones as three equal channels)
-    or, with "", from scikit-image's six."""
+    """One photograph as stored: from the folder `photos` (uint8 or uint16, (H, W, 3) or grey (H, W, 1)) or, with
+    "", from scikit-image's six (float32 RGB). rgb_float converts what is kept of it."""
     if not photos:
         imgs = _photos()
         return imgs[list(imgs)[int(rng.integers(len(imgs)))]]
     files = photo_files(photos)
-    img = to_float(_read_photo(files[int(rng.integers(len(files)))]))
+    return _read_photo(files[int(rng.integers(len(files)))])
+
+
+def rgb_float(img: np.ndarray) -> np.ndarray:
+    """(A part of) a photograph from pick_photo as display-encoded float32 RGB in [0, 1]; grey as three equal
+    channels."""
+    img = img if img.dtype == np.float32 else to_float(img)
+    img = img[..., None] if img.ndim == 2 else img
     return np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
 
 
 def photo_content(rng, h, w, photos: str = ""):
     img = pick_photo(rng, photos)
     y0, x0, ch, cw = _crop_box(rng, *img.shape[:2], h, w, 0.5)
-    out = _resize(img[y0:y0 + ch, x0:x0 + cw], h, w)
+    out = rgb_float(_resize(img[y0:y0 + ch, x0:x0 + cw], h, w))
     if rng.random() < 0.5:
         out = out[:, ::-1]
     return _jitter(rng, np.clip(out, 0, 1))
@@ -740,7 +747,9 @@ def _leaf_radii(rng, n, rmin, rmax):
 def leaves_content(rng, h, w, photos: str = ""):
     """A dead-leaves image: occluding discs and rectangles with power-law sizes until the frame is covered,
     colours drawn from a photograph, faint texture."""
-    palette = pick_photo(rng, photos).reshape(-1, 3)
+    photo = pick_photo(rng, photos)
+    step = max(1, math.ceil(math.sqrt(photo.shape[0] * photo.shape[1] / 1e6)))   # a million colours are plenty
+    palette = rgb_float(photo[::step, ::step]).reshape(-1, 3)
     n = int(rng.integers(1000, 1600))
     scale = min(h, w) / 368.0
     radii = _leaf_radii(rng, n, 4.0 * scale, 0.3 * min(h, w))
