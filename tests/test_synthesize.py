@@ -226,7 +226,7 @@ def test_resume_skips_finished_scenes_and_refuses_other_settings(made, tmp_path)
     with open(manifest) as f:
         old = json.load(f)
     for key in ("field", "field_tilt", "background_blur", "soft_content", "test_soft_content", "soft_sigma",
-                "demosaic", "clean_fraction", "dark_fraction", "dark_stops"):
+                "demosaic", "clean_fraction", "dark_fraction", "dark_stops", "photos"):
         del old["domain"][key]
     with open(manifest, "w") as f:
         json.dump(old, f)
