@@ -360,7 +360,8 @@ def test_own_photographs_are_the_photo_content_and_are_recorded(tmp_path):
     grey, any of the extensions), the manifest records the folder and its count, so a folder that has changed cannot
     be resumed, and a missing or empty folder is a one-line error."""
     black, ramps = tmp_path / "black", tmp_path / "ramps"
-    black.mkdir(), ramps.mkdir()
+    black.mkdir()
+    ramps.mkdir()
     cv2.imwrite(str(black / "night.jpg"), np.zeros((120, 200, 3), np.uint8))
     y = np.linspace(0, 1, 150)[:, None] * np.ones((1, 220))
     cv2.imwrite(str(ramps / "down.png"), np.round(y * 200 + 20).astype(np.uint8))                # grey, 8 bit
