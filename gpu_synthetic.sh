@@ -9,6 +9,7 @@
 #
 # Usage: ./gpu_synthetic.sh [OUT_DIR]     (default: results/gpu_synthetic; $OUT when set, as on the device tool)
 #        TINY=1 ./gpu_synthetic.sh DIR    a few scenes and steps, to check the script on a CPU (minutes)
+#        PHOTOS=DIR ./gpu_synthetic.sh   your own sharp photographs as the scenes' photographs (synthesize.py --photos)
 set -euo pipefail
 cd "$(dirname "$0")"
 OUT=${1:-${OUT:-results/gpu_synthetic}}
@@ -34,7 +35,7 @@ pack() {  # on every exit, also a failed one: whatever the run has made so far g
 trap pack EXIT
 
 step synthesize $PY synthesize.py --out "$WORK/synthetic_gpu" $SCENES --width 640 --height 416 --max-coc 40 \
-  --seed 0 --soft-content 0.3 --test-soft-content 0.3 --workers "$CPUS" --no-progress
+  --seed 0 --soft-content 0.3 --test-soft-content 0.3 --workers "$CPUS" --no-progress ${PHOTOS:+--photos "$PHOTOS"}
 step data_prep $PY data_prep.py $DATA --set data_workers="$CPUS"
 # Two epochs time this machine's step; the run then trains as many of the preset's epochs as fit in TRAIN_SECONDS
 # (demo.epochs_that_fit, which allows for two networks' start-up: one here, so it errs short; the decay moves with
