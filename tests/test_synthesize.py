@@ -17,7 +17,7 @@ from config import REPO_DIR
 from images import read_image
 from synthesize import (Camera, Domain, Layer, Noise, PsfShape, SynthesisError, centroid_x, coc_pixels, dp_kernels,
                         leaves_content, main, make_scene, photo_content, quantize_coc, random_content, render_views,
-                        scene_paths, synthesize, to_linear)
+                        sample_scene, scene_paths, scene_rng, synthesize, to_linear)
 
 CAM = Camera(focal_mm=50.0, f_number=1.8, focus_m=2.0, downscale=12.0)
 
@@ -374,6 +374,11 @@ def test_own_photographs_are_the_photo_content_and_are_recorded(tmp_path):
     rng = np.random.default_rng(0)
     assert 15 <= sum(zero) <= 45 and not any(not random_content(rng, 32, 48).any() for _ in range(60))
     assert not leaves_content(np.random.default_rng(1), 32, 48, str(black)).any()
+
+    def black_layers(domain):                         # ... and the scenes draw their layers through the folder
+        return sum(not layer.colour.any() for i in range(8)
+                   for layer in sample_scene(scene_rng(0, "train", i), 48, 32, 4.0, domain=domain).layers)
+    assert black_layers(Domain(photos=str(black))) >= 3 and black_layers(Domain()) == 0
     # the two ramps, each drawn: one constant along rows and monotonic down the frame, one the transpose
     kinds = set()
     for seed in range(12):
