@@ -80,6 +80,7 @@ def test_renderer2_exposure_dims_the_same_scene_before_its_noise():
     for key in ("sharp", "left", "right", "combined"):
         unclipped = plain[key] < 1
         np.testing.assert_allclose(dark[key][unclipped], 0.25 * plain[key][unclipped], atol=1e-6)
+
     def relative_noise(exposure):
         a, b = (render_scene(np.random.default_rng(5), 64, 96, max_blur=8.0, tone="linear", noise=noise,
                              exposure=exposure) for noise in (True, False))
