@@ -1,5 +1,5 @@
 """Out-of-distribution check for models trained on synthetic dual-pixel data: does the gain over the blurry
-input survive on data not made like the training data? Fifteen test sets, rendered in memory one at a time:
+input survive on data not made like the training data? Sixteen test sets, rendered in memory one at a time:
 
   in-dist    synthesize.py scenes from the training families (TRAIN_FAMILIES below)
   held-out   synthesize.py scenes from families held back from that training (HELD_OUT_FAMILIES): other PSF
@@ -22,6 +22,8 @@ input survive on data not made like the training data? Fifteen test sets, render
                                    everything else renderer2's (planes, PSFs, Poisson-Gaussian noise, left/right
                                    gains, tones): its camera without its content, so that renderer2's shortfall can
                                    be split between the two
+  renderer2, text                  renderer2's scenes over rendered text (dp_renderer2.text_content), content
+                                   that neither synthesize.py nor renderer2's own scenes draw
   renderer2 dark                   the renderer2 scenes two stops dimmer (DARK_EXPOSURE) at the same photon count
                                    at white: darker and noisier for their brightness, as phone raw data stored far
                                    below white and dim scenes are
@@ -104,7 +106,7 @@ LARGE_BLUR_PX = 40.0              # the large-blur sets' largest blur diameter (
 DARK_EXPOSURE = 0.25              # the dark set's light against renderer2's (two stops)
 SET_NAMES = ("in-dist", "held-out", "all families", "renderer2", "renderer2 noise-free",
              "renderer2 optics, our content", "the same with our PSFs", "renderer2 small blur", "renderer2 demosaicked",
-             "renderer2, our content", "renderer2 dark", "in-dist large blur", "renderer2 optics, our content, large blur",
+             "renderer2, our content", "renderer2, text", "renderer2 dark", "in-dist large blur", "renderer2 optics, our content, large blur",
              "the same with our PSFs, large blur", "renderer2 large blur")
 # Sets that differ only in their PSFs: (renderer2's, ours); the share of the in-distribution twin's gain that a
 # model keeps under renderer2's PSFs is the out-of-distribution share of the optics alone.
@@ -115,7 +117,7 @@ FAMILIES_MODEL = "trained on the training families"
 # For models trained on synthesize.py's defaults: renderer2's noisy sets at the check's size against their gain on
 # their own distribution, the out-of-distribution share the sim-to-real check is about.
 OWN_SET = "all families"
-TRANSFER_SETS = ("renderer2", "renderer2, our content", "renderer2 small blur", "renderer2 demosaicked", "renderer2 dark")
+TRANSFER_SETS = ("renderer2", "renderer2, our content", "renderer2, text", "renderer2 small blur", "renderer2 demosaicked", "renderer2 dark")
 PARTIAL = "partial.json"           # the results of an interrupted check, in --out until its summary is written
 SHARE_SCENES = 96                 # scenes per set below which the summary warns that a share is uncertain
 YARDSTICKS = {"in-dist": FAMILIES_MODEL,
@@ -151,16 +153,18 @@ def _renderer2():
 
 def renderer2_set(n: int, width: int, height: int, noise: bool = True, our_content: bool = False,
                   max_blur: float | None = None, our_psfs: bool = False, demosaic: bool = False,
-                  exposure: float = 1.0) -> list[dict]:
+                  exposure: float = 1.0, text: bool = False) -> list[dict]:
     """n scenes from the independent renderer in tests/, by default with the same largest blur as synthesize.py;
-    without noise, with synthesize.py's content (photographs, textures, dead leaves, patterns), with
-    synthesize.py's PSFs (our_psfs), through a Bayer mosaic and renderer2's demosaicing, and dimmer (exposure, a
-    factor on the light before the noise) on request."""
+    without noise, with synthesize.py's content (photographs, textures, dead leaves, patterns) or rendered text,
+    with synthesize.py's PSFs (our_psfs), through a Bayer mosaic and renderer2's demosaicing, and dimmer
+    (exposure, a factor on the light before the noise) on request."""
     import synthesize
-    return _renderer2().render_set(n, seed=SEED, h=height, w=width,
-                                   max_blur=synthesize.default_max_coc(width) if max_blur is None else max_blur,
-                                   noise=noise, content=synthesize.random_content if our_content else None,
-                                   psfs=our_psfs_for if our_psfs else None, demosaic=demosaic, exposure=exposure)
+    renderer2 = _renderer2()
+    content = synthesize.random_content if our_content else renderer2.text_content if text else None
+    return renderer2.render_set(n, seed=SEED, h=height, w=width,
+                                max_blur=synthesize.default_max_coc(width) if max_blur is None else max_blur,
+                                noise=noise, content=content, psfs=our_psfs_for if our_psfs else None,
+                                demosaic=demosaic, exposure=exposure)
 
 
 def our_psfs_for(index: int, seed: int = SEED):
@@ -181,7 +185,7 @@ def check_domain(families: dict, **extra):
 
 
 def check_sets(n: int, width: int, height: int, only: list[str] | None = None) -> dict[str, list[dict]]:
-    """The fifteen sets of the module docstring (or the ones named in `only`), n scenes each."""
+    """The sixteen sets of the module docstring (or the ones named in `only`), n scenes each."""
     return {name: make() for name, make in set_makers(n, width, height, only).items()}
 
 
@@ -201,6 +205,7 @@ def set_makers(n: int, width: int, height: int, only: list[str] | None = None) -
         "renderer2 small blur": lambda: renderer2_set(n, width, height, max_blur=SMALL_BLUR_PX),
         "renderer2 demosaicked": lambda: renderer2_set(n, width, height, demosaic=True),
         "renderer2, our content": lambda: renderer2_set(n, width, height, our_content=True),
+        "renderer2, text": lambda: renderer2_set(n, width, height, text=True),
         "renderer2 dark": lambda: renderer2_set(n, width, height, exposure=DARK_EXPOSURE),
         "in-dist large blur": lambda: synthetic_set(check_domain(TRAIN_FAMILIES, cameras=("dslr",)), n,
                                                     *big, max_blur=LARGE_BLUR_PX),
@@ -556,7 +561,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, help="--train's and --reference's budget in steps (default: the "
                                                   "preset's, epochs x steps_per_epoch: 4,000 for demo)")
     parser.add_argument("--only", action="append", metavar="SET", help="check only this set (repeatable; "
-                                                                          "default: all fifteen)")
+                                                                          "default: all sixteen)")
     parser.add_argument("--scenes", type=int, default=SHARE_SCENES, help=f"test scenes per set (default "
                                                                         f"{SHARE_SCENES}; fewer leave a share "
                                                                         f"between two sets uncertain)")

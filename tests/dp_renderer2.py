@@ -6,7 +6,9 @@ does for its twin sets):
 - PSFs by ray sampling: points drawn uniformly over a round or polygonal aperture, each split between the
   left and right photodiodes by a soft (logistic) weight on its horizontal position, splatted bilinearly
   onto the pixel grid, so the halves have soft, uneven edges and a little sampling noise.
-- Content without scikit-image: sums of random oriented sinusoids, random-walk noise, checks and blobs.
+- Content without scikit-image: sums of random oriented sinusoids, random-walk noise, checks and blobs; or, on
+  request, rendered text (text_content: lines of random characters in OpenCV's Hershey fonts), content that
+  synthesize.py does not draw.
 - Scenes as 2-4 fronto-parallel planes with a signed blur diameter drawn directly (no thin-lens camera),
   one plane always in focus, composited back to front in linear light with FFT convolution (scipy). The signed
   blur falls from the back plane to the front one, as depth orders it in any camera: planes behind the
@@ -21,6 +23,7 @@ Sign convention as in DPDD: behind the focal plane (positive blur) the left view
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from scipy.ndimage import correlate
 from scipy.signal import fftconvolve
@@ -78,6 +81,29 @@ def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     g = (g - g.min()) / (np.ptp(g) + 1e-9)
     a, b = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
     return a + (b - a) * g[..., None]
+
+
+FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_COMPLEX, cv2.FONT_HERSHEY_TRIPLEX,
+         cv2.FONT_HERSHEY_PLAIN, cv2.FONT_HERSHEY_SCRIPT_SIMPLEX)
+CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 .,:-"
+
+
+def text_content(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A page of text: lines of 10-60 random characters in a random Hershey font, 0.3-1.4 scale, 1-2 px strokes,
+    anti-aliased, in one colour on another, top to bottom of the frame; display values (H, W, 3) in [0, 1]."""
+    bg, fg = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
+    img = np.empty((h, w, 3), np.float32)
+    img[:] = bg
+    y = int(rng.integers(0, 12))
+    while y < h + 10:
+        font, scale, thick = FONTS[int(rng.integers(len(FONTS)))], float(rng.uniform(0.3, 1.4)), int(rng.integers(1, 3))
+        line = "".join(rng.choice(list(CHARS), int(rng.integers(10, 60))))
+        (_, th), base = cv2.getTextSize(line, font, scale, thick)
+        y += th + int(rng.integers(2, 10))
+        cv2.putText(img, line, (int(rng.integers(-40, 20)), y), font, scale, tuple(float(c) for c in fg), thick,
+                    cv2.LINE_AA)
+        y += base
+    return img
 
 
 def _shape_mask(rng: np.random.Generator, h: int, w: int) -> np.ndarray:

@@ -172,6 +172,28 @@ def test_renderer2_with_our_content_is_its_noise_free_twin_plus_renderer2s_noise
     assert linear >= 1
 
 
+def test_renderer2_text_is_lines_of_text_in_two_colours():
+    """text_content: one background and one ink colour; five or more lines of strokes from top to bottom (rows
+    with ink alternate with empty ones), ink on 5-50% of the pixels; the same generator, the same page."""
+    from dp_renderer2 import text_content
+    for i in range(4):
+        page = text_content(np.random.default_rng(i), 208, 320)
+        assert page.shape == (208, 320, 3) and page.dtype == np.float32
+        bg, ink = page[0, -1], None
+        far = np.abs(page - bg).max(axis=2)
+        ink_px = far > 0.5 * far.max()
+        ink = page[ink_px].mean(axis=0)
+        # every pixel lies on the segment from background to ink (anti-aliasing blends only the two)
+        t = ((page - bg) @ (ink - bg)) / ((ink - bg) @ (ink - bg))
+        np.testing.assert_allclose(page, bg + t[..., None] * (ink - bg), atol=0.02)
+        rows = ink_px.any(axis=1)
+        starts = np.count_nonzero(rows[1:] & ~rows[:-1]) + int(rows[0])
+        assert starts >= 5 and 0.05 < ink_px.mean() < 0.5, (starts, ink_px.mean())
+        np.testing.assert_array_equal(page, text_content(np.random.default_rng(i), 208, 320))
+    sets = ood_check.check_sets(2, 96, 64, only=["renderer2, text"])
+    assert all(s["sharp"].std() > 0.05 for s in sets["renderer2, text"])
+
+
 def test_pair_table_gives_the_share_of_the_twins_gain_kept():
     """Defocused gains of 2.0 dB under our PSFs and 0.5 under renderer2's: 25% kept; a twin without a gain has no
     share."""
@@ -333,7 +355,8 @@ def test_ood_check_reports_each_set(tmp_path):
     (label, sets), = summary["results"].items()
     assert set(sets) == {"in-dist", "held-out", "all families", "renderer2", "renderer2 noise-free",
                          "renderer2 optics, our content", "the same with our PSFs", "renderer2 small blur",
-                         "renderer2 demosaicked", "renderer2, our content", "renderer2 dark", "in-dist large blur",
+                         "renderer2 demosaicked", "renderer2, our content", "renderer2, text", "renderer2 dark",
+                         "in-dist large blur",
                          "renderer2 optics, our content, large blur",
                          "the same with our PSFs, large blur", "renderer2 large blur"}
     for r in sets.values():
@@ -441,8 +464,9 @@ def test_a_model_that_returns_its_input_gains_nothing_anywhere(tmp_path):
     phone's fourfold shot noise) input pixels are nearly exact, so there the tone curves' difference is worth
     up to 2 dB and those sets are not held to it; nor are the dark set, where the curves are steepest near black
     and the mean of toned noisy views drifts further from the toned mean (in-focus -0.21 dB on these scenes), and
-    renderer2 over our content, whose dark shadows do the same (+0.27 dB on these three scenes; on the check's 96
-    at 320x208 the mean of the views gains +0.08 dB there, on all families +0.05)."""
+    renderer2 over our content and over text, whose dark shadows and ink do the same (+0.27 and +0.35 dB on these
+    three scenes; on the check's 96 at 320x208 the mean of the views gains +0.08 and +0.06 dB there, on all
+    families +0.05)."""
     model, cfg = tiny_model("dual", seed=1, head="residual")
     correction = model.get_layer("head_correction")
     correction.bias.assign(np.zeros(correction.bias.shape, np.float32))
@@ -453,7 +477,7 @@ def test_a_model_that_returns_its_input_gains_nothing_anywhere(tmp_path):
     (sets,) = json.loads((tmp_path / "out" / "summary.json").read_text())["results"].values()
     not_held = {"renderer2 noise-free", "renderer2 optics, our content", "the same with our PSFs",
                 "renderer2 optics, our content, large blur", "the same with our PSFs, large blur",
-                "in-dist large blur", "renderer2 dark", "renderer2, our content"}
+                "in-dist large blur", "renderer2 dark", "renderer2, our content", "renderer2, text"}
     assert not_held < set(sets)
     held = 0
     for name, r in sets.items():
