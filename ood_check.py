@@ -106,8 +106,8 @@ LARGE_BLUR_PX = 40.0              # the large-blur sets' largest blur diameter (
 DARK_EXPOSURE = 0.25              # the dark set's light against renderer2's (two stops)
 SET_NAMES = ("in-dist", "held-out", "all families", "renderer2", "renderer2 noise-free",
              "renderer2 optics, our content", "the same with our PSFs", "renderer2 small blur", "renderer2 demosaicked",
-             "renderer2, our content", "renderer2, text", "renderer2 dark", "in-dist large blur", "renderer2 optics, our content, large blur",
-             "the same with our PSFs, large blur", "renderer2 large blur")
+             "renderer2, our content", "renderer2, text", "renderer2 dark", "in-dist large blur",
+             "renderer2 optics, our content, large blur", "the same with our PSFs, large blur", "renderer2 large blur")
 # Sets that differ only in their PSFs: (renderer2's, ours); the share of the in-distribution twin's gain that a
 # model keeps under renderer2's PSFs is the out-of-distribution share of the optics alone.
 PAIRS = (("renderer2 optics, our content", "the same with our PSFs"),
@@ -117,7 +117,8 @@ FAMILIES_MODEL = "trained on the training families"
 # For models trained on synthesize.py's defaults: renderer2's noisy sets at the check's size against their gain on
 # their own distribution, the out-of-distribution share the sim-to-real check is about.
 OWN_SET = "all families"
-TRANSFER_SETS = ("renderer2", "renderer2, our content", "renderer2, text", "renderer2 small blur", "renderer2 demosaicked", "renderer2 dark")
+TRANSFER_SETS = ("renderer2", "renderer2, our content", "renderer2, text", "renderer2 small blur", "renderer2 demosaicked",
+                 "renderer2 dark")
 PARTIAL = "partial.json"           # the results of an interrupted check, in --out until its summary is written
 SHARE_SCENES = 96                 # scenes per set below which the summary warns that a share is uncertain
 YARDSTICKS = {"in-dist": FAMILIES_MODEL,
