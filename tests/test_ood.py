@@ -179,7 +179,7 @@ def test_renderer2_text_is_lines_of_text_in_two_colours():
     for i in range(4):
         page = text_content(np.random.default_rng(i), 208, 320)
         assert page.shape == (208, 320, 3) and page.dtype == np.float32
-        bg, ink = page[0, -1], None
+        bg = page[0, -1]
         far = np.abs(page - bg).max(axis=2)
         ink_px = far > 0.5 * far.max()
         ink = page[ink_px].mean(axis=0)
