@@ -315,11 +315,10 @@ def test_pretrained_synthetic_model_loads_and_deblurs(tmp_path):
     preset that pretrained/README.md says trains it (fine-tuning pretrained/dpdnet_synthetic_continued.keras,
     which continues pretrained/dpdnet_synthetic_base.keras; each config.json its preset), run as the
     self-ensemble, and at least 0.5 dB sharper than the input through deblur.py on each of two synthesize.py
-    scenes of another seed than its training data's (an
-    untrained network gains 0; this one gained 3.1 and 2.5 dB when the test was written). On the pixels blurred
-    by 20 px or more of four DSLR scenes it gains over 0.5 dB, where the base model, trained on blur up to
-    13.7 px, gained -0.04 dB and this one 1.17 when the test was written. A preset's `auto` precision is saved as
-    what it ran in, bfloat16 or float32."""
+    scenes of another seed than its training data's (an untrained network gains 0; this one gained 3.1 and 2.5 dB
+    when the test was written). On the pixels blurred by 20 px or more of four DSLR scenes it gains over 0.5 dB,
+    where the base model, trained on blur up to 13.7 px, gained -0.04 dB and this one 1.17 when the test was
+    written. A preset's `auto` precision is saved as what it ran in, bfloat16 or float32."""
     import ood_check
     import synthesize
     import weights
@@ -335,9 +334,9 @@ def test_pretrained_synthetic_model_loads_and_deblurs(tmp_path):
             saved = dataclasses.replace(saved, precision="auto")
         assert saved == preset, name
     for name, starts_from in (("synthetic", "continued"), ("synthetic_continued", "base")):
-        assert make_config(name).resolve_path("init_weights") == os.path.join(
-            REPO_DIR, "pretrained", f"dpdnet_synthetic_{starts_from}.keras"), name
-        assert os.path.isfile(make_config(name).resolve_path("init_weights")), name
+        init = make_config(name).resolve_path("init_weights")
+        assert init == os.path.join(REPO_DIR, "pretrained", f"dpdnet_synthetic_{starts_from}.keras"), name
+        assert os.path.isfile(init), name
     model, model_cfg = weights.load_model(path, make_config("synthetic"))
     large = ood_check.synthetic_set(synthesize.Domain(cameras=("dslr",)), 4, 256, 160, max_blur=40.0)
     preds = [predict_image(model, network_input(model_cfg, s["left"], s["right"]), model_cfg) for s in large]
