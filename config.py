@@ -299,7 +299,7 @@ PRESETS.update({
 # pretrained/dpdnet_synthetic.keras (pretrained/README.md), in three stages. synthetic_base: the demo's network and
 # recipe on 1,200 scenes at 320x208 (blur up to 13.7 px), 30,000 steps, the decay moved with the length.
 # synthetic_continued: that network trained 36,000 steps more on 2,400 other scenes (synthesize.py --seed 1), from
-# the rate it ended at. synthetic: that network fine-tuned for 20,000 steps of batch 8 at a lower rate on 1,200
+# the rate it ended at. synthetic: that network fine-tuned for 30,000 steps of batch 8 at a lower rate on 1,200
 # scenes at 448x288 with blur up to 40 px, as in the backgrounds of DPDD-scale photos, on 96x96 patches that hold
 # it; that data smooths 30% of layers in every split (synthesize.py --soft-content 0.3 --test-soft-content 0.3).
 # All three stages floor the noise level at 1e-3, near what 8-bit quantisation alone reads, so that noise-free
@@ -313,7 +313,7 @@ PRESETS["synthetic_continued"] = {**PRESETS["synthetic_base"], "dataset_root": "
                                   "lr_decay_every": 240, "init_weights": "pretrained/dpdnet_synthetic_base.keras"}
 PRESETS["synthetic"] = {**PRESETS["synthetic_base"], "dataset_root": "synthetic_large",
                         "patch_dir": "patches/synthetic_large", "working_width": 448, "working_height": 288,
-                        "patch_size": 96, "batch_size": 8, "learning_rate": 2e-4, "epochs": 200,
+                        "patch_size": 96, "batch_size": 8, "learning_rate": 2e-4, "epochs": 300,
                         "lr_decay_every": 120, "checkpoint_every_steps": 1000,
                         "init_weights": "pretrained/dpdnet_synthetic_continued.keras"}
 
