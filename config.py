@@ -195,8 +195,8 @@ class Config:
                               f"{self.working_width}x{self.working_height}")
         if self.train_stride < 1 or self.val_stride < 1:
             raise ConfigError("overlap: leaves a patch stride below one pixel")
-        if self.tile and (self.tile % multiple or self.tile <= 2 * self.tile_overlap):
-            raise ConfigError(f"tile: must be a multiple of {multiple} and larger than 2*tile_overlap, got {self.tile}")
+        if self.tile and self.tile <= 2 * self.tile_overlap:   # its multiple: the weights' depth (weights.check_tile)
+            raise ConfigError(f"tile: must be larger than 2*tile_overlap ({2 * self.tile_overlap}), got {self.tile}")
         if self.white_level > 65535 or (self.white_level and self.black_level >= self.white_level):
             raise ConfigError(f"white_level: must be above black_level ({self.black_level}) and at most 65535, "
                               f"got {self.white_level}")

@@ -216,10 +216,8 @@ def run(args, cfg: Config) -> list[str]:
     black = cfg.black_level if args.black_level is None else args.black_level
     white = args.white_level if args.white_level is not None else cfg.white_level or None
     cfg = dataclasses.replace(cfg, black_level=black, white_level=white or 0)   # saved with the output
-    weights_path = args.weights or cfg.checkpoint_path()
+    weights_path = args.weights or weights.default_path(cfg)
     model, model_cfg = weights.load_model(weights_path, cfg)
-    if model_cfg.tile and model_cfg.tile % 2 ** model_cfg.depth:
-        raise DeblurError(f"--tile {model_cfg.tile} is not a multiple of {2 ** model_cfg.depth} (2**depth)")
     single_inputs = model_cfg.input_mode == "single" if folder_mode else bool(args.single)
     if model_cfg.input_mode == "dual" and single_inputs:
         raise DeblurError(f"{weights_path}: these are DPDNet weights (left+right dual-pixel views); pass --left and "

@@ -274,7 +274,7 @@ def evaluate(cfg: Config, weights_path: str | None = None, out_dir: str | None =
     for line in labels.disagreements:
         print(f"warning: labels differ: {line}", file=sys.stderr)
     out_dir = out_dir or cfg.results_folder()
-    weights_path = weights_path or cfg.checkpoint_path()
+    weights_path = weights_path or weights.default_path(cfg)
     model, model_cfg = load_for_test(weights_path, cfg)
     warning = dpdd.check_levels(cfg, root, scenes)
     if warning:
@@ -325,11 +325,9 @@ def evaluate(cfg: Config, weights_path: str | None = None, out_dir: str | None =
 
 
 def load_for_test(path: str, cfg: Config):
-    """(model, model_cfg) of a weights file whose input mode fits the config and whose tile size its depth."""
+    """(model, model_cfg) of a weights file whose input mode fits the config."""
     model, model_cfg = weights.load_model(path, cfg)
     weights.check_input_mode(model_cfg, cfg, path)
-    if model_cfg.tile and model_cfg.tile % 2 ** model_cfg.depth:
-        raise EvalError(f"tile: {model_cfg.tile} is not a multiple of {2 ** model_cfg.depth} (2**depth of the weights)")
     return model, model_cfg
 
 

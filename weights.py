@@ -92,6 +92,14 @@ def _with_arch(cfg: Config, arch: dict) -> Config:
     return dataclasses.replace(cfg, **{k: v for k, v in arch.items() if k in ARCH_KEYS})
 
 
+def default_path(cfg: Config) -> str:
+    """The run's best checkpoint, for scripts given no --weights; WeightsError saying what to do if it is missing."""
+    path = cfg.checkpoint_path()
+    if not os.path.isfile(path):
+        raise WeightsError(f"{path}: no checkpoint for run {cfg.run_name!r} (train one with train.py, or pass --weights)")
+    return path
+
+
 def load_model(path: str, cfg: Config):
     """Load any supported weights file; returns (model, model_cfg).
 
@@ -102,12 +110,21 @@ def load_model(path: str, cfg: Config):
     Raises WeightsError with one line on anything unusable.
     """
     if not os.path.isfile(path):
-        raise WeightsError(f"{path}: weights file not found (train a model with train.py, or pass --weights)")
+        raise WeightsError(f"{path}: weights file not found")
     from model import with_concrete_precision
     cfg = with_concrete_precision(cfg)
     saved = saved_config(path)
     model, model_cfg = _load(path, cfg, saved)
+    check_tile(model_cfg, path)
     return model, dataclasses.replace(model_cfg, **trained_settings(path, saved))
+
+
+def check_tile(model_cfg: Config, path: str) -> None:
+    """A tile size must be a multiple of 2**depth of the weights that run it (not of the preset's network)."""
+    multiple = 2 ** model_cfg.depth
+    if model_cfg.tile and model_cfg.tile % multiple:
+        raise WeightsError(f"{path}: tile {model_cfg.tile} is not a multiple of {multiple} (2**depth of these "
+                           f"weights, depth {model_cfg.depth})")
 
 
 def trained_settings(path: str, saved: dict | None) -> dict:

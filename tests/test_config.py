@@ -61,6 +61,7 @@ def test_user_paths_are_relative_to_the_current_folder_defaults_to_the_repo(tmp_
     ("dropout=1.5", "dropout: must be in [0, 1)"),
     ("noise_floor=0", "noise_floor: must be positive"),
     ("patch_size=500", "patch_size: must be a multiple of 2**depth = 16"),
+    ("tile=256", "tile: must be larger than 2*tile_overlap (256), got 256"),
     ("augment=maybe", "augment: cannot read 'maybe' as bool"),
     ("sobel_ksizes=3,4", "sobel_ksizes: OpenCV Sobel kernel sizes are odd"),
     ("noequals", "--set expects KEY=VALUE"),

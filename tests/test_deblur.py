@@ -120,6 +120,12 @@ def test_rotate_and_tile(tmp_path, dual, pair):
                "--out", out)[0] == 0
     diff = np.abs(to_float(read_image(str(out))) - to_float(plain))
     assert diff.max() < 0.05 and diff.mean() < 5e-3
+    # a tile is checked against the weights' depth (2: multiples of 4), not the default preset's (paper: 16)
+    out = tmp_path / "tiled_40.png"
+    assert cli("--weights", ckpt, "--left", left, "--right", right, "--tile", 40, "--tile-overlap", 8,
+               "--out", out)[0] == 0
+    diff = np.abs(to_float(read_image(str(out))) - to_float(plain))
+    assert diff.max() < 0.05 and diff.mean() < 5e-3
 
 
 def test_bad_input_gives_one_clear_error_and_no_output(tmp_path, dual, pair):
@@ -140,13 +146,17 @@ def test_bad_input_gives_one_clear_error_and_no_output(tmp_path, dual, pair):
         (("--input-dir", tmp_path / "none", "--out-dir", out), "input folder not found"),
         (("--left", left, "--right", right, "--black-level", 65535, "--out", out), "black level 65535 must be"),
         (("--left", left, "--right", right, "--white-level", 70000, "--out", out), "white level 70000 is outside"),
+        (("--left", left, "--right", right, "--tile", 42, "--tile-overlap", 8, "--out", out),
+         "tile 42 is not a multiple of 4 (2**depth of these weights, depth 2)"),
     ]
     for args, message in cases:
         code, msg = cli("--weights", ckpt, *args)
         assert code == 1 and msg.startswith("error: ") and message in msg, (args, msg)
         assert "\n" not in msg
     code, msg = cli("--weights", tmp_path / "missing.keras", "--left", left, "--right", right, "--out", out)
-    assert code == 1 and "weights file not found" in msg
+    assert code == 1 and msg.endswith("missing.keras: weights file not found")
+    code, msg = cli("--set", f"checkpoint_dir={tmp_path}", "--left", left, "--right", right, "--out", out)
+    assert code == 1 and "no checkpoint for run 'dpdnet'" in msg and "pass --weights" in msg
     assert not out.exists() and not [f for f in os.listdir(tmp_path) if ".tmp" in f]
     assert read_image(left).dtype == np.uint16  # the input survived
 
