@@ -46,7 +46,7 @@ class StoreError(UserError):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_config_args(parser)
     parser.add_argument("--split", choices=("train", "val", "all"), default="all",
                         help="which split to build (default all); an up-to-date split already in the store is kept")

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
-# The main job: sets up .venv if needed, then runs demo.py (arguments go to it, e.g. --quick).
+# The main job: sets up .venv if needed, then runs demo.py (arguments go to it, e.g. --quick) from the folder
+# it was called from, so that a relative --root is relative to it, as with python demo.py.
 source "$(dirname "$0")/env.sh"
-exec python demo.py "$@"
+repo=$PWD
+cd "$OLDPWD"
+exec python "$repo/demo.py" "$@"
