@@ -7,6 +7,7 @@ photographs in the scenes are scikit-image's, or your own with --photos DIR.
     python synthesize.py --out synthetic_dpdd --train 100 --val 10 --test 20 --width 560 --height 368 --seed 0
     python synthesize.py --out syn_a --psf-families butterworth,ramp --tones srgb --noise-levels low   # fewer families
     python synthesize.py --out syn_own --photos ~/photos   # your own sharp photographs as the content
+    python synthesize.py --out syn_ph --domain phone_fraction=0.6 --domain phone_blur_px=0.5,4   # any Domain setting
 
 Writes {split}_c/source/NAME.png (blurry combined), {split}_c/target/TARGET.png (all-in-focus),
 {split}_l/source/NAME_L.png and {split}_r/source/NAME_R.png (the two views), 16-bit PNG, plus
@@ -1113,6 +1114,20 @@ class Domain:
             raise SynthesisError(f"field_tilt: must be in [0, 1), got {self.field_tilt}")
         if not (len(self.dark_stops) == 2 and 0 <= self.dark_stops[0] <= self.dark_stops[1]):
             raise SynthesisError(f"dark_stops: must be a range (lo, hi) with 0 <= lo <= hi, got {self.dark_stops}")
+        for name in ("phone_blur_px", "gamma_range"):
+            lo_hi = getattr(self, name)
+            if not (len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1]):
+                raise SynthesisError(f"{name}: must be a range (lo, hi) with 0 < lo <= hi, got {lo_hi}")
+        for name in ("phone_fraction", "grey_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise SynthesisError(f"{name}: a fraction of scenes in [0, 1], got {getattr(self, name)}")
+        for name in ("imbalance", "vignetting", "phone_imbalance", "phone_vignetting"):
+            if getattr(self, name) < 0:
+                raise SynthesisError(f"{name}: the largest strength, drawn with either sign, must be >= 0, "
+                                     f"got {getattr(self, name)}")
+        for name in ("asymmetry", "cats_eye", "chroma"):
+            if not 0 <= getattr(self, name) < 1:
+                raise SynthesisError(f"{name}: must be in [0, 1), got {getattr(self, name)}")
 
     def for_split(self, split: str) -> "Domain":
         """The domain the scenes of `split` are drawn from: test scenes take test_soft_content where it is set."""
@@ -1443,8 +1458,8 @@ def _scene_results(tasks: list, workers: int):
 
 
 def domain_from_args(args) -> Domain:
-    """The Domain of --psf-families/--cameras/--noise-levels/--tones/--bits/--field/--field-tilt; a bad value is
-    a SynthesisError."""
+    """The Domain of the command line: its own flags (--psf-families, --field, --soft-content, ...) and --domain
+    KEY=VALUE for every other Domain setting; a bad value is a SynthesisError."""
     def items(text, kind=str):
         try:
             return tuple(kind(t.strip()) for t in text.split(",") if t.strip())
@@ -1455,7 +1470,37 @@ def domain_from_args(args) -> Domain:
                   field=args.field, field_tilt=args.field_tilt, background_blur=args.background_blur,
                   soft_content=args.soft_content, test_soft_content=args.test_soft_content, demosaic=args.demosaic,
                   clean_fraction=args.clean_fraction, dark_fraction=args.dark_fraction,
-                  photos=os.path.abspath(args.photos) if args.photos else "")
+                  photos=os.path.abspath(args.photos) if args.photos else "",
+                  **domain_overrides(args.domain, flagged=set(vars(args))))
+
+
+def domain_overrides(items: list[str], flagged: set = frozenset()) -> dict:
+    """{setting: value} of --domain KEY=VALUE items, each read as the type of that Domain field's default (ranges
+    comma-separated); a setting in `flagged` has its own flag and is refused here, so that each is set one way."""
+    fields = {f.name: f for f in dataclasses.fields(Domain)}
+    out = {}
+    for item in items:
+        key, sep, text = (part.strip() for part in item.partition("="))
+        if not sep:
+            raise SynthesisError(f"--domain expects KEY=VALUE, got {item!r}")
+        if key not in fields:
+            raise SynthesisError(f"--domain: unknown setting {key!r} (known: {', '.join(sorted(fields))})")
+        if key in flagged:
+            raise SynthesisError(f"--domain {key}: set it with --{key.replace('_', '-')}")
+        default = fields[key].default
+        try:
+            if isinstance(default, bool):
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                    raise ValueError
+                out[key] = text.lower() in ("true", "1", "yes", "on")
+            elif isinstance(default, tuple):
+                out[key] = tuple(type(default[0])(t.strip()) for t in text.split(",") if t.strip())
+            else:
+                out[key] = type(default)(text)
+        except ValueError:
+            raise SynthesisError(f"--domain {key}: cannot read {text!r} as the type of its default "
+                                 f"{default!r}") from None
+    return out
 
 
 def main(argv=None) -> None:
@@ -1504,6 +1549,10 @@ def main(argv=None) -> None:
     parser.add_argument("--photos", default=d.photos, metavar="DIR",
                         help="a folder of your own sharp photographs (png, tif, jpg, bmp, webp; 8 or 16 bit, RGB or "
                              "grey), drawn as the photographic content instead of scikit-image's six (see Domain)")
+    parser.add_argument("--domain", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other Domain setting, repeatable: e.g. --domain phone_fraction=0.5 --domain "
+                             "zoom=1,3 --domain target_noise=true (ranges and choices comma-separated; the "
+                             "settings, their defaults and meanings: Domain in synthesize.py)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     print("settings: " + ", ".join(f"{k}={v}" for k, v in vars(args).items()))

@@ -317,6 +317,37 @@ def test_domain_families_restrict_the_draws_and_are_recorded(tmp_path):
         synthesize(str(tmp_path / "x"), 1, 0, 0, 96, 64, progress=False, domain=Domain(psf_families=("disc",)))
 
 
+def test_every_domain_setting_can_be_set_from_the_command_line(tmp_path):
+    """--domain KEY=VALUE reaches the settings without a flag of their own, read as each field's type: every scene
+    a phone one with blur of at most 2 px, recorded in synthesize.json; bad keys and values are one-line errors."""
+    out = tmp_path / "d"
+    main(["--out", str(out), "--train", "4", "--val", "1", "--test", "1", "--width", "48", "--height", "32",
+          "--workers", "1", "--no-progress", "--domain", "phone_fraction=1", "--domain", "phone_blur_px=1, 2",
+          "--domain", "target_noise=yes", "--domain", "soft_sigma=1,8"])
+    with open(out / "synthesize.json") as f:
+        domain = json.load(f)["domain"]
+    assert (domain["phone_fraction"], domain["phone_blur_px"], domain["target_noise"]) == (1.0, [1.0, 2.0], True)
+    assert domain["soft_sigma"] == [1.0, 8.0] and domain["soft_content"] == 0.3
+    with open(out / "scenes.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 and {r["camera"] for r in rows} == {"phone"}
+    assert all(float(r["max_abs_coc_px"]) <= 2.0 for r in rows)
+    base = ["--out", str(tmp_path / "x"), "--train", "1", "--val", "0", "--test", "0", "--width", "48",
+            "--height", "32", "--workers", "1", "--no-progress"]
+    for arg, message in [("nope=1", "--domain: unknown setting 'nope' (known: asymmetry, "),
+                         ("soft_content=0.2", "--domain soft_content: set it with --soft-content"),
+                         ("zoom=a,b", "--domain zoom: cannot read 'a,b'"),
+                         ("target_noise=maybe", "--domain target_noise: cannot read 'maybe'"),
+                         ("cats_eye=1.5", "cats_eye: must be in [0, 1), got 1.5"),
+                         ("gamma_range=2,1", "gamma_range: must be a range (lo, hi) with 0 < lo <= hi"),
+                         ("phone_fraction", "--domain expects KEY=VALUE")]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(base + ["--domain", arg])
+        text = str(exit_info.value.code)
+        assert text.startswith("error: ") and message in text and "\n" not in text, (arg, text)
+    assert not (tmp_path / "x").exists()
+
+
 def test_clean_scenes_draw_iso_up_to_100_in_the_fraction_asked():
     """Domain.clean_fraction: that share of scenes draws ISO 0.01-100 (the "clean" level) whatever noise_levels
     says, and is otherwise the same scene as without it; 0 (the default) draws none, and "clean" can be asked for
