@@ -9,7 +9,8 @@ itself, and save a Table-1-style summary and a picture. A toy-scale demonstratio
 
 Writes, under the repository (or --root): synthetic_demo/ (the data, DPDD layout), patches/demo/, checkpoints/
 demo/ and checkpoints/demo_single/, and results/demo/: summary.md, summary.json, comparison.png, config.json,
-index.html (the results page) and test.py's per-image results in dual/ and single/ (with --quick: *_quick names).
+index.html (the results page) and test.py's per-image results in dual/ and single/ (with --quick:
+synthetic_demo_quick/, patches/demo_quick/, checkpoints/demo_quick/ and demo_quick_single/, results/demo_quick/).
 A rerun reuses what is done.
 
 Training fits in --minutes (15): a few timed steps of each network say how many steps this machine trains in
@@ -32,6 +33,7 @@ import numpy as np
 
 import dpdd
 import results_page
+import weights
 from config import PATH_KEYS, REPO_DIR, ConfigError, add_config_args, config_from_args, exit_on_error, make_config
 from dpdd import GROUPS, METRICS, PAPER_TABLE1
 from fileio import atomic_write_json, atomic_write_text, json_safe
@@ -315,6 +317,7 @@ def save_comparison(path: str, scenes_by_name: dict, names: list[str], per_image
 def run(args: argparse.Namespace) -> dict:
     """The five steps, each resumed or reused where an earlier run did it; returns the summary it writes."""
     cfg, single_cfg = demo_configs(args)
+    weights.check_tile(cfg, "config")   # before the training it would follow
     mode = "quick" if args.quick else "full"
     progress = not args.no_progress
     out_dir = cfg.results_folder()

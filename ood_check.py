@@ -598,6 +598,8 @@ def main(argv=None) -> int:
                                             f"command resumes from them"):
         models = {}
         progress, max_blur = not args.no_progress, synthesize.default_max_coc(cfg.working_width)
+        if args.train or args.reference:
+            weights.check_tile(cfg, "config")   # the networks it trains have the config's depth
         if args.train:
             models[FAMILIES_MODEL] = train_on_families(cfg, args.steps, progress)
         if args.reference:

@@ -1116,14 +1116,14 @@ class Domain:
             raise SynthesisError(f"dark_stops: must be a range (lo, hi) with 0 <= lo <= hi, got {self.dark_stops}")
         for name in ("phone_blur_px", "gamma_range"):
             lo_hi = getattr(self, name)
-            if not (len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1]):
-                raise SynthesisError(f"{name}: must be a range (lo, hi) with 0 < lo <= hi, got {lo_hi}")
+            if not (len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1] < math.inf):
+                raise SynthesisError(f"{name}: must be a finite range (lo, hi) with 0 < lo <= hi, got {lo_hi}")
         for name in ("phone_fraction", "grey_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 raise SynthesisError(f"{name}: a fraction of scenes in [0, 1], got {getattr(self, name)}")
         for name in ("imbalance", "vignetting", "phone_imbalance", "phone_vignetting"):
-            if getattr(self, name) < 0:
-                raise SynthesisError(f"{name}: the largest strength, drawn with either sign, must be >= 0, "
+            if not 0 <= getattr(self, name) < math.inf:
+                raise SynthesisError(f"{name}: the largest strength, drawn with either sign, must be finite and >= 0, "
                                      f"got {getattr(self, name)}")
         for name in ("asymmetry", "cats_eye", "chroma"):
             if not 0 <= getattr(self, name) < 1:

@@ -119,12 +119,13 @@ def load_model(path: str, cfg: Config):
     return model, dataclasses.replace(model_cfg, **trained_settings(path, saved))
 
 
-def check_tile(model_cfg: Config, path: str) -> None:
-    """A tile size must be a multiple of 2**depth of the weights that run it (not of the preset's network)."""
-    multiple = 2 ** model_cfg.depth
-    if model_cfg.tile and model_cfg.tile % multiple:
-        raise WeightsError(f"{path}: tile {model_cfg.tile} is not a multiple of {multiple} (2**depth of these "
-                           f"weights, depth {model_cfg.depth})")
+def check_tile(cfg: Config, where: str) -> None:
+    """A tile size must be a multiple of 2**depth of the network that runs it: the loaded weights' (load_model), or
+    the config's for a script that trains its networks before it evaluates them (demo.py, ood_check.py)."""
+    multiple = 2 ** cfg.depth
+    if cfg.tile and cfg.tile % multiple:
+        raise WeightsError(f"{where}: tile {cfg.tile} is not a multiple of {multiple}, 2**depth of a depth-{cfg.depth} "
+                           f"network")
 
 
 def trained_settings(path: str, saved: dict | None) -> dict:

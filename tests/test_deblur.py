@@ -147,7 +147,7 @@ def test_bad_input_gives_one_clear_error_and_no_output(tmp_path, dual, pair):
         (("--left", left, "--right", right, "--black-level", 65535, "--out", out), "black level 65535 must be"),
         (("--left", left, "--right", right, "--white-level", 70000, "--out", out), "white level 70000 is outside"),
         (("--left", left, "--right", right, "--tile", 42, "--tile-overlap", 8, "--out", out),
-         "tile 42 is not a multiple of 4 (2**depth of these weights, depth 2)"),
+         "tile 42 is not a multiple of 4, 2**depth of a depth-2 network"),
     ]
     for args, message in cases:
         code, msg = cli("--weights", ckpt, *args)

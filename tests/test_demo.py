@@ -183,6 +183,15 @@ def test_single_input_mode_is_refused(tmp_path):
         demo.demo_configs(_args("--root", str(tmp_path), "--set", "input_mode=single"))
 
 
+def test_a_tile_the_demo_network_cannot_run_stops_before_any_work(tmp_path):
+    """260 passes the config's own check (above 2 x 128) but is no multiple of 8, 2**depth of the demo's network:
+    refused at the start, not after the training that evaluation follows."""
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(["--quick", "--root", str(tmp_path), "--set", "tile=260", "--no-progress"])
+    assert str(exit_info.value.code) == "error: config: tile 260 is not a multiple of 8, 2**depth of a depth-3 network"
+    assert os.listdir(tmp_path) == []
+
+
 def test_demo_presets_leave_the_paper_alone():
     assert PRESETS["paper"] == {}
     demo_cfg = make_config("demo")

@@ -339,7 +339,8 @@ def test_every_domain_setting_can_be_set_from_the_command_line(tmp_path):
                          ("zoom=a,b", "--domain zoom: cannot read 'a,b'"),
                          ("target_noise=maybe", "--domain target_noise: cannot read 'maybe'"),
                          ("cats_eye=1.5", "cats_eye: must be in [0, 1), got 1.5"),
-                         ("gamma_range=2,1", "gamma_range: must be a range (lo, hi) with 0 < lo <= hi"),
+                         ("gamma_range=2,1", "gamma_range: must be a finite range (lo, hi) with 0 < lo <= hi"),
+                         ("imbalance=nan", "imbalance: the largest strength, drawn with either sign, must be finite"),
                          ("phone_fraction", "--domain expects KEY=VALUE")]:
         with pytest.raises(SystemExit) as exit_info:
             main(base + ["--domain", arg])
