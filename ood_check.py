@@ -51,6 +51,7 @@ anything.
     python ood_check.py --weights W --set scales=0 --out results/ood_scales   # as deblur.py runs by default
     python ood_check.py --weights W --only "all families" --only renderer2 --out ood_transfer
     python ood_check.py --weights W --scenes 24 --out ood_quick           # a quick look: 4x faster, shares vaguer
+    python ood_check.py --weights W --photos my_test_photos --out ood_photos   # pictures W never saw
 
 Each set has 96 scenes (SHARE_SCENES) by default: a share between two sets (the table "Out of distribution
 against in distribution", with its standard error) divides two samples of scenes, and 24 per set left it
@@ -58,6 +59,12 @@ uncertain by tens of percent. summary.json keeps each set's per-scene gains (sce
 A full check takes minutes per model; an interrupted one keeps each finished set check in --out's partial.json,
 and the same command goes on from there (the same weights, settings, scenes and code; anything else starts
 afresh).
+
+--photos DIR draws the photographs of the sets made with synthesize.py's content (OUR_CONTENT_SETS) from DIR
+instead of scikit-image's six, which every model trained on synthesize.py's defaults has seen: with photographs
+held back from training (synthesize.py --photos with others), "all families" is the training distribution on
+pictures the model never saw, and the share of the table "Out of distribution against in distribution" is
+taken against that.
 
 The networks run at each set's own size; `--set scales=0` (or N) adds the passes at smaller sizes that test.py and
 deblur.py run for images larger than the weights' training frames (inference.pyramid_levels).
@@ -108,6 +115,11 @@ SET_NAMES = ("in-dist", "held-out", "all families", "renderer2", "renderer2 nois
              "renderer2 optics, our content", "the same with our PSFs", "renderer2 small blur", "renderer2 demosaicked",
              "renderer2, our content", "renderer2, text", "renderer2 dark", "in-dist large blur",
              "renderer2 optics, our content, large blur", "the same with our PSFs, large blur", "renderer2 large blur")
+# The sets drawn with synthesize.py's content, whose photographs --photos replaces (the rest: renderer2's own
+# textures and text).
+OUR_CONTENT_SETS = ("in-dist", "held-out", "all families", "renderer2 optics, our content", "the same with our PSFs",
+                    "renderer2, our content", "in-dist large blur", "renderer2 optics, our content, large blur",
+                    "the same with our PSFs, large blur")
 # Sets that differ only in their PSFs: (renderer2's, ours); the share of the in-distribution twin's gain that a
 # model keeps under renderer2's PSFs is the out-of-distribution share of the optics alone.
 PAIRS = (("renderer2 optics, our content", "the same with our PSFs"),
@@ -154,14 +166,15 @@ def _renderer2():
 
 def renderer2_set(n: int, width: int, height: int, noise: bool = True, our_content: bool = False,
                   max_blur: float | None = None, our_psfs: bool = False, demosaic: bool = False,
-                  exposure: float = 1.0, text: bool = False) -> list[dict]:
+                  exposure: float = 1.0, text: bool = False, photos: str = "") -> list[dict]:
     """n scenes from the independent renderer in tests/, by default with the same largest blur as synthesize.py;
-    without noise, with synthesize.py's content (photographs, textures, dead leaves, patterns) or rendered text,
-    with synthesize.py's PSFs (our_psfs), through a Bayer mosaic and renderer2's demosaicing, and dimmer
-    (exposure, a factor on the light before the noise) on request."""
+    without noise, with synthesize.py's content (photographs, textures, dead leaves, patterns; the photographs
+    from the folder `photos` if given) or rendered text, with synthesize.py's PSFs (our_psfs), through a Bayer
+    mosaic and renderer2's demosaicing, and dimmer (exposure, a factor on the light before the noise) on request."""
     import synthesize
     renderer2 = _renderer2()
-    content = synthesize.random_content if our_content else renderer2.text_content if text else None
+    content = (functools.partial(synthesize.random_content, photos=photos) if our_content
+               else renderer2.text_content if text else None)
     return renderer2.render_set(n, seed=SEED, h=height, w=width,
                                 max_blur=synthesize.default_max_coc(width) if max_blur is None else max_blur,
                                 noise=noise, content=content, psfs=our_psfs_for if our_psfs else None,
@@ -185,35 +198,36 @@ def check_domain(families: dict, **extra):
     return synthesize.Domain(**families, **CHECK_DOMAIN, **extra)
 
 
-def check_sets(n: int, width: int, height: int, only: list[str] | None = None) -> dict[str, list[dict]]:
+def check_sets(n: int, width: int, height: int, only: list[str] | None = None,
+               photos: str = "") -> dict[str, list[dict]]:
     """The sixteen sets of the module docstring (or the ones named in `only`), n scenes each."""
-    return {name: make() for name, make in set_makers(n, width, height, only).items()}
+    return {name: make() for name, make in set_makers(n, width, height, only, photos).items()}
 
 
-def set_makers(n: int, width: int, height: int, only: list[str] | None = None) -> dict:
-    """{set name: function that renders it}, so that main holds one set in memory at a time."""
+def set_makers(n: int, width: int, height: int, only: list[str] | None = None, photos: str = "") -> dict:
+    """{set name: function that renders it}, so that main holds one set in memory at a time. photos: a folder
+    whose photographs the sets drawn with synthesize.py's content (OUR_CONTENT_SETS) use ("": scikit-image's)."""
     import synthesize
     big = (2 * width, 2 * height)
+    ours = functools.partial(renderer2_set, our_content=True, photos=photos)
     makers = {
-        "in-dist": lambda: synthetic_set(check_domain(TRAIN_FAMILIES), n, width, height),
-        "held-out": lambda: synthetic_set(check_domain(HELD_OUT_FAMILIES), n, width, height),
-        "all families": lambda: synthetic_set(synthesize.Domain(), n, width, height),
+        "in-dist": lambda: synthetic_set(check_domain(TRAIN_FAMILIES, photos=photos), n, width, height),
+        "held-out": lambda: synthetic_set(check_domain(HELD_OUT_FAMILIES, photos=photos), n, width, height),
+        "all families": lambda: synthetic_set(synthesize.Domain(photos=photos), n, width, height),
         "renderer2": lambda: renderer2_set(n, width, height),
         "renderer2 noise-free": lambda: renderer2_set(n, width, height, noise=False),
-        "renderer2 optics, our content": lambda: renderer2_set(n, width, height, noise=False, our_content=True),
-        "the same with our PSFs": lambda: renderer2_set(n, width, height, noise=False, our_content=True,
-                                                        our_psfs=True),
+        "renderer2 optics, our content": lambda: ours(n, width, height, noise=False),
+        "the same with our PSFs": lambda: ours(n, width, height, noise=False, our_psfs=True),
         "renderer2 small blur": lambda: renderer2_set(n, width, height, max_blur=SMALL_BLUR_PX),
         "renderer2 demosaicked": lambda: renderer2_set(n, width, height, demosaic=True),
-        "renderer2, our content": lambda: renderer2_set(n, width, height, our_content=True),
+        "renderer2, our content": lambda: ours(n, width, height),
         "renderer2, text": lambda: renderer2_set(n, width, height, text=True),
         "renderer2 dark": lambda: renderer2_set(n, width, height, exposure=DARK_EXPOSURE),
-        "in-dist large blur": lambda: synthetic_set(check_domain(TRAIN_FAMILIES, cameras=("dslr",)), n,
-                                                    *big, max_blur=LARGE_BLUR_PX),
-        "renderer2 optics, our content, large blur": lambda: renderer2_set(n, *big, noise=False, our_content=True,
-                                                                           max_blur=LARGE_BLUR_PX),
-        "the same with our PSFs, large blur": lambda: renderer2_set(n, *big, noise=False, our_content=True,
-                                                                    max_blur=LARGE_BLUR_PX, our_psfs=True),
+        "in-dist large blur": lambda: synthetic_set(check_domain(TRAIN_FAMILIES, cameras=("dslr",), photos=photos),
+                                                    n, *big, max_blur=LARGE_BLUR_PX),
+        "renderer2 optics, our content, large blur": lambda: ours(n, *big, noise=False, max_blur=LARGE_BLUR_PX),
+        "the same with our PSFs, large blur": lambda: ours(n, *big, noise=False, max_blur=LARGE_BLUR_PX,
+                                                           our_psfs=True),
         "renderer2 large blur": lambda: renderer2_set(n, *big, max_blur=LARGE_BLUR_PX)}
     assert tuple(makers) == SET_NAMES
     return {name: make for name, make in makers.items() if not only or name in only}
@@ -374,7 +388,16 @@ def run_stamp(weights_sha256: str, run_cfg, args) -> dict:
     return {"weights_sha256": weights_sha256, "self_ensemble": len(ensemble_transforms(run_cfg)),
             **{key: getattr(run_cfg, key) for key in ("precision", "scales", "tile", "tile_overlap")},
             "scenes": args.scenes, "size": [args.width, args.height], "seed": SEED, "code_sha256": code_stamp(),
-            **backends.info()}
+            "photos": photos_stamp(args.photos), **backends.info()}
+
+
+def photos_stamp(folder: str) -> list:
+    """The --photos folder's photographs as [name, bytes, modification time] ([] for scikit-image's): a resumed
+    check starts afresh when they change."""
+    import synthesize
+    if not folder:
+        return []
+    return [[os.path.basename(p), os.path.getsize(p), os.path.getmtime(p)] for p in synthesize.photo_files(folder)]
 
 
 def code_stamp(folder: str = REPO_DIR) -> str:
@@ -568,6 +591,12 @@ def main(argv=None) -> int:
                                                                         f"between two sets uncertain)")
     parser.add_argument("--width", type=int, default=320, help="test image width (default 320, the demo's)")
     parser.add_argument("--height", type=int, default=208, help="test image height (default 208)")
+    parser.add_argument("--photos", default="", metavar="DIR",
+                        help="draw the photographs of the sets made with synthesize.py's content (every set but "
+                             "renderer2's own textures and text) from DIR instead of scikit-image's six, as "
+                             "synthesize.py --photos does: scenes of the training distribution whose pictures a model "
+                             "never saw (the real-depth motorcycle scenes keep their own); --train and --reference "
+                             "still train on scikit-image's")
     parser.add_argument("--out", help="where summary.md goes (default results/ood; required with --only, so that a "
                                       "partial check does not replace the full one)")
     parser.add_argument("--no-progress", action="store_true")
@@ -592,6 +621,11 @@ def main(argv=None) -> int:
     args.steps = args.steps or cfg.epochs * cfg.steps_per_epoch
     import synthesize
     import weights
+    if args.photos:
+        try:
+            synthesize.photo_files(args.photos)
+        except synthesize.SynthesisError as e:
+            sys.exit(f"error: {e}")
     from fileio import atomic_write_json, atomic_write_text, json_safe
     partial = os.path.join(args.out, PARTIAL)
     with exit_on_error(OSError, interrupted=f"interrupted: any finished set checks are kept in {partial}; the same "
@@ -616,17 +650,19 @@ def main(argv=None) -> int:
             for label, run_cfg in inference_variants(name, model_cfg).items():
                 runs[label], variants[label] = (model, run_cfg), (name, label[len(name):])
                 stamps[label] = run_stamp(sha256, run_cfg, args)
-        makers = set_makers(args.scenes, args.width, args.height, only=args.only)
+        makers = set_makers(args.scenes, args.width, args.height, only=args.only, photos=args.photos)
         results = run_checks(runs, stamps, makers, partial, progress)
     summary = {"train_families": TRAIN_FAMILIES, "held_out_families": HELD_OUT_FAMILIES, "seed": SEED,
                "size": [args.width, args.height], "sharp_px": SHARP_PX, "blurred_px": BLURRED_PX,
                "bands_px": [[lo, hi] for lo, hi in BANDS], "pairs": PAIRS, "yardsticks": YARDSTICKS, "scales": cfg.scales,
-               "results": results}
+               "photos": args.photos, "results": results}
     atomic_write_json(os.path.join(args.out, "summary.json"), json_safe(summary))
+    photos = f"from {args.photos}" if args.photos else "scikit-image's six"
     text = (f"# Out-of-distribution check (ood_check.py)\n\nTraining families: {TRAIN_FAMILIES}\n\n"
-            f"Held-out families: {HELD_OUT_FAMILIES}\n\n{table(results)}\n\nGains are mean PSNR over the set minus "
-            f"the blurry input's; in-focus gain: PSNR over pixels blurred by less than {SHARP_PX:g} px; defocused gain: over "
-            f"pixels blurred by {BLURRED_PX:g} px or more (scenes without such pixels left out).\n\n"
+            f"Held-out families: {HELD_OUT_FAMILIES}\n\nPhotographs: {photos}\n\n{table(results)}\n\n"
+            f"Gains are mean PSNR over the set minus the blurry input's; in-focus gain: PSNR over pixels blurred by "
+            f"less than {SHARP_PX:g} px; defocused gain: over pixels blurred by {BLURRED_PX:g} px or more (scenes "
+            f"without such pixels left out).\n\n"
             f"## Gain by blur size\n\nPSNR gain over the pixels of each blur band, pooled over the set's scenes; in "
             f"brackets the share of the set's pixels in the band.\n\n{band_table(results)}\n")
     pairs = pair_table(results)

@@ -538,3 +538,38 @@ def test_reference_models_train_on_each_sets_distribution_other_than_the_test_sc
     mine, yard = results[label]["renderer2"], results[f"{refs[1]}, one pass"]["renderer2"]
     assert f"| {label} | renderer2 | {yard['gain']:+.2f} | {mine['gain']:+.2f} |" in shares
     assert f"| {label} | held-out |" not in shares                      # not against itself
+
+
+def _one_photo_folder(folder):
+    """A folder holding one photograph no scikit-image picture resembles: magenta and green stripes."""
+    folder.mkdir()
+    img = np.zeros((120, 160, 3), np.uint8)
+    img[:, :, [0, 2]] = 255
+    img[::8, :] = (0, 255, 0)
+    cv2.imwrite(str(folder / "stripes.png"), img)
+    return str(folder)
+
+
+def test_photos_replace_the_pictures_of_exactly_the_sets_drawn_with_our_content(tmp_path):
+    photos = _one_photo_folder(tmp_path / "photos")
+    default = ood_check.set_makers(2, 64, 48)
+    mine = ood_check.set_makers(2, 64, 48, photos=photos)
+    changed = {name for name in ood_check.SET_NAMES
+               if any(not np.array_equal(a["sharp"], b["sharp"]) for a, b in zip(default[name](), mine[name]()))}
+    assert changed == set(ood_check.OUR_CONTENT_SETS)
+
+
+def test_photos_are_checked_recorded_and_part_of_what_a_resumed_check_reuses(tmp_path):
+    model, cfg = tiny_model("dual", seed=1)
+    ckpt = save_checkpoint(model, cfg, str(tmp_path / "ck"))
+    photos = _one_photo_folder(tmp_path / "photos")
+    argv = ["--weights", ckpt, "--scenes", "1", "--width", "64", "--height", "48", "--only", "all families",
+            "--out", str(tmp_path / "out"), "--no-progress"]
+    with pytest.raises(SystemExit, match=f"error: --photos {tmp_path / 'none'}: not a folder"):
+        ood_check.main(argv + ["--photos", str(tmp_path / "none")])
+    assert ood_check.main(argv + ["--photos", photos]) == 0
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["photos"] == photos
+    assert f"Photographs: from {photos}\n" in (tmp_path / "out" / "summary.md").read_text()
+    before = ood_check.photos_stamp(photos)
+    cv2.imwrite(os.path.join(photos, "more.png"), np.zeros((60, 80, 3), np.uint8))
+    assert ood_check.photos_stamp("") == [] and len(before) == 1 and ood_check.photos_stamp(photos) != before
