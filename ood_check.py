@@ -63,8 +63,8 @@ afresh).
 --photos DIR draws the photographs of the sets made with synthesize.py's content (OUR_CONTENT_SETS) from DIR
 instead of scikit-image's six, which every model trained on synthesize.py's defaults has seen: with photographs
 held back from training (synthesize.py --photos with others), "all families" is the training distribution on
-pictures the model never saw, and the share of the table "Out of distribution against in distribution" is
-taken against that.
+photographs the model never saw, and the share of the table "Out of distribution against in distribution" is
+taken against that (the grey textures and the real-depth motorcycle scenes stay scikit-image's).
 
 The networks run at each set's own size; `--set scales=0` (or N) adds the passes at smaller sizes that test.py and
 deblur.py run for images larger than the weights' training frames (inference.pyramid_levels).
@@ -595,8 +595,8 @@ def main(argv=None) -> int:
                         help="draw the photographs of the sets made with synthesize.py's content (every set but "
                              "renderer2's own textures and text) from DIR instead of scikit-image's six, as "
                              "synthesize.py --photos does: scenes of the training distribution whose pictures a model "
-                             "never saw (the real-depth motorcycle scenes keep their own); --train and --reference "
-                             "still train on scikit-image's")
+                             "never saw (the grey textures and the real-depth motorcycle scenes stay "
+                             "scikit-image's); --train and --reference still train on scikit-image's")
     parser.add_argument("--out", help="where summary.md goes (default results/ood; required with --only, so that a "
                                       "partial check does not replace the full one)")
     parser.add_argument("--no-progress", action="store_true")
@@ -655,9 +655,9 @@ def main(argv=None) -> int:
     summary = {"train_families": TRAIN_FAMILIES, "held_out_families": HELD_OUT_FAMILIES, "seed": SEED,
                "size": [args.width, args.height], "sharp_px": SHARP_PX, "blurred_px": BLURRED_PX,
                "bands_px": [[lo, hi] for lo, hi in BANDS], "pairs": PAIRS, "yardsticks": YARDSTICKS, "scales": cfg.scales,
-               "photos": args.photos, "results": results}
+               "photos": os.path.abspath(args.photos) if args.photos else "", "results": results}
     atomic_write_json(os.path.join(args.out, "summary.json"), json_safe(summary))
-    photos = f"from {args.photos}" if args.photos else "scikit-image's six"
+    photos = f"from {os.path.abspath(args.photos)}" if args.photos else "scikit-image's six"
     text = (f"# Out-of-distribution check (ood_check.py)\n\nTraining families: {TRAIN_FAMILIES}\n\n"
             f"Held-out families: {HELD_OUT_FAMILIES}\n\nPhotographs: {photos}\n\n{table(results)}\n\n"
             f"Gains are mean PSNR over the set minus the blurry input's; in-focus gain: PSNR over pixels blurred by "

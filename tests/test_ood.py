@@ -1,9 +1,11 @@
 """The out-of-distribution check: its second renderer is independent but keeps the dual-pixel geometry, its
 held-out families really differ from the training ones, and ood_check.py reports a model's gains per set."""
 
+import argparse
 import json
 import math
 import os
+import re
 
 import cv2
 import numpy as np
@@ -565,11 +567,16 @@ def test_photos_are_checked_recorded_and_part_of_what_a_resumed_check_reuses(tmp
     photos = _one_photo_folder(tmp_path / "photos")
     argv = ["--weights", ckpt, "--scenes", "1", "--width", "64", "--height", "48", "--only", "all families",
             "--out", str(tmp_path / "out"), "--no-progress"]
-    with pytest.raises(SystemExit, match=f"error: --photos {tmp_path / 'none'}: not a folder"):
+    with pytest.raises(SystemExit, match=re.escape(f"error: --photos {tmp_path / 'none'}: not a folder")):
         ood_check.main(argv + ["--photos", str(tmp_path / "none")])
     assert ood_check.main(argv + ["--photos", photos]) == 0
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["photos"] == photos
     assert f"Photographs: from {photos}\n" in (tmp_path / "out" / "summary.md").read_text()
-    before = ood_check.photos_stamp(photos)
+    args = argparse.Namespace(scenes=1, width=64, height=48, photos=photos)
+    before = ood_check.run_stamp("weights", cfg, args)
     cv2.imwrite(os.path.join(photos, "more.png"), np.zeros((60, 80, 3), np.uint8))
-    assert ood_check.photos_stamp("") == [] and len(before) == 1 and ood_check.photos_stamp(photos) != before
+    after = ood_check.run_stamp("weights", cfg, args)
+    assert len(before["photos"]) == 1 and len(after["photos"]) == 2
+    assert {k: v for k, v in after.items() if k != "photos"} == {k: v for k, v in before.items() if k != "photos"}
+    default = argparse.Namespace(scenes=1, width=64, height=48, photos="")
+    assert ood_check.run_stamp("weights", cfg, default)["photos"] == []
