@@ -198,10 +198,9 @@ def check_domain(families: dict, **extra):
     return synthesize.Domain(**families, **CHECK_DOMAIN, **extra)
 
 
-def check_sets(n: int, width: int, height: int, only: list[str] | None = None,
-               photos: str = "") -> dict[str, list[dict]]:
+def check_sets(n: int, width: int, height: int, only: list[str] | None = None) -> dict[str, list[dict]]:
     """The sixteen sets of the module docstring (or the ones named in `only`), n scenes each."""
-    return {name: make() for name, make in set_makers(n, width, height, only, photos).items()}
+    return {name: make() for name, make in set_makers(n, width, height, only).items()}
 
 
 def set_makers(n: int, width: int, height: int, only: list[str] | None = None, photos: str = "") -> dict:
