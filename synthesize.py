@@ -1,7 +1,7 @@
 """Synthetic dual-pixel defocus data in the DPDD layout, made offline: layered scenes with depth, a thin-lens
 camera, left/right PSFs and occlusion-aware compositing, with the camera randomised per scene (domain
 randomisation: PSF family and aperture, DSLR or phone blur, left/right gain, ISO noise, tone curve, bit depth,
-one-channel data, demosaicing, scenes with little or no noise; see Domain, and README, 'Synthetic data'). The
+one-channel data, demosaicing, scenes with little or no noise; see Domain, and README, 'Training without DPDD'). The
 photographs in the scenes are scikit-image's, or your own with --photos DIR.
 
     python synthesize.py --out synthetic_dpdd --train 100 --val 10 --test 20 --width 560 --height 368 --seed 0
