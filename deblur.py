@@ -29,7 +29,8 @@ import sys
 import numpy as np
 
 import weights
-from config import Config, UserError, add_config_args, add_inference_args, config_from_args, exit_on_error
+from config import (Config, UserError, add_config_args, add_inference_args, config_from_args, exit_on_error,
+                    print_config)
 from images import (IMAGE_EXTENSIONS, ImageError, bit_depth, levels, peak, quantize, read_image, to_float,
                     white_from_values, write_image)
 from inference import ensemble_transforms, prefer_low_memory_cpu
@@ -225,6 +226,7 @@ def run(args, cfg: Config) -> list[str]:
     if model_cfg.input_mode == "single" and not single_inputs:
         raise DeblurError(f"{weights_path}: these are DPDNet-Single weights (one combined image); pass --single "
                           f"IMAGE instead of --left/--right")
+    print_config(model_cfg, f"{args.preset}, with the network and training settings saved with {weights_path}")
 
     passes = len(ensemble_transforms(model_cfg))
     if passes > 1:
@@ -298,7 +300,7 @@ def main(argv=None) -> int:
                              "the network and added back to the output (default 0); the same as --set black_level=N")
     add_config_args(parser)
     args = parser.parse_args(argv)
-    cfg = config_from_args(args)
+    cfg = config_from_args(args, verbose=False)   # printed once the weights have said what the network is
     with exit_on_error():
         run(args, cfg)
     return 0

@@ -320,6 +320,20 @@ def test_a_network_told_the_noise_level_says_the_level_it_estimated(tmp_path, ca
     assert "; 1 of 3 below its floor 0.015, told as that" in capsys.readouterr().out
 
 
+def test_the_printed_config_is_the_loaded_networks(tmp_path, dual, pair, capsys):
+    """Under the default `paper` preset, deblur.py prints the settings of the network it runs (read from the
+    weights), not the preset's 64-filter depth-4 architecture, and saves the same beside the output."""
+    model, cfg, ckpt = dual
+    out = tmp_path / "o.png"
+    assert cli("--weights", ckpt, "--left", pair[16, "left"], "--right", pair[16, "right"], "--out", out)[0] == 0
+    printed = capsys.readouterr().out
+    assert f"saved with {ckpt}" in printed
+    assert f"  base_filters = {cfg.base_filters}\n" in printed and f"  depth = {cfg.depth}\n" in printed
+    assert "  base_filters = 64\n" not in printed and printed.count("config (preset") == 1
+    saved = json.load(open(tmp_path / "o.config.json"))
+    assert (saved["base_filters"], saved["depth"]) == (cfg.base_filters, cfg.depth)
+
+
 def test_pretrained_synthetic_model_loads_and_deblurs(tmp_path):
     """pretrained/dpdnet_synthetic.keras, as a fresh clone has it: under 32 MB, its config.json the `synthetic`
     preset that pretrained/README.md says trains it (fine-tuning pretrained/dpdnet_synthetic_continued.keras,
