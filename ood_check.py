@@ -1,5 +1,7 @@
 """Out-of-distribution check for models trained on synthetic dual-pixel data: does the gain over the blurry
-input survive on data not made like the training data? Sixteen test sets, rendered in memory one at a time:
+input survive on data not made like the training data?
+
+Sixteen test sets, rendered in memory one at a time:
 
   in-dist    synthesize.py scenes from the training families (TRAIN_FAMILIES below)
   held-out   synthesize.py scenes from families held back from that training (HELD_OUT_FAMILIES): other PSF
@@ -574,14 +576,19 @@ def _band_cell(band: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " ") +
+                                     f" The sets (--only): {'; '.join(SET_NAMES)}.")
     parser.add_argument("--weights", action="append", default=[], help="a dual-pixel checkpoint to check "
                                                                         "(repeatable)")
-    parser.add_argument("--train", action="store_true", help="train the demo DPDNet on TRAIN_FAMILIES first")
+    parser.add_argument("--train", action="store_true", help="train the demo DPDNet on TRAIN_FAMILIES first (its "
+                                                              "scenes, patches and checkpoints go to ood/ in the "
+                                                              "repository: about 1 GB; --set dataset_root=, "
+                                                              "patch_dir=, checkpoint_dir= put them elsewhere)")
     parser.add_argument("--reference", action="store_true", help="also train the demo DPDNet on the data of the "
                                                                   "held-out, renderer2 and twin sets: the gain "
-                                                                  "attainable on each")
-    parser.add_argument("--steps", type=int, help="--train's and --reference's budget in steps (default: the "
+                                                                  "attainable on each (into ood/ too, about 1 GB each)")
+    parser.add_argument("--steps", type=int, help="--train's and --reference's budget in steps, in whole epochs of "
+                                                  "steps_per_epoch (rounded down, at least one; default: the "
                                                   "preset's, epochs x steps_per_epoch: 4,000 for demo)")
     parser.add_argument("--only", action="append", metavar="SET", help="check only this set (repeatable; "
                                                                           "default: all sixteen)")
@@ -599,8 +606,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="where summary.md goes (default results/ood; required with --only, so that a "
                                       "partial check does not replace the full one)")
     parser.add_argument("--no-progress", action="store_true")
-    add_config_args(parser)
-    parser.set_defaults(preset="demo")
+    add_config_args(parser, default="demo", default_text="demo")
     args = parser.parse_args(argv)
     args.overrides = [f"{k}={os.path.join(REPO_DIR, v)}" for k, v in (("dataset_root", "ood/data_train"),
                       ("patch_dir", "ood/patches"), ("checkpoint_dir", "ood/checkpoints"))] + \

@@ -1555,7 +1555,9 @@ def main(argv=None) -> None:
                              "settings, their defaults and meanings: Domain in synthesize.py)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    print("settings: " + ", ".join(f"{k}={v}" for k, v in vars(args).items()))
+    if args.max_coc is None:
+        args.max_coc = default_max_coc(args.width)   # the value synthesize() would use, so the line says it
+    print("settings: " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in vars(args).items()))
     with exit_on_error(interrupted="interrupted: finished scenes are kept; run the same command again to resume"):
         summary = synthesize(args.out, args.train, args.val, args.test, args.width, args.height, args.seed,
                              args.workers, args.max_coc, progress=not args.no_progress, domain=domain_from_args(args))
