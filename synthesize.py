@@ -1557,7 +1557,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.max_coc is None:
         args.max_coc = default_max_coc(args.width)   # the value synthesize() would use, so the line says it
-    print("settings: " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in vars(args).items()))
+    print("settings: " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                   for k, v in vars(args).items()))
     with exit_on_error(interrupted="interrupted: finished scenes are kept; run the same command again to resume"):
         summary = synthesize(args.out, args.train, args.val, args.test, args.width, args.height, args.seed,
                              args.workers, args.max_coc, progress=not args.no_progress, domain=domain_from_args(args))
