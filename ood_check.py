@@ -700,6 +700,7 @@ def main(argv=None) -> int:
         os.remove(partial)
     print("\n" + table(results) + "\n\n" + band_table(results) + ("\n\n" + pairs if pairs else "")
           + ("\n\n" + transfer if transfer else "") + ("\n\n" + shares if shares else ""))
+    print(f"\nwrote {os.path.join(args.out, 'summary.md')} and summary.json")
     return 0
 
 
