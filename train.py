@@ -122,8 +122,7 @@ def train(cfg: Config, resume: bool | None = None, callbacks=(), verbose: int = 
     if learnt_nothing(run.history, baseline):
         print(f"warning: the best val loss of this run ({best_val_loss(run.history):.6g}) is within {NO_GAIN:.0%} of "
               f"the blurry input's ({baseline:.6g}): the network has learnt (almost) nothing. One stuck at its input "
-              f"often trains with activation=leaky_relu and loss=charbonnier (the demo's), a lower learning_rate or "
-              f"another seed", file=sys.stderr)
+              f"often trains with {unsticking_advice(cfg)}", file=sys.stderr)
     return {"run_dir": folder, "last": run.last, "best": run.best if os.path.isfile(run.best) else None,
             "epochs_done": s["epoch"], "global_step": s["global_step"], "train_loss": s["train_loss"],
             "val_loss": s["val_loss"], "lr": s["lr"], "best_value": s["best_value"], "best_epoch": s["best_epoch"],
@@ -157,6 +156,13 @@ def learnt_nothing(history: list[dict], input_loss: float | None) -> bool:
     """Whether a run's best val loss stayed within NO_GAIN of the blurry input's own (False without val losses)."""
     best = best_val_loss(history)
     return input_loss is not None and best is not None and best >= input_loss * (1 - NO_GAIN)
+
+
+def unsticking_advice(cfg: Config) -> str:
+    """What often moves a run stuck at its input, leaving out the demo's settings that cfg already has."""
+    demo = [f"{key}={value}" for key, value in (("activation", "leaky_relu"), ("loss", "charbonnier"))
+            if getattr(cfg, key) != value]
+    return (" and ".join(demo) + " (the demo's), " if demo else "") + "a lower learning_rate, more steps or another seed"
 
 
 def input_val_loss(stream: PatchStream, cfg: Config) -> float | None:

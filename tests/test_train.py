@@ -149,6 +149,16 @@ def test_a_network_that_learns_nothing_is_told_so(store, tmp_path, capsys):
     printed = float(re.search(r"the loss to beat\): ([0-9.e-]+)", out.out).group(1))
     assert printed == pytest.approx(expected, rel=1e-5)
     assert "the network has learnt (almost) nothing" in out.err
+    assert "often trains with activation=leaky_relu and loss=charbonnier (the demo's), a lower" in out.err
+
+
+def test_the_advice_for_a_stuck_run_leaves_out_what_it_already_does():
+    from config import make_config
+    from train import unsticking_advice
+    assert unsticking_advice(make_config("paper")) == ("activation=leaky_relu and loss=charbonnier (the demo's), "
+                                                       "a lower learning_rate, more steps or another seed")
+    assert unsticking_advice(make_config("demo")) == "a lower learning_rate, more steps or another seed"
+    assert unsticking_advice(make_config("paper", {"loss": "charbonnier"})).startswith("activation=leaky_relu (the")
 
 
 def test_learnt_nothing_means_a_best_val_loss_within_two_percent_of_the_input():
