@@ -374,7 +374,7 @@ def run(args: argparse.Namespace) -> dict:
     atomic_write_text(os.path.join(out_dir, "summary.md"), text)
     cfg.save_json(os.path.join(out_dir, "config.json"))
     print("\n" + text)
-    print(f"[demo] wrote {os.path.join(out_dir, 'summary.md')}, summary.json and comparison.png "
+    print(f"[demo] wrote {os.path.join(out_dir, 'summary.md')}, summary.json, comparison.png and index.html "
           f"in {seconds['total'] / 60:.1f} min")
     return summary
 
